@@ -1,0 +1,7 @@
+"""``python -m lmtune`` (also what torchrun and accelerate launch run)."""
+
+import sys
+
+from lmtune.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``lmtune`` command line."""

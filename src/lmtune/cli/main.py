@@ -1,0 +1,123 @@
+"""``lmtune`` command line: a table of subcommands, each a thin layer over `lmtune.runs`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lmtune.errors import LmtuneError
+
+EXIT_USAGE = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lmtune import runs
+
+    metrics = runs.train(args.config, args.overrides)
+    print(json.dumps(_headline(metrics)))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from lmtune import runs
+
+    metrics = runs.load(args.run).evaluate(args.data, args.max_samples)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                print(f"{key:>12}  {value:.4f}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from lmtune import runs
+    from lmtune.data import read_stdin, read_table
+    from lmtune.rundir import write_text_atomic
+
+    run = runs.load(args.run)
+    table = read_stdin() if args.input == "-" else read_table(args.input, "test")
+    texts = [row.get(run.config.data.text, row.get("text")) for row in table.rows]
+    lines = [
+        json.dumps({"text": text, **prediction})
+        for text, prediction in zip(texts, run.predict(table), strict=True)
+    ]
+    output = "".join(line + "\n" for line in lines)
+    if args.output:
+        try:
+            write_text_atomic(Path(args.output), output)
+        except OSError as err:
+            raise LmtuneError(f"--output: cannot write {args.output} ({err.strerror or err})") from None
+    else:
+        sys.stdout.write(output)
+    return 0
+
+
+def _headline(metrics: dict) -> dict:
+    """The scalar metrics of a finished run (tables stay in metrics.json)."""
+    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    for split in ("validation", "test"):
+        for key, value in metrics.get(split, {}).items():
+            if isinstance(value, (int, float)):
+                out[f"{split}_{key}"] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmtune", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune as a YAML config says (resumes an unfinished run)")
+    p.add_argument("config", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=2e-5")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="metrics of a finished run on labelled data")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N rows only")
+    p.add_argument("--json", action="store_true", help="print one JSON object of metrics")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("predict", help="predictions of a finished run for new inputs, as JSONL")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--input", required=True, help="CSV/TSV/JSONL/text file, or - for stdin")
+    p.add_argument("--output", help="write JSONL here instead of stdout")
+    p.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="lmtune: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except LmtuneError as err:
+        if args.debug:
+            raise
+        sys.stderr.write(f"lmtune: error: {err}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("lmtune: interrupted; run the same command again to resume\n")
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (weight-loading reports, advisory warnings) hides lmtune's own output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

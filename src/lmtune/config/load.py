@@ -1,0 +1,181 @@
+"""YAML plus ``a.b=c`` overrides → a validated :class:`RunConfig`.
+
+Every problem (unknown key, wrong type, bad value) is collected and reported at once in a
+single :class:`ConfigError`, each naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmtune.config.schema import RunConfig
+from lmtune.errors import ConfigError
+from lmtune.registry import did_you_mean
+
+
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a run config from a YAML file (or a dict) and apply ``key=value`` overrides.
+
+    Args:
+        source: path to a YAML file, or an already-parsed mapping.
+        overrides: strings like ``train.lr=2e-5``; values are parsed as YAML scalars.
+
+    Returns:
+        The validated config; relative data/output paths are resolved against the current directory.
+
+    Raises:
+        ConfigError: naming every invalid key and value.
+    """
+    name = "config"
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        name = str(source)
+        raw = _read_yaml(Path(source))
+    problems: list[str] = []
+    for item in overrides:
+        _apply_override(raw, item, problems)
+    if "output" not in raw and not isinstance(source, dict):
+        raw["output"] = str(Path("runs") / Path(source).stem)
+    config = _build(RunConfig, raw, "", problems)
+    if config is not None:
+        problems += _validate_all(config)
+    if problems:
+        raise ConfigError(problems, source=name)
+    return _resolve_paths(config)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as plain data, as written to ``RUN/config.yaml``."""
+    return dataclasses.asdict(config)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError([f"file not found (expected a YAML run config)"], source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"not UTF-8 text (byte {err.start})"], source=str(path)) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError([f"invalid YAML at {where}{reason}"], source=str(path)) from None
+    if data is None:
+        raise ConfigError(["empty file; expected a YAML mapping of config keys"], source=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError([f"expected a YAML mapping of config keys, got {type(data).__name__}"], str(path))
+    return data
+
+
+def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        problems.append(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=2e-5")
+        return
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            problems.append(f"override {item!r}: {part!r} is not a section")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from ``raw``, type-checking each field; None if anything is wrong."""
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping of keys, got {raw!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    ok = True
+    for key in raw:
+        if key not in names:
+            problems.append(f"{prefix}{key}: unknown key{did_you_mean(str(key), names)}; allowed: {', '.join(names)}")
+            ok = False
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name] if raw[name] is not None else {}, f"{prefix}{name}.", problems)
+            ok = ok and values[name] is not None
+            continue
+        good, value = _coerce(raw[name], hint)
+        if not good:
+            problems.append(f"{prefix}{name}: {raw[name]!r} is not {_describe(hint)}")
+            ok = False
+        values[name] = value
+    return cls(**values) if ok else None
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Check ``value`` against a simple type hint, converting YAML strings like ``5e-5`` to floats."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        return type(None) in options, None
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return True, value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if option is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return True, float(value)
+            if isinstance(value, str):  # YAML 1.1 reads "5e-5" as a string
+                try:
+                    return True, float(value)
+                except ValueError:
+                    pass
+        if option is str and isinstance(value, str):
+            return True, value
+    return False, value
+
+
+def _describe(hint: Any) -> str:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return " or ".join(names.get(o, str(o)) for o in options)
+
+
+def _validate_all(config: RunConfig) -> list[str]:
+    problems = config.validate()
+    for section in ("data", "strategy", "train"):
+        problems += getattr(config, section).validate()
+    return problems
+
+
+def _resolve_paths(config: RunConfig) -> RunConfig:
+    """Make local paths absolute so that the saved config works from any directory."""
+
+    def resolve(value: str | None) -> str | None:
+        if value is None or value.startswith("hf:"):
+            return value
+        path = Path(value).expanduser()
+        looks_local = path.suffix or path.exists() or value.startswith((".", "/", "~"))
+        return str(path.resolve()) if looks_local else value
+
+    data = dataclasses.replace(
+        config.data, **{k: resolve(getattr(config.data, k)) for k in ("train", "validation", "test")}
+    )
+    return dataclasses.replace(config, data=data, output=str(Path(config.output).expanduser().resolve()))

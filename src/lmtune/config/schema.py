@@ -1,0 +1,137 @@
+"""Typed run configuration: one dataclass per YAML section.
+
+Each ``validate`` returns a list of problems (rather than raising) so that the loader can
+report every problem in the config at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | None = None
+    """Training data: a CSV/TSV/JSONL/Parquet file, or ``hf:NAME[:CONFIG][@SPLIT]`` for a Hub dataset."""
+    validation: str | None = None
+    """Validation data; when absent, ``validation_split`` of the training rows are held out (seeded)."""
+    test: str | None = None
+    """Optional test data, evaluated once at the end of training."""
+    text: str = "text"
+    """Column holding the input text."""
+    text_pair: str | None = None
+    """Column holding the second text of a sentence pair (NLI, paraphrase), if any."""
+    label: str = "label"
+    """Column holding the label (strings or integers)."""
+    validation_split: float = 0.1
+    """Fraction of training rows held out for validation when ``validation`` is not given."""
+    max_train_samples: int | None = None
+    """Use only the first N training rows (quick experiments, tests)."""
+    max_eval_samples: int | None = None
+    """Use only the first N validation/test rows."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.train is None:
+            problems.append("data.train: missing; expected a data file path or hf:NAME")
+        if not 0.0 < self.validation_split < 1.0:
+            problems.append(f"data.validation_split: {self.validation_split} is not in (0, 1)")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                problems.append(f"data.{key}: {value} must be a positive integer")
+        return problems
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "full"
+    """Which parameters train: ``full`` (more strategies: see `lmtune.strategies`)."""
+
+    def validate(self) -> list[str]:
+        from lmtune.strategies import STRATEGIES
+
+        problem = STRATEGIES.check(self.name)
+        return [f"strategy.name: {problem}"] if problem else []
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 3
+    """Passes over the training data (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps; takes precedence over ``epochs``."""
+    batch_size: int = 32
+    """Examples per forward pass on each process."""
+    eval_batch_size: int | None = None
+    """Examples per evaluation forward pass (default: 2 × batch_size)."""
+    grad_accum: int = 1
+    """Forward passes accumulated into one optimizer step."""
+    lr: float = 5e-5
+    """Peak learning rate (after warmup)."""
+    warmup: float = 0.06
+    """Warmup length: a fraction of all steps if < 1, else a number of steps; then linear decay to 0."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (never applied to biases and LayerNorm weights)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value (null: no clipping)."""
+    precision: str = "auto"
+    """auto (bf16 where the CPU/GPU supports it, else fp32) | bf16 | fp16 (GPU only) | fp32."""
+    seed: int = 42
+    """Seeds data order, head initialisation, dropout and the validation split."""
+    eval_every: int = 0
+    """Evaluate (and checkpoint) every N optimizer steps; 0 means only at the end of each epoch."""
+    log_every: int = 10
+    """Write a training-loss line to metrics.jsonl every N optimizer steps."""
+    max_length: int = 128
+    """Truncate inputs to this many tokens."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding, same randomness across epochs)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep (the best one is always kept as well)."""
+    threads: int | None = None
+    """Torch intra-op threads per process (default: physical cores / processes)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        positive = ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints")
+        for key in positive + ("eval_batch_size", "max_steps", "threads"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                problems.append(f"train.{key}: {value} must be > 0")
+        for key in ("lr", "epochs"):
+            if getattr(self, key) <= 0:
+                problems.append(f"train.{key}: {getattr(self, key)} must be > 0")
+        for key in ("warmup", "weight_decay", "eval_every"):
+            if getattr(self, key) < 0:
+                problems.append(f"train.{key}: {getattr(self, key)} must be >= 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            problems.append(f"train.max_grad_norm: {self.max_grad_norm} must be > 0 or null")
+        if self.precision not in PRECISIONS:
+            problems.append(f"train.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        return problems
+
+    @property
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str = "classification"
+    """What is learned: classification (more tasks: see `lmtune.tasks`)."""
+    model: str = "bundled:minilm"
+    """bundled:minilm, a local model directory, a run directory, or a Hugging Face Hub id."""
+    data: DataConfig = field(default_factory=DataConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str = "runs/run"
+    """Run directory: config, checkpoints, metrics and the final model are written here."""
+
+    def validate(self) -> list[str]:
+        from lmtune.tasks import TASKS
+
+        problem = TASKS.check(self.task)
+        return [f"task: {problem}"] if problem else []

@@ -1,0 +1,38 @@
+"""Dynamic padding: pad each batch only to its own longest example."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack tokenized examples into padded tensors.
+
+    Args:
+        examples: dicts with ``input_ids`` (list[int]), optionally ``token_type_ids`` and
+            ``labels`` (an int).
+        pad_id: the tokenizer's padding id.
+
+    Returns:
+        ``input_ids`` and ``attention_mask`` (batch, seq); ``token_type_ids`` if present;
+        ``labels`` (batch,) if present.
+    """
+    longest = max(len(ex["input_ids"]) for ex in examples)
+    ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    has_types = "token_type_ids" in examples[0]
+    types = torch.zeros((len(examples), longest), dtype=torch.long) if has_types else None
+    for row, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        ids[row, :n] = torch.tensor(ex["input_ids"], dtype=torch.long)
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.tensor(ex["token_type_ids"], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([ex["labels"] for ex in examples], dtype=torch.long)
+    return batch

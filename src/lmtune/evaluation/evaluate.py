@@ -1,0 +1,87 @@
+"""The evaluation loop: loss and task metrics over a labelled set (sharded over processes)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from lmtune.data import collate
+from lmtune.data.batching import eval_batches
+
+
+@torch.inference_mode()
+def forward_all(
+    model: torch.nn.Module,
+    examples: list[dict],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device | str = "cpu",
+    autocast: Any = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
+    """Logits for this process's share of ``examples``, with their indices and targets.
+
+    Returns:
+        (indices into ``examples``, logits (n, ...) in fp32, targets (n,) or None when unlabelled).
+    """
+    was_training = model.training
+    model.eval()
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    batches = eval_batches(lengths, batch_size)[rank::world_size]
+    indices, logits, targets = [], [], []
+    for batch_indices in batches:
+        batch = collate([examples[i] for i in batch_indices], pad_id)
+        labels = batch.pop("labels", None)
+        with autocast if autocast is not None else nullcontext():
+            out = model(**{k: v.to(device) for k, v in batch.items()})
+        indices += batch_indices
+        logits.append(out.logits.float().cpu())
+        if labels is not None:
+            targets.append(labels)
+    model.train(was_training)
+    if not logits:
+        return [], torch.empty(0), None
+    return indices, torch.cat(logits), torch.cat(targets) if targets else None
+
+
+def evaluate_examples(
+    model: torch.nn.Module,
+    examples: list[dict],
+    task: Any,
+    batch_size: int,
+    pad_id: int,
+    accelerator: Any = None,
+    autocast: Any = None,
+) -> dict[str, Any]:
+    """Loss and task metrics over labelled ``examples``; every process gets the same result.
+
+    Args:
+        model: the (possibly accelerate-prepared) model.
+        examples: encoded examples with targets.
+        task: the task (metrics, loss).
+        batch_size: examples per forward pass.
+        pad_id: padding token id.
+        accelerator: shards the work over processes when given.
+        autocast: context manager for mixed precision when the model is not accelerate-prepared.
+    """
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    _, logits, targets = forward_all(model, examples, batch_size, pad_id, device, autocast, rank, world)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([(logits, targets)])
+        logits = torch.cat([p[0] for p in parts if len(p[0])])
+        targets = torch.cat([p[1] for p in parts if p[1] is not None])
+    loss = task.loss(_Logits(logits), {"labels": targets}).item()
+    return {"loss": round(loss, 6), **task.metrics(logits, targets)}
+
+
+class _Logits:
+    """Minimal stand-in for a model output, so tasks compute eval loss with their training loss."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits

@@ -1,0 +1,136 @@
+"""The run directory: its files, its compatibility checks, and atomic writes into it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmtune.config import RunConfig, config_to_dict, load_config
+from lmtune.errors import LmtuneError
+
+CONFIG = "config.yaml"
+TASK = "task.json"
+VERSIONS = "versions.json"
+FINAL_METRICS = "metrics.json"
+MODEL = "model"
+
+RESUMABLE_CHANGES = {"train.threads", "train.log_every", "train.eval_batch_size", "output"}
+"""Keys that may differ when a run is resumed: they change speed or logging, not the result."""
+
+
+def prepare_run_dir(cfg: RunConfig) -> tuple[Path, bool]:
+    """Check that the output directory can hold this run.
+
+    Returns:
+        (run directory, whether it already holds a finished run of this same config).
+
+    Raises:
+        LmtuneError: not writable, not an lmtune run, or a run of an incompatible config.
+    """
+    run_dir = Path(cfg.output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LmtuneError(f"output: {run_dir} exists and is not a directory")
+    if (run_dir / CONFIG).is_file():
+        _check_compatible(run_dir, cfg)
+        return run_dir, (run_dir / FINAL_METRICS).is_file() and (run_dir / MODEL).is_dir()
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise LmtuneError(f"output: {run_dir} is not empty and is not an lmtune run directory; choose another output")
+    _check_writable(run_dir)
+    return run_dir, False
+
+
+def write_header(run_dir: Path, cfg: RunConfig, task_state: dict[str, Any]) -> None:
+    """Write the resolved config, the task state (e.g. labels) and library versions."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LmtuneError(f"output: cannot create {run_dir} ({err.strerror or err})") from None
+    write_text_atomic(run_dir / CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_text_atomic(run_dir / TASK, json.dumps({"task": cfg.task, **task_state}, indent=2))
+    write_text_atomic(run_dir / VERSIONS, json.dumps(library_versions(), indent=2))
+
+
+def read_run(run_dir: str | Path) -> tuple[Path, RunConfig, dict[str, Any]]:
+    """(run directory, its config, its task state) for a finished run; a clear error otherwise."""
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file():
+        raise LmtuneError(f"{path}: not an lmtune run directory (no {CONFIG})")
+    if not (path / MODEL / "config.json").is_file():
+        raise LmtuneError(f"{path}: the run has no final model yet ({MODEL}/); finish it with `lmtune train`")
+    cfg = load_config(yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")))
+    task_state = json.loads((path / TASK).read_text(encoding="utf-8"))
+    return path, cfg, task_state
+
+
+def save_model_atomic(run_dir: Path, save: Any) -> Path:
+    """Call ``save(tmp_dir)`` and publish the result as ``RUN/model`` in one rename."""
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model is as readable as the rest of the run
+    save(tmp)
+    final = run_dir / MODEL
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("lmtune", "torch", "transformers", "accelerate", "datasets", "tokenizers"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def _check_compatible(run_dir: Path, cfg: RunConfig) -> None:
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise LmtuneError(f"{run_dir / CONFIG}: unreadable ({err}); choose another output") from None
+    diffs = [
+        f"{key}: {old!r} → {new!r}"
+        for key, old, new in _diff(saved, config_to_dict(cfg))
+        if key not in RESUMABLE_CHANGES
+    ]
+    if diffs:
+        raise LmtuneError(
+            f"output: {run_dir} holds a run of a different config ({'; '.join(diffs[:5])}); "
+            "it cannot be resumed with this one: choose another output or delete the directory"
+        )
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail early, before anything is written, if the run directory could not be created."""
+    ancestor = run_dir.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LmtuneError(f"output: cannot create {run_dir}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LmtuneError(f"output: cannot write to {run_dir}: {ancestor} is not writable")

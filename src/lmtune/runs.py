@@ -1,0 +1,200 @@
+"""The verbs: train, evaluate, predict. The only module that wires the pieces together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune import rundir
+from lmtune.config import DataConfig, RunConfig, load_config
+from lmtune.data import Table, read_table
+from lmtune.evaluation import evaluate_examples, forward_all
+from lmtune.models import from_hub_or_local, load_tokenizer, resolve_model
+from lmtune.strategies import STRATEGIES, trainable_parameters
+from lmtune.tasks import TASKS
+from lmtune.training.precision import default_threads, resolve_precision
+
+log = logging.getLogger("lmtune")
+
+
+def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Fine-tune (or resume fine-tuning) as the config says; return the final metrics.
+
+    Everything that can be checked (config, data, labels, output directory) is checked before
+    anything is written, so bad input leaves nothing behind.
+    """
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    run_dir, finished = rundir.prepare_run_dir(cfg)
+    if finished:
+        log.info("%s already holds this finished run; nothing to do", run_dir)
+        return json.loads((run_dir / rundir.FINAL_METRICS).read_text())
+    task = TASKS.get(cfg.task)()
+    tables = _load_tables(cfg.data, task)
+    source = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(source)
+    encoded = {name: task.encode(table, tokenizer, cfg.data, cfg.train.max_length) for name, table in tables.items()}
+
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from lmtune.training.loop import FitInputs, fit
+
+    accelerator = Accelerator(
+        mixed_precision=resolve_precision(cfg.train.precision, torch.cuda.is_available()),
+        cpu=not torch.cuda.is_available(),
+    )
+    try:
+        torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
+        set_seed(cfg.train.seed)
+        model = STRATEGIES.get(cfg.strategy.name)().apply(
+            from_hub_or_local(task.build_model, source)
+        )
+        if accelerator.is_main_process:
+            rundir.write_header(run_dir, cfg, task.state())
+        accelerator.wait_for_everyone()
+        inputs = FitInputs(
+            task, encoded["train"], encoded.get("validation"), tokenizer.pad_token_id, run_dir,
+            [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
+        )
+        state = fit(accelerator, model, inputs, cfg.train)
+        final = _finish(accelerator, model, tokenizer, task, cfg, encoded, state, run_dir)
+    finally:
+        accelerator.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # without it, ~1 in 4 torchrun exits abort here
+    return final
+
+
+def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, cfg: RunConfig, encoded: dict,
+            state: Any, run_dir: Path) -> dict[str, Any]:
+    """Save the final model and write metrics.json (validation and test metrics, throughput, sizes)."""
+    unwrapped = accelerator.unwrap_model(model)
+    results: dict[str, Any] = {}
+    for split in ("validation", "test"):
+        if encoded.get(split):
+            results[split] = evaluate_examples(
+                model, encoded[split], task, cfg.train.eval_batch, tokenizer.pad_token_id, accelerator
+            )
+    trainable, total = trainable_parameters(unwrapped)
+    results.update({
+        "step": state.step, "best_step": state.best_step, "best_" + task.primary_metric: state.best_metric,
+        "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
+        "train_seconds": round(state.train_seconds, 2), "processes": accelerator.num_processes,
+        "precision": accelerator.mixed_precision, "trainable_parameters": trainable, "parameters": total,
+    })
+    if accelerator.is_main_process:
+        strategy = STRATEGIES.get(cfg.strategy.name)()
+
+        def save(out: Path) -> None:
+            strategy.save(unwrapped, out)
+            tokenizer.save_pretrained(out)
+
+        rundir.save_model_atomic(run_dir, save)
+        rundir.write_text_atomic(run_dir / rundir.FINAL_METRICS, json.dumps(results, indent=2))
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _load_tables(data: DataConfig, task: Any) -> dict[str, Table]:
+    """Read train/validation/test, carving a seeded validation split from train when none is given."""
+    train = read_table(data.train, "train").head(data.max_train_samples)
+    task.fit(train, data)
+    tables = {"train": train}
+    if data.validation:
+        tables["validation"] = read_table(data.validation, "validation").head(data.max_eval_samples)
+    else:
+        order = list(range(len(train)))
+        random.Random(0).shuffle(order)  # fixed: the split must not change with train.seed
+        n_val = max(1, round(len(train) * data.validation_split))
+        if len(train) - n_val < 1:
+            from lmtune.errors import DataError
+
+            raise DataError(f"{train.source}: {len(train)} rows are too few to hold out a validation split")
+        tables["validation"] = train.take(sorted(order[:n_val])).head(data.max_eval_samples)
+        tables["train"] = train.take(sorted(order[n_val:]))
+    if data.test:
+        tables["test"] = read_table(data.test, "test").head(data.max_eval_samples)
+    return tables
+
+
+@dataclass
+class Run:
+    """A finished run loaded for inference: ``lmtune.load(RUN).predict([...])``."""
+
+    run_dir: Path
+    config: RunConfig
+    task: Any
+    model: Any
+    tokenizer: Any
+
+    def predict(self, texts: list[str] | list[tuple[str, str]] | Table, batch_size: int = 64) -> list[dict]:
+        """Predictions for raw texts (or (text, pair) tuples), in input order."""
+        table = _input_table(texts, self.config.data) if isinstance(texts, Table) else _texts_table(texts, self.config.data)
+        examples = self.task.encode(table, self.tokenizer, _unlabelled(self.config.data),
+                                    self.config.train.max_length)
+        indices, logits, _ = forward_all(self.model, examples, batch_size, self.tokenizer.pad_token_id,
+                                         autocast=self._autocast())
+        by_index = dict(zip(indices, self.task.predictions(logits), strict=True))
+        return [by_index[i] for i in range(len(examples))]
+
+    def evaluate(self, data: str | Table, max_samples: int | None = None) -> dict[str, Any]:
+        """Loss and task metrics on labelled data (a file path or a Table)."""
+        table = (data if isinstance(data, Table) else read_table(data, "test")).head(max_samples)
+        table.require(self.config.data.label)
+        examples = self.task.encode(table, self.tokenizer, self.config.data, self.config.train.max_length)
+        return evaluate_examples(self.model, examples, self.task, self.config.train.eval_batch,
+                                 self.tokenizer.pad_token_id, autocast=self._autocast())
+
+    def _autocast(self) -> Any:
+        precision = resolve_precision(self.config.train.precision, torch.cuda.is_available())
+        if precision == "no":
+            return nullcontext()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def load(run_dir: str | Path) -> Run:
+    """Load a finished run directory for prediction and evaluation."""
+    path, cfg, task_state = rundir.read_run(run_dir)
+    task = TASKS.get(cfg.task).from_state(task_state)
+    source = str(path / rundir.MODEL)
+    model = from_hub_or_local(task.build_model, source)
+    model.eval()
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return Run(path, cfg, task, model, load_tokenizer(source))
+
+
+def _texts_table(texts: list, data: DataConfig) -> Table:
+    rows = []
+    for item in texts:
+        if isinstance(item, (tuple, list)):
+            rows.append({data.text: item[0], data.text_pair: item[1]})
+        else:
+            rows.append({data.text: item})
+    columns = [data.text] + ([data.text_pair] if data.text_pair else [])
+    return Table("<input>", columns, rows)
+
+
+def _input_table(table: Table, data: DataConfig) -> Table:
+    """Accept prediction inputs whose text column is called ``text`` (plain lines, simple JSONL)."""
+    if data.text in table.columns or "text" not in table.columns:
+        table.require(data.text, data.text_pair)
+        return table
+    rows = [{**row, data.text: row["text"]} for row in table.rows]
+    renamed = Table(table.source, [*table.columns, data.text], rows, table.lines)
+    renamed.require(data.text_pair)
+    return renamed
+
+
+def _unlabelled(data: DataConfig) -> DataConfig:
+    from dataclasses import replace
+
+    return replace(data, label="\0no-label")  # predictions never read a label column

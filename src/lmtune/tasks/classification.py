@@ -1,0 +1,136 @@
+"""Text classification (binary, multi-class, sentence pairs) on a sequence-classification head."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmtune.config import DataConfig
+from lmtune.data import Table
+from lmtune.data.tokenize import tokenize_table
+from lmtune.errors import DataError
+from lmtune.tasks.base import TASKS
+
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+@TASKS.register("classification")
+class Classification:
+    name = "classification"
+    primary_metric = "accuracy"
+    greater_is_better = True
+
+    def __init__(self, labels: list[str | int] | None = None):
+        self.labels: list[str | int] = list(labels or [])
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Classification:
+        return cls(state["labels"])
+
+    def state(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+    def fit(self, train: Table, data: DataConfig) -> None:
+        train.require(data.text, data.text_pair, data.label)
+        values = {_normalize(row.get(data.label), train, i, data.label) for i, row in enumerate(train.rows)}
+        if len(values) < 2:
+            raise DataError(
+                f"{train.source}: label column {data.label!r} has only one class ({next(iter(values))!r}); "
+                "classification needs at least two"
+            )
+        self.labels = sorted(values, key=lambda v: (isinstance(v, str), v))
+
+    def encode(self, table: Table, tokenizer: Any, data: DataConfig, max_length: int) -> list[dict]:
+        table.require(data.text, data.text_pair)
+        tokens = tokenize_table(table, tokenizer, data.text, data.text_pair, max_length)
+        examples = [{key: tokens[key][i] for key in tokens} for i in range(len(table))]
+        if data.label in table.columns:
+            index = {label: i for i, label in enumerate(self.labels)}
+            for i, row in enumerate(table.rows):
+                value = _normalize(row.get(data.label), table, i, data.label)
+                if value not in index:
+                    allowed = ", ".join(map(str, self.labels))
+                    raise DataError(f"{table.where(i)}: label {value!r} is not one of the training labels ({allowed})")
+                examples[i]["labels"] = index[value]
+        return examples
+
+    def build_model(self, source: str | Path) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        names = [str(label) for label in self.labels]
+        return AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+            ignore_mismatched_sizes=True,  # a run directory's head may have a different label set
+        )
+
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(outputs.logits.float(), batch["labels"])
+
+    def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        return classification_metrics(logits.argmax(-1), targets, [str(label) for label in self.labels])
+
+    def predictions(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+        probs = logits.float().softmax(-1)
+        results = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            scores = {str(label): round(p, 6) for label, p in zip(self.labels, row, strict=True)}
+            results.append({"label": self.labels[best], "score": round(row[best], 6), "scores": scores})
+        return results
+
+
+def classification_metrics(predicted: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    ``confusion[i][j]`` counts examples of true class i predicted as class j.
+    """
+    k = len(names)
+    confusion = torch.zeros((k, k), dtype=torch.long)
+    confusion.index_put_((targets.long(), predicted.long()), torch.ones_like(targets, dtype=torch.long), accumulate=True)
+    tp = confusion.diag().double()
+    predicted_count = confusion.sum(0).double()
+    true_count = confusion.sum(1).double()
+    precision = torch.where(predicted_count > 0, tp / predicted_count.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(true_count > 0, tp / true_count.clamp(min=1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+    per_class = {
+        name: {
+            "precision": round(precision[i].item(), 6),
+            "recall": round(recall[i].item(), 6),
+            "f1": round(f1[i].item(), 6),
+            "support": int(true_count[i].item()),
+        }
+        for i, name in enumerate(names)
+    }
+    total = int(confusion.sum().item())
+    return {
+        "accuracy": round(tp.sum().item() / max(total, 1), 6),
+        "macro_f1": round(f1.mean().item(), 6),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "labels": names,
+    }
+
+
+def _normalize(value: Any, table: Table, index: int, column: str) -> str | int:
+    """Labels as written: integers (also "1" from CSV) stay integers, other text stays text."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        raise DataError(f"{table.where(index)}: label column {column!r} is {value!r}; expected a class name or integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise DataError(f"{table.where(index)}: label {value!r} is not a class; expected a class name or integer")
+        return int(value)
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise DataError(f"{table.where(index)}: empty label in column {column!r}")
+        return int(value) if _INT.match(value) else value
+    return value

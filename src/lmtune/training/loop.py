@@ -1,0 +1,189 @@
+"""The one training loop, on accelerate: any task, any strategy, resumable mid-epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune.config import TrainConfig
+from lmtune.data import collate, epoch_batches, shard
+from lmtune.evaluation import evaluate_examples
+from lmtune.training.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from lmtune.training.optim import build_optimizer, build_scheduler
+from lmtune.training.tracking import Tracker, truncate_log
+
+
+@dataclass
+class FitInputs:
+    """Everything the loop needs besides the model: data, task and where to write."""
+
+    task: Any
+    train: list[dict]
+    validation: list[dict] | None
+    pad_id: int
+    run_dir: Path
+    extra_files: list[Path]
+
+
+def plan_steps(n_examples: int, cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) for this data and config."""
+    batches = math.ceil(n_examples / cfg.batch_size)
+    per_process = batches // world_size if world_size > 1 else batches
+    if per_process == 0:
+        raise ValueError(f"{n_examples} training examples make no batch for each of {world_size} processes")
+    per_epoch = math.ceil(per_process / cfg.grad_accum)
+    total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    return per_epoch, total
+
+
+def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainConfig) -> TrainState:
+    """Train ``model``; evaluate and checkpoint every ``eval_every`` steps and at each epoch end.
+
+    Resumes from the run directory's latest checkpoint when there is one. Only the main
+    process writes metrics; every process takes part in checkpoints and evaluation.
+
+    Returns:
+        The final training state (step, best metric and its step, throughput counters).
+    """
+    per_epoch, total = plan_steps(len(inputs.train), cfg, accelerator.num_processes)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    state = TrainState()
+    resume_from = latest_checkpoint(inputs.run_dir)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        if accelerator.is_main_process:
+            truncate_log(inputs.run_dir, state.step)
+    tracker = Tracker(inputs.run_dir, total, state.step, accelerator.is_main_process)
+    if resume_from is not None:
+        tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
+    lengths = [len(ex["input_ids"]) for ex in inputs.train]
+    window = _Window()
+    model.train()
+    while state.step < total:
+        batches = shard(
+            epoch_batches(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length),
+            accelerator.process_index, accelerator.num_processes,
+        )
+        evaluated = False
+        for i in range(state.batch, len(batches)):
+            group_start = i - i % cfg.grad_accum
+            group_size = min(cfg.grad_accum, len(batches) - group_start)
+            step_ends = i == group_start + group_size - 1
+            batch = collate([inputs.train[j] for j in batches[i]], inputs.pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            window.start()
+            with nullcontext() if step_ends else accelerator.no_sync(model):
+                features = {k: v for k, v in batch.items() if k != "labels"}
+                loss = inputs.task.loss(model(**features), batch)
+                accelerator.backward(loss / group_size)
+            window.add(loss.detach(), len(batches[i]) * accelerator.num_processes)
+            state.batch = i + 1
+            evaluated = False
+            if step_ends:
+                _optimizer_step(accelerator, model, optimizer, scheduler, cfg)
+                state.step += 1
+                window.stop(state)
+                tracker.advance(window.last_loss, window.rate())
+                if state.step % cfg.log_every == 0:
+                    _log_train(accelerator, tracker, window, state, scheduler, per_epoch)
+                if cfg.eval_every and state.step % cfg.eval_every == 0:
+                    _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker)
+                    evaluated = True
+                if state.step >= total:
+                    break
+            else:
+                window.stop(state)
+        else:
+            state.epoch += 1
+            state.batch = 0
+            if not evaluated:
+                _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker)
+            continue
+        if not evaluated:
+            _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker)
+    tracker.close()
+    return state
+
+
+def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, cfg: TrainConfig) -> None:
+    if cfg.max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _log_train(accelerator: Any, tracker: Tracker, window: _Window, state: TrainState, scheduler: Any,
+               per_epoch: int) -> None:
+    loss = accelerator.reduce(window.loss_sum.to(accelerator.device), reduction="mean").item() / window.count
+    tracker.log({
+        "step": state.step, "epoch": round(state.step / per_epoch, 4), "split": "train",
+        "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0], "samples_per_s": round(window.rate(), 2),
+    })
+    window.reset()
+
+
+def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
+                       tracker: Tracker) -> None:
+    if inputs.validation:
+        metrics = evaluate_examples(model, inputs.validation, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator)
+        value = metrics[inputs.task.primary_metric]
+        better = state.best_metric is None or (
+            value > state.best_metric if inputs.task.greater_is_better else value < state.best_metric
+        )
+        if better:
+            state.best_metric, state.best_step = value, state.step
+        tracker.log({"step": state.step, "epoch": state.epoch, "split": "validation", **_scalars(metrics)})
+        tracker.message(
+            f"step {state.step}: validation loss {metrics['loss']:.4f}, "
+            f"{inputs.task.primary_metric} {value:.4f} (best {state.best_metric:.4f} at step {state.best_step})"
+        )
+    save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The per-step log keeps numbers only; tables (confusion matrix, per-class) go to metrics.json."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+class _Window:
+    """Loss and throughput since the last log line (training time only, evaluation excluded)."""
+
+    def __init__(self):
+        self.last_loss = float("nan")
+        self._t0 = 0.0
+        self._pending = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros(())
+        self.count = 0
+        self.samples = 0
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.last_loss = loss.item()
+        self.loss_sum += self.last_loss
+        self.count += 1
+        self._pending = samples
+
+    def stop(self, state: TrainState) -> None:
+        seconds = time.perf_counter() - self._t0
+        state.samples += self._pending
+        state.train_seconds += seconds
+        self.samples += self._pending
+        self.seconds += seconds
+
+    def rate(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
