@@ -18,7 +18,8 @@ def _train(args: argparse.Namespace) -> int:
     from lmtune import runs
 
     metrics = runs.train(args.config, args.overrides)
-    print(json.dumps(_headline(metrics)))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary line, not one per process
+        print(json.dumps(_headline(metrics)))
     return 0
 
 
@@ -60,7 +61,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _headline(metrics: dict) -> dict:
     """The scalar metrics of a finished run (tables stay in metrics.json)."""
-    out = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    out = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
     for split in ("validation", "test"):
         for key, value in metrics.get(split, {}).items():
             if isinstance(value, (int, float)):

@@ -46,8 +46,7 @@ def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     if "output" not in raw and not isinstance(source, dict):
         raw["output"] = str(Path("runs") / Path(source).stem)
     config = _build(RunConfig, raw, "", problems)
-    if config is not None:
-        problems += _validate_all(config)
+    problems += _validate_all(config)
     if problems:
         raise ConfigError(problems, source=name)
     return _resolve_paths(config)
@@ -100,18 +99,20 @@ def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
 
 
 def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
-    """Build dataclass ``cls`` from ``raw``, type-checking each field; None if anything is wrong."""
+    """Build dataclass ``cls`` from ``raw``, type-checking each field.
+
+    A bad field is reported and left at its default, so that the remaining fields are still
+    checked and every problem is reported in one go.
+    """
     where = prefix.rstrip(".") or "config"
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a mapping of keys, got {raw!r}")
-        return None
+        return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    ok = True
     for key in raw:
         if key not in names:
             problems.append(f"{prefix}{key}: unknown key{did_you_mean(str(key), names)}; allowed: {', '.join(names)}")
-            ok = False
     values = {}
     for name in names:
         if name not in raw:
@@ -119,14 +120,13 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, raw[name] if raw[name] is not None else {}, f"{prefix}{name}.", problems)
-            ok = ok and values[name] is not None
             continue
         good, value = _coerce(raw[name], hint)
-        if not good:
+        if good:
+            values[name] = value
+        else:
             problems.append(f"{prefix}{name}: {raw[name]!r} is not {_describe(hint)}")
-            ok = False
-        values[name] = value
-    return cls(**values) if ok else None
+    return cls(**values)
 
 
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:

@@ -95,7 +95,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
                 if state.step % cfg.log_every == 0:
                     _log_train(accelerator, tracker, window, state, scheduler, per_epoch)
                 if cfg.eval_every and state.step % cfg.eval_every == 0:
-                    _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker)
+                    _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
                     evaluated = True
                 if state.step >= total:
                     break
@@ -105,10 +105,10 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             state.epoch += 1
             state.batch = 0
             if not evaluated:
-                _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker)
+                _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
             continue
         if not evaluated:
-            _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker)
+            _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
     tracker.close()
     return state
 
@@ -132,7 +132,7 @@ def _log_train(accelerator: Any, tracker: Tracker, window: _Window, state: Train
 
 
 def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
-                       tracker: Tracker) -> None:
+                       tracker: Tracker, per_epoch: int) -> None:
     if inputs.validation:
         metrics = evaluate_examples(model, inputs.validation, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator)
         value = metrics[inputs.task.primary_metric]
@@ -141,7 +141,9 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
         )
         if better:
             state.best_metric, state.best_step = value, state.step
-        tracker.log({"step": state.step, "epoch": state.epoch, "split": "validation", **_scalars(metrics)})
+        tracker.log({
+            "step": state.step, "epoch": round(state.step / per_epoch, 4), "split": "validation", **_scalars(metrics)
+        })
         tracker.message(
             f"step {state.step}: validation loss {metrics['loss']:.4f}, "
             f"{inputs.task.primary_metric} {value:.4f} (best {state.best_metric:.4f} at step {state.best_step})"

@@ -1,0 +1,52 @@
+"""Offline, CPU-only test setup: shared data slices, a tiny model, an isolated cache."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SST2 = SHARED_DATA / "sst2"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "lmtune-cache"))
+
+
+def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns, delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_tsv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+@pytest.fixture(scope="session")
+def sst2_slice(tmp_path_factory) -> dict[str, Path]:
+    """Small slices of the real SST-2: 240 training and 120 dev sentences."""
+    if not SST2.is_dir():
+        pytest.skip(f"shared data not found at {SST2}")
+    out = tmp_path_factory.mktemp("sst2")
+    train = read_tsv(SST2 / "train.tsv")[:240]
+    dev = read_tsv(SST2 / "dev.tsv")[:120]
+    return {
+        "train": write_tsv(out / "train.tsv", train, ["sentence", "label"]),
+        "dev": write_tsv(out / "dev.tsv", dev, ["sentence", "label"]),
+    }
+
+
+def lmtune_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lmtune", *args]

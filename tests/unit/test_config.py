@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from lmtune.config import load_config
+from lmtune.errors import ConfigError
+
+BASE = {"data": {"train": "x.csv"}, "output": "runs/x"}
+
+
+def test_defaults_and_overrides_are_typed():
+    cfg = load_config(BASE, ["train.lr=2e-5", "train.batch_size=8", "data.text=sentence", "train.max_steps=3"])
+    assert cfg.train.lr == pytest.approx(2e-5) and isinstance(cfg.train.lr, float)
+    assert cfg.train.batch_size == 8 and cfg.data.text == "sentence" and cfg.train.max_steps == 3
+    assert cfg.model == "bundled:minilm" and cfg.task == "classification" and cfg.strategy.name == "full"
+    assert Path(cfg.output).is_absolute() and Path(cfg.data.train).is_absolute()
+
+
+def test_yaml_float_written_without_dot_is_accepted(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {train: a.csv}\ntrain: {lr: 5e-5}\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == pytest.approx(5e-5)
+    assert Path(cfg.output).name == "run"  # defaults to runs/<config name>
+
+
+def test_every_problem_is_reported_at_once_with_key_value_and_allowed():
+    raw = {"task": "clasification", "data": {"train": "a.csv", "lable": "y"},
+           "train": {"lr": "fast", "batch_size": 0, "precision": "fp8"}}
+    with pytest.raises(ConfigError) as info:
+        load_config(raw, ["train.epochs=-1"])
+    message = str(info.value)
+    assert "data.lable: unknown key (did you mean 'label'?)" in message
+    assert "train.lr: 'fast' is not a number" in message
+    assert "task: unknown task 'clasification' (did you mean 'classification'?)" in message
+    assert "train.batch_size: 0 must be > 0" in message
+    assert "train.precision: 'fp8' is not one of auto, bf16, fp16, fp32" in message
+    assert "train.epochs: -1.0 must be > 0" in message
+    with pytest.raises(ConfigError) as info:
+        load_config({"task": "clasification", "data": {"train": "a.csv"},
+                     "train": {"batch_size": 0, "precision": "fp8", "epochs": -1}})
+    problems = " | ".join(info.value.problems)
+    assert "task: unknown task 'clasification' (did you mean 'classification'?)" in problems
+    assert "train.batch_size: 0 must be > 0" in problems
+    assert "train.precision: 'fp8' is not one of auto, bf16, fp16, fp32" in problems
+    assert "train.epochs: -1.0 must be > 0" in problems
+
+
+def test_wrong_types_name_the_expected_type():
+    with pytest.raises(ConfigError, match=r"train.batch_size: 'big' is not an integer"):
+        load_config(BASE, ["train.batch_size=big"])
+    with pytest.raises(ConfigError, match=r"train.batch_size: 1.5 is not an integer"):
+        load_config(BASE, ["train.batch_size=1.5"])
+    with pytest.raises(ConfigError, match=r"train: expected a mapping"):
+        load_config(BASE, ["train=3"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(BASE, ["train.lr"])
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  train: a.csv\n  text: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line \d+"):
+        load_config(path)
+    path.write_text("")
+    with pytest.raises(ConfigError, match="empty file"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_missing_train_data_and_bad_split():
+    with pytest.raises(ConfigError) as info:
+        load_config({"data": {"validation_split": 1.5}})
+    assert "data.train: missing" in str(info.value)
+    assert "data.validation_split: 1.5 is not in (0, 1)" in str(info.value)
+
+
+def test_hub_names_are_left_alone():
+    cfg = load_config({"data": {"train": "hf:nyu-mll/glue:sst2", "validation": "imdb"}})
+    assert cfg.data.train == "hf:nyu-mll/glue:sst2" and cfg.data.validation == "imdb"

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import torch
+
+from lmtune.config import TrainConfig
+from lmtune.data import Table
+from lmtune.data.tokenize import tokenize_table
+from lmtune.training.checkpoint import STATE_FILE, _rotate, latest_checkpoint
+from lmtune.training.optim import build_optimizer, build_scheduler
+
+
+class _Counting:
+    name_or_path = "counting"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __len__(self):
+        return 100
+
+    def __call__(self, texts, pairs=None, truncation=True, max_length=8):
+        self.calls += 1
+        return {"input_ids": [[1] * min(len(t), max_length) for t in texts]}
+
+
+def test_tokenization_is_cached_and_keyed_on_settings(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text\nabc\nabcdef\n")
+    table = Table(str(data), ["text"], [{"text": "abc"}, {"text": "abcdef"}], [2, 3])
+    tok = _Counting()
+    first = tokenize_table(table, tok, "text", None, 8)
+    assert tokenize_table(table, tok, "text", None, 8) == first and tok.calls == 1
+    assert tokenize_table(table, tok, "text", None, 4)["input_ids"] == [[1, 1, 1], [1, 1, 1, 1]]
+    assert tok.calls == 2
+    data.write_text("text\nabc\nabcdefg\n")  # the file changed: re-tokenize
+    tokenize_table(table, tok, "text", None, 8)
+    assert tok.calls == 3
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=0.1))
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model[0].weight)}
+
+
+def test_warmup_then_linear_decay_to_zero():
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(lr=1.0, warmup=0.2)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    assert scheduler.get_last_lr()[0] == 0.0
+
+
+def test_latest_checkpoint_ignores_partial_writes_and_rotation_keeps_best(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30, 40):
+        (root / f"step-{step}").mkdir(parents=True)
+        (root / f"step-{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+    (root / ".tmp-step-50").mkdir()  # killed mid-write
+    (root / "step-60").mkdir()  # no state file: incomplete
+    assert latest_checkpoint(tmp_path).name == "step-40"
+    _rotate(tmp_path, keep=2, best_step=10)
+    assert sorted(p.name for p in root.glob("step-*") if (p / STATE_FILE).exists()) == ["step-10", "step-30", "step-40"]
