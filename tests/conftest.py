@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,3 +52,17 @@ def sst2_slice(tmp_path_factory) -> dict[str, Path]:
 
 def lmtune_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmtune", *args]
+
+
+@pytest.fixture(scope="session")
+def trained_run(sst2_slice, tmp_path_factory):
+    """A finished 2-epoch run on the SST-2 slice (shared by the integration tests), and its summary."""
+    out = tmp_path_factory.mktemp("runs") / "sst2"
+    result = subprocess.run(
+        lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+                       f"data.validation={sst2_slice['dev']}", f"output={out}", "train.epochs=2",
+                       "train.batch_size=16", "train.eval_every=10", "train.lr=1e-4", "train.log_every=5"),
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout.strip().splitlines()[-1])

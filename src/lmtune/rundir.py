@@ -111,7 +111,7 @@ def _check_compatible(run_dir: Path, cfg: RunConfig) -> None:
     ]
     if diffs:
         raise LmtuneError(
-            f"output: {run_dir} holds a run of a different config ({'; '.join(diffs[:5])}); "
+            f"output: {run_dir} holds a run of a different config ({'; '.join(diffs)}); "
             "it cannot be resumed with this one: choose another output or delete the directory"
         )
 

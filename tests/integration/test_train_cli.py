@@ -12,19 +12,6 @@ from tests.conftest import REPO, lmtune_command
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def trained_run(sst2_slice, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "sst2"
-    result = subprocess.run(
-        lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
-                       f"data.validation={sst2_slice['dev']}", f"output={out}", "train.epochs=2",
-                       "train.batch_size=16", "train.eval_every=10", "train.lr=1e-4", "train.log_every=5"),
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    return out, json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_run_directory_layout_and_logs(trained_run):
     run, summary = trained_run
     for name in ("config.yaml", "versions.json", "task.json", "metrics.jsonl", "metrics.json", "model/config.json",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("lmtune")
 
 
 class Tracker:
@@ -38,16 +41,17 @@ class Tracker:
             self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            (self.bar.write if self.bar is not None else print_stderr)(text)
+        """A line for the user on stderr (stdout stays clean for machine-readable output)."""
+        if not self.enabled:
+            return
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            log.info(text)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def print_stderr(text: str) -> None:
-    sys.stderr.write(text + "\n")
 
 
 def truncate_log(run_dir: Path, step: int) -> None:

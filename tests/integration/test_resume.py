@@ -1,0 +1,58 @@
+"""A run killed with SIGKILL mid-epoch and resumed ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO, lmtune_command
+
+pytestmark = pytest.mark.integration
+
+
+def _train_args(sst2_slice, out):
+    return lmtune_command(
+        "train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+        f"data.validation={sst2_slice['dev']}", f"output={out}", "train.epochs=2", "train.batch_size=16",
+        "train.eval_every=4", "train.lr=1e-4", "train.log_every=2", "train.seed=7",
+    )
+
+
+def _validation_log(run):
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(x["step"], x["loss"], x["accuracy"]) for x in lines if x["split"] == "validation"]
+
+
+def test_killed_run_resumes_to_identical_metrics(sst2_slice, tmp_path):
+    whole = tmp_path / "whole"
+    result = subprocess.run(_train_args(sst2_slice, whole), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_args(sst2_slice, killed), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # step 8 of 15 in the first epoch: mid-epoch
+    while not (killed / "checkpoints" / "step-8" / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+
+    result = subprocess.run(_train_args(sst2_slice, killed), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from step-" in result.stderr
+
+    expected = json.loads((whole / "metrics.json").read_text())
+    got = json.loads((killed / "metrics.json").read_text())
+    for key in ("step", "best_step", "best_accuracy"):
+        assert got[key] == expected[key], key
+    assert got["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], abs=1e-6)
+    assert got["validation"]["accuracy"] == expected["validation"]["accuracy"]
+    assert _validation_log(killed) == _validation_log(whole)
