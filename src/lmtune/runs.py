@@ -19,7 +19,7 @@ from lmtune.evaluation import evaluate_examples, forward_all
 from lmtune.models import from_hub_or_local, load_tokenizer, resolve_model
 from lmtune.strategies import STRATEGIES, trainable_parameters
 from lmtune.tasks import TASKS
-from lmtune.training.precision import default_threads, resolve_precision
+from lmtune.training.precision import default_threads, resolve_attention, resolve_precision
 
 log = logging.getLogger("lmtune")
 
@@ -46,15 +46,15 @@ def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...]
 
     from lmtune.training.loop import FitInputs, fit
 
-    accelerator = Accelerator(
-        mixed_precision=resolve_precision(cfg.train.precision, torch.cuda.is_available()),
-        cpu=not torch.cuda.is_available(),
-    )
+    use_cuda = torch.cuda.is_available()
+    precision = resolve_precision(cfg.train.precision, use_cuda)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
     try:
         torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
         set_seed(cfg.train.seed)
+        attention = resolve_attention(cfg.train.attention, precision, use_cuda)
         model = STRATEGIES.get(cfg.strategy.name)().apply(
-            from_hub_or_local(task.build_model, source)
+            from_hub_or_local(task.build_model, source, attn_implementation=attention)
         )
         if accelerator.is_main_process:
             rundir.write_header(run_dir, cfg, task.state())
@@ -77,8 +77,10 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, cfg: RunCon
     """Save the final model and write metrics.json (validation and test metrics, throughput, sizes)."""
     unwrapped = accelerator.unwrap_model(model)
     results: dict[str, Any] = {}
+    if state.last_validation_step == state.step:
+        results["validation"] = state.last_validation
     for split in ("validation", "test"):
-        if encoded.get(split):
+        if encoded.get(split) and split not in results:
             results[split] = evaluate_examples(
                 model, encoded[split], task, cfg.train.eval_batch, tokenizer.pad_token_id, accelerator
             )
@@ -93,6 +95,7 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, cfg: RunCon
         strategy = STRATEGIES.get(cfg.strategy.name)()
 
         def save(out: Path) -> None:
+            unwrapped.set_attn_implementation("sdpa")  # training's kernel choice is not the model's
             strategy.save(unwrapped, out)
             tokenizer.save_pretrained(out)
 

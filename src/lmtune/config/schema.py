@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ATTENTIONS = ("auto", "eager", "sdpa")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class TrainConfig:
     """Write a training-loss line to metrics.jsonl every N optimizer steps."""
     max_length: int = 128
     """Truncate inputs to this many tokens."""
+    attention: str = "auto"
+    """Attention kernel for training: auto (eager for bf16 on CPU, where it trains ~1.5x faster than
+    SDPA's CPU flash kernel; SDPA elsewhere) | eager | sdpa."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding, same randomness across epochs)."""
     keep_checkpoints: int = 2
@@ -109,6 +113,8 @@ class TrainConfig:
                 problems.append(f"train.{key}: {getattr(self, key)} must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             problems.append(f"train.max_grad_norm: {self.max_grad_norm} must be > 0 or null")
+        if self.attention not in ATTENTIONS:
+            problems.append(f"train.attention: {self.attention!r} is not one of {', '.join(ATTENTIONS)}")
         if self.precision not in PRECISIONS:
             problems.append(f"train.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         return problems

@@ -24,8 +24,8 @@ class Task(Protocol):
     def encode(self, table: Table, tokenizer: Any, data: DataConfig, max_length: int) -> list[dict]:
         """Tokenized examples, with targets when the table has them."""
 
-    def build_model(self, source: str | Path) -> torch.nn.Module:
-        """The model with this task's head, loaded from a path or Hub id."""
+    def build_model(self, source: str | Path, **kwargs: Any) -> torch.nn.Module:
+        """The model with this task's head, loaded from a path or Hub id (kwargs go to from_pretrained)."""
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss of a batch."""

@@ -58,7 +58,7 @@ class Classification:
                 examples[i]["labels"] = index[value]
         return examples
 
-    def build_model(self, source: str | Path) -> torch.nn.Module:
+    def build_model(self, source: str | Path, **kwargs: Any) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
         names = [str(label) for label in self.labels]
@@ -68,6 +68,7 @@ class Classification:
             id2label=dict(enumerate(names)),
             label2id={name: i for i, name in enumerate(names)},
             ignore_mismatched_sizes=True,  # a run directory's head may have a different label set
+            **kwargs,
         )
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

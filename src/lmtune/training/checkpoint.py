@@ -33,6 +33,9 @@ class TrainState:
     """Wall time spent in training steps (evaluation excluded)."""
     best_metric: float | None = None
     best_step: int | None = None
+    last_validation: dict[str, Any] | None = None
+    """Metrics of the latest evaluation, so the end of training need not evaluate again."""
+    last_validation_step: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

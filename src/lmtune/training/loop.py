@@ -77,9 +77,9 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             group_start = i - i % cfg.grad_accum
             group_size = min(cfg.grad_accum, len(batches) - group_start)
             step_ends = i == group_start + group_size - 1
+            window.start()
             batch = collate([inputs.train[j] for j in batches[i]], inputs.pad_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            window.start()
             with nullcontext() if step_ends else accelerator.no_sync(model):
                 features = {k: v for k, v in batch.items() if k != "labels"}
                 loss = inputs.task.loss(model(**features), batch)
@@ -141,6 +141,7 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
         )
         if better:
             state.best_metric, state.best_step = value, state.step
+        state.last_validation, state.last_validation_step = metrics, state.step
         tracker.log({
             "step": state.step, "epoch": round(state.step / per_epoch, 4), "split": "validation", **_scalars(metrics)
         })

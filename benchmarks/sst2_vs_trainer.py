@@ -1,0 +1,161 @@
+"""lmtune vs the Hugging Face Trainer on the same SST-2 rows, side by side in one run.
+
+Same model (bundled MiniLM-L6), rows, epochs, batch size, learning rate, warmup, weight decay,
+clipping, precision, max length, seed and threads. Each side runs in its own process so that
+peak memory is its own. Prints train throughput of each and the ratio, wall time, peak RSS and
+dev accuracy (all 872 SST-2 dev sentences).
+
+    python benchmarks/sst2_vs_trainer.py                 # 8,000 rows, 1 epoch
+    python benchmarks/sst2_vs_trainer.py --rows 67349    # the whole training set
+    python benchmarks/sst2_vs_trainer.py --only lmtune --rows 67349 --epochs 3   # the full-data accuracy run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SST2 = REPO.parent / "shared" / "data" / "sst2"
+
+
+def run_lmtune(args: argparse.Namespace, out: Path) -> dict:
+    import lmtune
+
+    start = time.perf_counter()
+    metrics = lmtune.train(
+        {
+            "model": "bundled:minilm",
+            "data": {"train": str(SST2 / "train.tsv"), "validation": str(SST2 / "dev.tsv"), "text": "sentence",
+                     "max_train_samples": args.rows},
+            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
+                      "weight_decay": 0.01, "max_grad_norm": 1.0, "precision": args.precision, "seed": args.seed,
+                      "max_length": args.max_length, "threads": args.threads, "eval_every": 0,
+                      "group_by_length": not args.no_grouping},
+            "output": str(out / "lmtune-run"),
+        }
+    )
+    return {
+        "train_samples_per_s": metrics["train_samples_per_s"],
+        "train_seconds": metrics["train_seconds"],
+        "wall_seconds": time.perf_counter() - start,
+        "dev_accuracy": metrics["validation"]["accuracy"],
+    }
+
+
+def run_trainer(args: argparse.Namespace, out: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+
+    from lmtune.models import resolve_model
+
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    source = resolve_model("bundled:minilm")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+
+    def load(name: str, limit: int | None) -> Dataset:
+        lines = (SST2 / name).read_text(encoding="utf-8").splitlines()[1:]
+        rows = [line.split("\t") for line in lines][:limit]
+        data = Dataset.from_dict({"sentence": [r[0] for r in rows], "label": [int(r[1]) for r in rows]})
+        return data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=args.max_length),
+                        batched=True, remove_columns=["sentence"])
+
+    train, dev = load("train.tsv", args.rows), load("dev.tsv", None)
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+    steps = -(-len(train) // args.batch_size) * args.epochs
+    training_args = TrainingArguments(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=2 * args.batch_size, learning_rate=args.lr, num_train_epochs=args.epochs,
+        warmup_steps=int(args.warmup * steps), weight_decay=0.01, max_grad_norm=1.0,
+        bf16=args.precision == "bf16", use_cpu=True, seed=args.seed, eval_strategy="no", save_strategy="no",
+        report_to="none", logging_steps=50, disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if args.trainer_grouping else "random",
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy)
+    result = trainer.train()
+    evaluation = trainer.evaluate()
+    return {
+        "train_samples_per_s": round(len(train) * args.epochs / result.metrics["train_runtime"], 2),
+        "train_seconds": result.metrics["train_runtime"],
+        "wall_seconds": time.perf_counter() - start,
+        "dev_accuracy": evaluation["eval_accuracy"],
+    }
+
+
+def _accuracy(prediction) -> dict:
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
+def _child(args: argparse.Namespace) -> None:
+    """Run one side in this process and print its figures as JSON (with this process's peak RSS)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = (run_lmtune if args.child == "lmtune" else run_trainer)(args, Path(tmp))
+    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    sys.stdout.write("RESULT " + json.dumps(figures) + "\n")
+
+
+def _side(name: str, argv: list[str]) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, __file__, *argv, "--child", name], capture_output=True, text=True,
+                          env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=8000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--warmup", type=float, default=0.06)
+    parser.add_argument("--max-length", type=int, default=66)
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-grouping", action="store_true", help="lmtune without length-grouped batches")
+    parser.add_argument("--trainer-grouping", action="store_true", help="Trainer with group_by_length sampling")
+    parser.add_argument("--only", choices=["lmtune", "trainer"])
+    parser.add_argument("--child", choices=["lmtune", "trainer"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    argv = [a for a in sys.argv[1:] if not a.startswith("--only")]
+    argv = [a for i, a in enumerate(argv) if not (i > 0 and argv[i - 1] == "--only")]
+    sides = [args.only] if args.only else ["trainer", "lmtune"]
+    results = {name: _side(name, argv) for name in sides}
+    _print(args, results)
+
+
+def _print(args: argparse.Namespace, results: dict) -> None:
+    out = sys.stdout
+    out.write(f"SST-2: {args.rows} training rows x {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr}, "
+              f"{args.precision}, {args.threads} threads; dev = 872 sentences\n")
+    out.write(f"{'':>8} {'train samples/s':>16} {'train s':>9} {'wall s':>8} {'peak RSS MiB':>13} {'dev acc':>8}\n")
+    for name, r in results.items():
+        out.write(f"{name:>8} {r['train_samples_per_s']:>16.1f} {r['train_seconds']:>9.1f} {r['wall_seconds']:>8.1f} "
+                  f"{r['peak_rss_mib']:>13.1f} {100 * r['dev_accuracy']:>7.2f}%\n")
+    if len(results) == 2:
+        t, m = results["trainer"], results["lmtune"]
+        out.write(f"throughput ratio lmtune/Trainer: {m['train_samples_per_s'] / t['train_samples_per_s']:.2f}x; "
+                  f"wall-time ratio Trainer/lmtune: {t['wall_seconds'] / m['wall_seconds']:.2f}x; "
+                  f"dev accuracy difference: {100 * (m['dev_accuracy'] - t['dev_accuracy']):+.2f} points\n")
+
+
+if __name__ == "__main__":
+    main()
