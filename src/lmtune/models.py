@@ -40,7 +40,9 @@ def resolve_model(spec: str) -> str:
             raise LmtuneError(f"model: {spec} is a directory without config.json; expected a transformers model")
         return str(path.resolve())
     if spec.startswith((".", "/", "~")) or path.suffix:
-        raise LmtuneError(f"model: {spec} does not exist; expected a model directory, a run directory or bundled:minilm")
+        raise LmtuneError(
+            f"model: {spec} does not exist; expected a model directory, a run directory or bundled:minilm"
+        )
     return spec  # a Hub id
 
 

@@ -19,7 +19,7 @@ from lmtune.evaluation import evaluate_examples, forward_all
 from lmtune.models import from_hub_or_local, load_tokenizer, resolve_model
 from lmtune.strategies import STRATEGIES, trainable_parameters
 from lmtune.tasks import TASKS
-from lmtune.training.precision import default_threads, resolve_attention, resolve_precision
+from lmtune.training.precision import default_threads, resolve_precision
 
 log = logging.getLogger("lmtune")
 
@@ -52,9 +52,8 @@ def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...]
     try:
         torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
         set_seed(cfg.train.seed)
-        attention = resolve_attention(cfg.train.attention, precision, use_cuda)
         model = STRATEGIES.get(cfg.strategy.name)().apply(
-            from_hub_or_local(task.build_model, source, attn_implementation=attention)
+            from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention)
         )
         if accelerator.is_main_process:
             rundir.write_header(run_dir, cfg, task.state())
@@ -114,7 +113,7 @@ def _load_tables(data: DataConfig, task: Any) -> dict[str, Table]:
         tables["validation"] = read_table(data.validation, "validation").head(data.max_eval_samples)
     else:
         order = list(range(len(train)))
-        random.Random(0).shuffle(order)  # fixed: the split must not change with train.seed
+        random.Random(data.split_seed).shuffle(order)
         n_val = max(1, round(len(train) * data.validation_split))
         if len(train) - n_val < 1:
             from lmtune.errors import DataError
@@ -139,7 +138,8 @@ class Run:
 
     def predict(self, texts: list[str] | list[tuple[str, str]] | Table, batch_size: int = 64) -> list[dict]:
         """Predictions for raw texts (or (text, pair) tuples), in input order."""
-        table = _input_table(texts, self.config.data) if isinstance(texts, Table) else _texts_table(texts, self.config.data)
+        data = self.config.data
+        table = _input_table(texts, data) if isinstance(texts, Table) else _texts_table(texts, data)
         examples = self.task.encode(table, self.tokenizer, _unlabelled(self.config.data),
                                     self.config.train.max_length)
         indices, logits, _ = forward_all(self.model, examples, batch_size, self.tokenizer.pad_token_id,

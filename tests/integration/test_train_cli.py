@@ -62,8 +62,9 @@ def test_predict_from_file_and_stdin(trained_run, tmp_path):
 
 
 def test_python_api_and_plain_transformers_pipeline_agree(trained_run):
-    import lmtune
     from transformers import pipeline
+
+    import lmtune
 
     run, _ = trained_run
     texts = ["a gorgeous, witty, seductive movie .", "the worst film of the year ."]

@@ -19,7 +19,7 @@ def _train(args: argparse.Namespace) -> int:
 
     metrics = runs.train(args.config, args.overrides)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary line, not one per process
-        print(json.dumps(_headline(metrics)))
+        sys.stdout.write(json.dumps(_headline(metrics)) + "\n")
     return 0
 
 
@@ -28,11 +28,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     metrics = runs.load(args.run).evaluate(args.data, args.max_samples)
     if args.json:
-        print(json.dumps(metrics))
+        sys.stdout.write(json.dumps(metrics) + "\n")
     else:
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
-                print(f"{key:>12}  {value:.4f}")
+                sys.stdout.write(f"{key:>12}  {value:.4f}\n")
     return 0
 
 

@@ -19,8 +19,6 @@ from lmtune.errors import ConfigError
 from lmtune.registry import did_you_mean
 
 
-
-
 def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load a run config from a YAML file (or a dict) and apply ``key=value`` overrides.
 
@@ -59,7 +57,7 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError([f"file not found (expected a YAML run config)"], source=str(path))
+        raise ConfigError(["file not found (expected a YAML run config)"], source=str(path))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:

@@ -94,7 +94,8 @@ def classification_metrics(predicted: torch.Tensor, targets: torch.Tensor, names
     """
     k = len(names)
     confusion = torch.zeros((k, k), dtype=torch.long)
-    confusion.index_put_((targets.long(), predicted.long()), torch.ones_like(targets, dtype=torch.long), accumulate=True)
+    ones = torch.ones_like(targets, dtype=torch.long)
+    confusion.index_put_((targets.long(), predicted.long()), ones, accumulate=True)
     tp = confusion.diag().double()
     predicted_count = confusion.sum(0).double()
     true_count = confusion.sum(1).double()

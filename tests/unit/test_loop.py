@@ -1,0 +1,87 @@
+"""The training loop on a tiny BERT (2 layers, width 32): step plans, accumulation, logging, validation split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+import lmtune
+from lmtune.config import TrainConfig
+from lmtune.models import resolve_model
+from lmtune.training.loop import plan_steps
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("bundled:minilm"))
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def three_class_pairs(tmp_path):
+    """A 3-class sentence-pair task (entailment-like) as JSONL with string labels."""
+    rows = []
+    for i in range(60):
+        kind = ["same", "opposite", "unrelated"][i % 3]
+        second = {"same": "it is good", "opposite": "it is bad", "unrelated": "the sky is blue"}[kind]
+        rows.append({"premise": f"item {i} is good", "hypothesis": second, "relation": kind})
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_plan_steps_with_accumulation_and_processes():
+    assert plan_steps(100, TrainConfig(batch_size=10, epochs=2), 1) == (10, 20)
+    assert plan_steps(100, TrainConfig(batch_size=10, grad_accum=3, epochs=1), 1) == (4, 4)
+    assert plan_steps(100, TrainConfig(batch_size=10, epochs=1.5), 2) == (5, 8)
+    assert plan_steps(100, TrainConfig(batch_size=10, max_steps=7), 1) == (10, 7)
+
+
+def test_multiclass_pairs_with_accumulation_and_carved_validation(tiny_bert, three_class_pairs, tmp_path):
+    out = tmp_path / "run"
+    metrics = lmtune.train({
+        "model": str(tiny_bert),
+        "data": {"train": str(three_class_pairs), "text": "premise", "text_pair": "hypothesis",
+                 "label": "relation", "validation_split": 0.25},
+        "train": {"epochs": 2, "batch_size": 8, "grad_accum": 2, "lr": 1e-3, "log_every": 1, "precision": "fp32"},
+        "output": str(out),
+    })
+    # 45 training rows (15 held out) → 6 batches → 3 optimizer steps per epoch
+    assert metrics["step"] == 6
+    assert sum(map(sum, metrics["validation"]["confusion_matrix"])) == 15
+    assert metrics["validation"]["labels"] == ["opposite", "same", "unrelated"]
+    assert set(metrics["validation"]["per_class"]) == {"opposite", "same", "unrelated"}
+    train_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert [x["step"] for x in train_lines] == [1, 2, 3, 4, 5, 6]
+    assert train_lines[-1]["lr"] == 0.0  # linear decay reaches zero at the last step
+    run = lmtune.load(out)
+    predictions = run.predict([("item 99 is good", "it is bad")])
+    assert predictions[0]["label"] in {"opposite", "same", "unrelated"}
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "opposite", "1": "same", "2": "unrelated"}
+
+
+def test_unreachable_hub_model_is_one_clear_line(tmp_path, three_class_pairs):
+    expected = "could not load 'no-such-org/no-such-model' from the Hugging Face Hub"
+    with pytest.raises(lmtune.LmtuneError, match=expected):
+        lmtune.train({"model": "no-such-org/no-such-model",
+                      "data": {"train": str(three_class_pairs), "text": "premise", "label": "relation"},
+                      "output": str(tmp_path / "run")})
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_shipped_example_config_is_valid():
+    from tests.conftest import REPO
+
+    paths = sorted((REPO / "examples").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = lmtune.load_config(path)
+        assert cfg.task == "classification"
