@@ -12,6 +12,8 @@ from typing import Any
 
 log = logging.getLogger("lmtune")
 
+PLAIN_PROGRESS_EVERY_S = 30.0
+
 
 class Tracker:
     """Appends metric lines to ``RUN/metrics.jsonl`` and drives a progress bar; silent off the main process."""
@@ -20,6 +22,9 @@ class Tracker:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.bar = None
+        self._last_line = self._start_time = time.monotonic()
+        self._start_n = self._done = start_step
+        self._total = total_steps
         if enabled:
             from tqdm.auto import tqdm
 
@@ -36,9 +41,22 @@ class Tracker:
             handle.write(json.dumps(_finite(record)) + "\n")
 
     def advance(self, loss: float, samples_per_s: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
+        if self.bar is None:
+            return
+        self._done += 1
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
+        if self.bar.disable and time.monotonic() - self._last_line >= PLAIN_PROGRESS_EVERY_S:
+            self._plain_progress(loss, samples_per_s)
+
+    def _plain_progress(self, loss: float, samples_per_s: float) -> None:
+        """Without a terminal (CI, nohup, logs) the bar is off: a progress line every half minute instead."""
+        self._last_line = time.monotonic()
+        done, total = self._done, self._total
+        rate = (done - self._start_n) / max(self._last_line - self._start_time, 1e-9)
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        log.info("step %d/%d  loss %.4f  %.0f samples/s  eta %s", done, total, loss, samples_per_s, eta_text)
 
     def message(self, text: str) -> None:
         """A line for the user on stderr (stdout stays clean for machine-readable output)."""
