@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,13 @@ import torch
 from lmtune import rundir
 from lmtune.config import DataConfig, RunConfig, load_config
 from lmtune.data import Table, read_table
+from lmtune.errors import LmtuneError
 from lmtune.evaluation import evaluate_examples, forward_all
 from lmtune.models import from_hub_or_local, load_tokenizer, resolve_model
-from lmtune.strategies import STRATEGIES, trainable_parameters
+from lmtune.strategies import anatomy, directory_size, trainable_parameters
+from lmtune.strategies.lora import is_adapter_dir, load_adapter_model, merge_adapter
 from lmtune.tasks import TASKS
+from lmtune.training.checkpoint import latest_checkpoint
 from lmtune.training.precision import default_threads, resolve_precision
 
 log = logging.getLogger("lmtune")
@@ -52,18 +56,20 @@ def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...]
     try:
         torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
         set_seed(cfg.train.seed)
-        model = STRATEGIES.get(cfg.strategy.name)().apply(
-            from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention)
-        )
+        strategy = cfg.strategy.build()
+        base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention)
+        layers = anatomy.num_layers(base)
+        model = strategy.apply(base)
         if accelerator.is_main_process:
             rundir.write_header(run_dir, cfg, task.state())
         accelerator.wait_for_everyone()
         inputs = FitInputs(
             task, encoded["train"], encoded.get("validation"), tokenizer.pad_token_id, run_dir,
             [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
+            lr_scale=lambda name: strategy.lr_scale(name, layers),
         )
         state = fit(accelerator, model, inputs, cfg.train)
-        final = _finish(accelerator, model, tokenizer, task, cfg, encoded, state, run_dir)
+        final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir)
     finally:
         accelerator.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -71,8 +77,8 @@ def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...]
     return final
 
 
-def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, cfg: RunConfig, encoded: dict,
-            state: Any, run_dir: Path) -> dict[str, Any]:
+def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: Any, cfg: RunConfig,
+            encoded: dict, state: Any, run_dir: Path) -> dict[str, Any]:
     """Save the final model and write metrics.json (validation and test metrics, throughput, sizes)."""
     unwrapped = accelerator.unwrap_model(model)
     results: dict[str, Any] = {}
@@ -91,14 +97,15 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, cfg: RunCon
         "precision": accelerator.mixed_precision, "trainable_parameters": trainable, "parameters": total,
     })
     if accelerator.is_main_process:
-        strategy = STRATEGIES.get(cfg.strategy.name)()
 
         def save(out: Path) -> None:
-            unwrapped.set_attn_implementation("sdpa")  # training's kernel choice is not the model's
             strategy.save(unwrapped, out)
             tokenizer.save_pretrained(out)
 
-        rundir.save_model_atomic(run_dir, save)
+        results["strategy"] = cfg.strategy.name
+        results["model_bytes"] = directory_size(rundir.save_model_atomic(run_dir, save))
+        latest = latest_checkpoint(run_dir)
+        results["checkpoint_bytes"] = directory_size(latest) if latest else None
         rundir.write_text_atomic(run_dir / rundir.FINAL_METRICS, json.dumps(results, indent=2))
     accelerator.wait_for_everyone()
     return results
@@ -168,7 +175,10 @@ def load(run_dir: str | Path) -> Run:
     path, cfg, task_state = rundir.read_run(run_dir)
     task = TASKS.get(cfg.task).from_state(task_state)
     source = str(path / rundir.MODEL)
-    model = from_hub_or_local(task.build_model, source)
+    if is_adapter_dir(path / rundir.MODEL):
+        model = load_adapter_model(path / rundir.MODEL, lambda base: from_hub_or_local(task.build_model, base))
+    else:
+        model = from_hub_or_local(task.build_model, source)
     model.eval()
     if torch.cuda.is_available():
         model.to("cuda")
@@ -201,3 +211,30 @@ def _unlabelled(data: DataConfig) -> DataConfig:
     from dataclasses import replace
 
     return replace(data, label="\0no-label")  # predictions never read a label column
+
+
+def export(run_dir: str | Path, out_dir: str | Path | None = None, merge: bool = False) -> Path:
+    """Write the run's model as a plain transformers directory (LoRA adapters merged when ``merge``).
+
+    Returns:
+        The directory written (default ``RUN/merged``).
+    """
+    run = load(run_dir)
+    target = Path(out_dir) if out_dir else run.run_dir / "merged"
+    model = run.model
+    if is_adapter_dir(run.run_dir / rundir.MODEL):
+        if not merge:
+            raise LmtuneError(f"{run.run_dir}: the model is a LoRA adapter; pass --merge to fold it into the weights")
+        model = merge_adapter(model)
+    if target.exists() and any(target.iterdir()):
+        raise LmtuneError(f"--out: {target} is not empty")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    run.tokenizer.save_pretrained(tmp)
+    if target.exists():
+        target.rmdir()
+    tmp.replace(target)
+    return target

@@ -59,6 +59,13 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from lmtune import runs
+
+    sys.stdout.write(f"{runs.export(args.run, args.out, merge=args.merge)}\n")
+    return 0
+
+
 def _headline(metrics: dict) -> dict:
     """The scalar metrics of a finished run (tables stay in metrics.json)."""
     out = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
@@ -91,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="CSV/TSV/JSONL/text file, or - for stdin")
     p.add_argument("--output", help="write JSONL here instead of stdout")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="write a run's model as plain transformers weights")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--merge", action="store_true", help="fold LoRA adapters into the base weights")
+    p.add_argument("--out", help="output directory (default RUN/merged)")
+    p.set_defaults(func=_export)
     return parser
 
 

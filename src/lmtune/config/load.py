@@ -47,12 +47,28 @@ def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     problems += _validate_all(config)
     if problems:
         raise ConfigError(problems, source=name)
-    return _resolve_paths(config)
+    return _resolve_paths(_resolve_lr(config))
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
-    """The config as plain data, as written to ``RUN/config.yaml``."""
-    return dataclasses.asdict(config)
+    """The config as plain data (tuples as lists), as written to ``RUN/config.yaml``."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _resolve_lr(config: RunConfig) -> RunConfig:
+    """No learning rate given: use the strategy's default, so that it is explicit in the saved config."""
+    if config.train.lr is not None:
+        return config
+    lr = config.strategy.build().default_lr
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, lr=lr))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -147,13 +163,17 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
                     pass
         if option is str and isinstance(value, str):
             return True, value
+        if typing.get_origin(option) is tuple:
+            items = [value] if isinstance(value, str) else value
+            if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+                return True, tuple(items)
     return False, value
 
 
 def _describe(hint: Any) -> str:
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-    return " or ".join(names.get(o, str(o)) for o in options)
+    return " or ".join(names.get(o, "a list of strings") for o in options)
 
 
 def _validate_all(config: RunConfig) -> list[str]:

@@ -7,6 +7,7 @@ report every problem in the config at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ATTENTIONS = ("eager", "sdpa")
@@ -48,16 +49,65 @@ class DataConfig:
         return problems
 
 
+STRATEGY_KNOBS = {
+    "full": ("decay",),
+    "freeze": ("layers", "decay"),
+    "llrd": ("decay",),
+    "lora": ("r", "alpha", "dropout", "target_modules"),
+}
+"""Which strategy each knob belongs to; a knob set for another strategy is a config error."""
+CACHE_MODES = ("auto", "off", "memory", "disk")
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
     name: str = "full"
-    """Which parameters train: ``full`` (more strategies: see `lmtune.strategies`)."""
+    """Which parameters train: full | freeze | head | lora | bitfit | llrd."""
+    layers: int | float | None = None
+    """freeze: bottom blocks frozen with the embeddings, a count or a fraction (default 0.5)."""
+    decay: float | None = None
+    """llrd (default 0.9), full and freeze (default none): learning-rate factor per block going down."""
+    r: int | None = None
+    """lora: rank (default 8)."""
+    alpha: int | None = None
+    """lora: scaling numerator, PEFT's lora_alpha (default 16)."""
+    dropout: float | None = None
+    """lora: dropout on the adapter input (default 0.1)."""
+    target_modules: tuple[str, ...] | None = None
+    """lora: module names to adapt (default: PEFT's choice for the architecture)."""
+    cache: str = "auto"
+    """Frozen-layer caching for freeze/head: auto (RAM if it fits the budget, else disk) | memory | disk | off."""
 
     def validate(self) -> list[str]:
         from lmtune.strategies import STRATEGIES
 
         problem = STRATEGIES.check(self.name)
-        return [f"strategy.name: {problem}"] if problem else []
+        if problem:
+            return [f"strategy.name: {problem}"]
+        problems = []
+        for knob in ("layers", "decay", "r", "alpha", "dropout", "target_modules"):
+            owners = [name for name, knobs in STRATEGY_KNOBS.items() if knob in knobs]
+            if getattr(self, knob) is not None and self.name not in owners:
+                problems.append(f"strategy.{knob}: only used by strategy {' or '.join(owners)}, not {self.name!r}")
+        if self.layers is not None and self.layers < 0:
+            problems.append(f"strategy.layers: {self.layers} must be >= 0 (a block count or a fraction)")
+        if self.decay is not None and not 0 < self.decay <= 1:
+            problems.append(f"strategy.decay: {self.decay} is not in (0, 1]")
+        for knob in ("r", "alpha"):
+            if getattr(self, knob) is not None and getattr(self, knob) <= 0:
+                problems.append(f"strategy.{knob}: {getattr(self, knob)} must be > 0")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            problems.append(f"strategy.dropout: {self.dropout} is not in [0, 1)")
+        if self.cache not in CACHE_MODES:
+            problems.append(f"strategy.cache: {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
+        return problems
+
+    def build(self) -> Any:
+        """The strategy object, with the knobs that were set (the others keep the strategy's defaults)."""
+        from lmtune.strategies import STRATEGIES
+
+        knobs = {k: getattr(self, k) for k in STRATEGY_KNOBS.get(self.name, ()) if getattr(self, k) is not None}
+        return STRATEGIES.get(self.name)(**knobs)
 
 
 @dataclass(frozen=True)
@@ -72,8 +122,9 @@ class TrainConfig:
     """Examples per evaluation forward pass (default: 2 × batch_size)."""
     grad_accum: int = 1
     """Forward passes accumulated into one optimizer step."""
-    lr: float = 5e-5
-    """Peak learning rate (after warmup)."""
+    lr: float | None = None
+    """Peak learning rate (after warmup); default: the strategy's (full 5e-5, freeze/llrd 1e-4, lora 5e-4,
+    head/bitfit 1e-3)."""
     warmup: float = 0.06
     """Warmup length: a fraction of all steps if < 1, else a number of steps; then linear decay to 0."""
     weight_decay: float = 0.01
@@ -107,7 +158,7 @@ class TrainConfig:
             if value is not None and value <= 0:
                 problems.append(f"train.{key}: {value} must be > 0")
         for key in ("lr", "epochs"):
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 problems.append(f"train.{key}: {getattr(self, key)} must be > 0")
         for key in ("warmup", "weight_decay", "eval_every"):
             if getattr(self, key) < 0:

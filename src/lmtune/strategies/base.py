@@ -1,4 +1,4 @@
-"""The strategy protocol: WHICH parameters train, and how the trained model is saved."""
+"""The strategy protocol: WHICH parameters train, at what learning rate, and how the result is saved."""
 
 from __future__ import annotations
 
@@ -11,8 +11,18 @@ from lmtune.registry import Registry
 
 
 class Strategy(Protocol):
+    default_lr: float
+    """Learning rate used when the config gives none (LoRA at a full-fine-tuning rate barely learns)."""
+
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         """Return the trainable variant of ``model`` (freeze, wrap, ...)."""
+
+    def lr_scale(self, name: str, layers: int) -> float:
+        """Multiplier of the learning rate for parameter ``name`` (layer-wise decay); 1.0 for most."""
+
+    def frozen_bottom(self, layers: int) -> int | None:
+        """How many bottom blocks (with the embeddings) are frozen and deterministic, so their output can be
+        cached; None when nothing is frozen that way."""
 
     def save(self, model: torch.nn.Module, out_dir: Path) -> None:
         """Write the final model so that plain transformers (or PEFT) can load it."""
@@ -21,8 +31,35 @@ class Strategy(Protocol):
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
+class StrategyBase:
+    """Defaults shared by the strategies: every parameter at the base rate, nothing cached, plain save."""
+
+    default_lr = 5e-5
+
+    def lr_scale(self, name: str, layers: int) -> float:
+        return 1.0
+
+    def frozen_bottom(self, layers: int) -> int | None:
+        return None
+
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)
+
+
+def set_trainable(model: torch.nn.Module, keep: callable) -> torch.nn.Module:
+    """Train exactly the parameters whose name satisfies ``keep``."""
+    for name, param in model.named_parameters():
+        param.requires_grad = bool(keep(name))
+    return model
+
+
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def directory_size(path: Path) -> int:
+    """Bytes on disk under ``path`` (what a saved model or checkpoint costs)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

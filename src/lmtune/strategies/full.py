@@ -1,22 +1,24 @@
-"""Full fine-tuning: every parameter trains."""
+"""Full fine-tuning: every parameter trains (optionally with layer-wise learning-rate decay)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from lmtune.strategies.base import STRATEGIES
+from lmtune.strategies import anatomy
+from lmtune.strategies.base import STRATEGIES, StrategyBase, set_trainable
 
 
 @STRATEGIES.register("full")
 @dataclass(frozen=True)
-class Full:
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
-        for param in model.parameters():
-            param.requires_grad = True
-        return model
+class Full(StrategyBase):
+    decay: float | None = None
+    """Layer-wise learning-rate decay factor (see `llrd`); None for one rate everywhere."""
+    default_lr = 5e-5
 
-    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return set_trainable(model, lambda name: True)
+
+    def lr_scale(self, name: str, layers: int) -> float:
+        return anatomy.decayed(name, layers, self.decay)

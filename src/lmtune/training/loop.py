@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ class FitInputs:
     pad_id: int
     run_dir: Path
     extra_files: list[Path]
+    lr_scale: Callable[[str], float] = lambda name: 1.0
+    """Learning-rate multiplier per parameter name (from the strategy)."""
 
 
 def plan_steps(n_examples: int, cfg: TrainConfig, world_size: int) -> tuple[int, int]:
@@ -52,7 +55,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         The final training state (step, best metric and its step, throughput counters).
     """
     per_epoch, total = plan_steps(len(inputs.train), cfg, accelerator.num_processes)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, inputs.lr_scale)
     scheduler = build_scheduler(optimizer, cfg, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = TrainState()

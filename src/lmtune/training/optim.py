@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lmtune.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, lr_scale: Callable[[str], float] = lambda name: 1.0
+) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; biases and normalisation weights get no weight decay.
 
-    The fused kernel is used where the device has one: on CPU it makes the optimizer step about
-    6x faster than the per-parameter loop (measured on MiniLM, 22M parameters).
+    Args:
+        model: the model; only parameters with ``requires_grad`` are optimized.
+        cfg: learning rate and weight decay.
+        lr_scale: learning-rate multiplier per parameter name (layer-wise decay).
+
+    The fused kernel is used: on CPU it makes the optimizer step about 6x faster than the
+    per-parameter loop (measured on MiniLM, 22M parameters).
     """
-    decay, no_decay = [], []
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=True)
+        decay = 0.0 if param.ndim < 2 or "norm" in name.lower() else cfg.weight_decay
+        groups.setdefault((cfg.lr * lr_scale(name), decay), []).append(param)
+    if not groups:
+        raise ValueError("the strategy left no trainable parameter")
+    param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, fused=True)
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:

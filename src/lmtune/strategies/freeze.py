@@ -1,0 +1,45 @@
+"""Frozen layers: the embeddings and the bottom k blocks stay fixed; the blocks above and the head train."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmtune.strategies import anatomy
+from lmtune.strategies.base import STRATEGIES, StrategyBase, set_trainable
+
+
+def frozen_count(layers: int | float, total: int) -> int:
+    """``layers`` as a block count: an int is a count, a float below 1 a fraction of ``total``."""
+    count = round(layers * total) if isinstance(layers, float) and layers < 1 else int(layers)
+    return max(0, min(total, count))
+
+
+def disable_dropout(model: torch.nn.Module, frozen: int) -> None:
+    """No dropout in the frozen part: it then computes the same output every epoch, which makes it a fixed
+    feature extractor (as in feature-based transfer) and lets its output be cached."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and anatomy.depth(name + ".", 1 << 30) <= frozen:
+            module.p = 0.0
+
+
+@STRATEGIES.register("freeze")
+@dataclass(frozen=True)
+class Freeze(StrategyBase):
+    layers: int | float = 0.5
+    """Bottom blocks to freeze (with the embeddings): a count, or a fraction of all blocks."""
+    decay: float | None = None
+    """Layer-wise learning-rate decay of the trainable blocks (see `llrd`); None for none."""
+    default_lr = 1e-4
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        frozen = frozen_count(self.layers, anatomy.num_layers(model))
+        disable_dropout(model, frozen)
+        return set_trainable(model, lambda name: anatomy.depth(name, 1 << 30) > frozen)
+
+    def frozen_bottom(self, layers: int) -> int | None:
+        return frozen_count(self.layers, layers)
+
+    def lr_scale(self, name: str, layers: int) -> float:
+        return anatomy.decayed(name, layers, self.decay)

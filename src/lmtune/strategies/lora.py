@@ -1,0 +1,79 @@
+"""LoRA (Hu et al., 2021) through PEFT: low-rank adapters on the attention projections, plus the task head.
+
+The run saves the adapter in PEFT format (small); `lmtune export RUN --merge` writes merged weights that
+plain transformers loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmtune.strategies.base import STRATEGIES, StrategyBase
+
+_TASK_TYPES = {
+    "ForSequenceClassification": "SEQ_CLS",
+    "ForQuestionAnswering": "QUESTION_ANS",
+    "ForCausalLM": "CAUSAL_LM",
+    "ForMaskedLM": "FEATURE_EXTRACTION",
+    "ForConditionalGeneration": "SEQ_2_SEQ_LM",
+}
+
+
+@STRATEGIES.register("lora")
+@dataclass(frozen=True)
+class Lora(StrategyBase):
+    r: int = 8
+    """Rank of the update matrices."""
+    alpha: int = 16
+    """Scaling numerator (PEFT's ``lora_alpha``): the update is scaled by alpha / r."""
+    dropout: float = 0.1
+    """Dropout on the adapter input (PEFT's ``lora_dropout``)."""
+    target_modules: tuple[str, ...] | None = None
+    """Module names to adapt; None uses PEFT's defaults for the architecture (BERT: query, value;
+    GPT-2: c_attn; Llama: q_proj, v_proj)."""
+    default_lr = 5e-4
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            task_type=_task_type(model),
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules) if self.target_modules else None,
+        )
+        return get_peft_model(model, config)
+
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors (+ the head)
+
+
+def _task_type(model: torch.nn.Module) -> str:
+    name = type(model).__name__
+    for suffix, task_type in _TASK_TYPES.items():
+        if name.endswith(suffix):
+            return task_type
+    return "FEATURE_EXTRACTION"
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_adapter_model(path: Path, build_base: callable) -> torch.nn.Module:
+    """The base model (built by ``build_base(base_path)``) with the saved adapter and head loaded."""
+    import json
+
+    from peft import PeftModel
+
+    base_path = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return PeftModel.from_pretrained(build_base(base_path), str(path))
+
+
+def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold the adapter into the base weights: a plain transformers model, same predictions."""
+    return model.merge_and_unload()
