@@ -62,7 +62,7 @@ def read_run(run_dir: str | Path) -> tuple[Path, RunConfig, dict[str, Any]]:
     path = Path(run_dir)
     if not (path / CONFIG).is_file():
         raise LmtuneError(f"{path}: not an lmtune run directory (no {CONFIG})")
-    if not (path / MODEL / "config.json").is_file():
+    if not any((path / MODEL / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise LmtuneError(f"{path}: the run has no final model yet ({MODEL}/); finish it with `lmtune train`")
     cfg = load_config(yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")))
     task_state = json.loads((path / TASK).read_text(encoding="utf-8"))
