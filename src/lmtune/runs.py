@@ -23,6 +23,7 @@ from lmtune.strategies import anatomy, directory_size, trainable_parameters
 from lmtune.strategies.lora import is_adapter_dir, load_adapter_model, merge_adapter
 from lmtune.tasks import TASKS
 from lmtune.training.checkpoint import latest_checkpoint
+from lmtune.training.frozen_cache import attach_cache, detach_cache, remove_spill
 from lmtune.training.precision import default_threads, resolve_precision
 
 log = logging.getLogger("lmtune")
@@ -63,14 +64,19 @@ def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...]
         if accelerator.is_main_process:
             rundir.write_header(run_dir, cfg, task.state())
         accelerator.wait_for_everyone()
+        model, cache_info = attach_cache(
+            model, strategy.frozen_bottom(layers), cfg.strategy.cache, encoded, tokenizer.pad_token_id,
+            cfg.train.eval_batch, accelerator, run_dir / ".frozen-cache",
+        )
         inputs = FitInputs(
             task, encoded["train"], encoded.get("validation"), tokenizer.pad_token_id, run_dir,
             [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
             lr_scale=lambda name: strategy.lr_scale(name, layers),
         )
         state = fit(accelerator, model, inputs, cfg.train)
-        final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir)
+        final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir, cache_info)
     finally:
+        remove_spill(run_dir / ".frozen-cache")
         accelerator.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # without it, ~1 in 4 torchrun exits abort here
@@ -78,9 +84,9 @@ def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...]
 
 
 def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: Any, cfg: RunConfig,
-            encoded: dict, state: Any, run_dir: Path) -> dict[str, Any]:
+            encoded: dict, state: Any, run_dir: Path, cache_info: dict[str, Any]) -> dict[str, Any]:
     """Save the final model and write metrics.json (validation and test metrics, throughput, sizes)."""
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model)  # may still run on cached states: evaluation below does
     results: dict[str, Any] = {}
     if state.last_validation_step == state.step:
         results["validation"] = state.last_validation
@@ -89,12 +95,14 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: A
             results[split] = evaluate_examples(
                 model, encoded[split], task, cfg.train.eval_batch, tokenizer.pad_token_id, accelerator
             )
+    unwrapped = detach_cache(unwrapped)
     trainable, total = trainable_parameters(unwrapped)
     results.update({
         "step": state.step, "best_step": state.best_step, "best_" + task.primary_metric: state.best_metric,
         "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
         "train_seconds": round(state.train_seconds, 2), "processes": accelerator.num_processes,
         "precision": accelerator.mixed_precision, "trainable_parameters": trainable, "parameters": total,
+        **cache_info,
     })
     if accelerator.is_main_process:
 

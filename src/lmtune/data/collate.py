@@ -33,6 +33,11 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
     batch = {"input_ids": ids, "attention_mask": mask}
     if types is not None:
         batch["token_type_ids"] = types
+    if "hidden" in examples[0]:  # cached frozen-layer outputs, (len, hidden) each
+        hidden = torch.zeros((len(examples), longest, examples[0]["hidden"].shape[-1]), dtype=torch.float32)
+        for row, ex in enumerate(examples):
+            hidden[row, : len(ex["input_ids"])] = ex["hidden"]
+        batch["hidden"] = hidden
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([ex["labels"] for ex in examples], dtype=torch.long)
     return batch

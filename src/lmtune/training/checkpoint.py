@@ -31,6 +31,8 @@ class TrainState:
     """Training examples seen, over all processes."""
     train_seconds: float = 0.0
     """Wall time spent in training steps (evaluation excluded)."""
+    epoch_start_seconds: float = 0.0
+    """``train_seconds`` when the current epoch began (for per-epoch timings)."""
     best_metric: float | None = None
     best_step: int | None = None
     last_validation: dict[str, Any] | None = None

@@ -105,8 +105,11 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             else:
                 window.stop(state)
         else:
+            tracker.log({"step": state.step, "epoch": state.epoch + 1, "split": "epoch",
+                         "train_seconds": round(state.train_seconds - state.epoch_start_seconds, 3)})
             state.epoch += 1
             state.batch = 0
+            state.epoch_start_seconds = state.train_seconds
             if not evaluated:
                 _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
             continue
