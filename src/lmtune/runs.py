@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import shutil
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,19 @@ from lmtune.training.precision import default_threads, resolve_precision
 log = logging.getLogger("lmtune")
 
 
-def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def train(
+    config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...] = (),
+    on_eval: Callable[[int, dict], None] | None = None,
+) -> dict[str, Any]:
     """Fine-tune (or resume fine-tuning) as the config says; return the final metrics.
 
     Everything that can be checked (config, data, labels, output directory) is checked before
     anything is written, so bad input leaves nothing behind.
+
+    Args:
+        config: a RunConfig or a YAML path.
+        overrides: ``key=value`` strings applied to a YAML config.
+        on_eval: called with (step, validation metrics) after each evaluation; raising stops training.
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     run_dir, finished = rundir.prepare_run_dir(cfg)
@@ -41,7 +50,7 @@ def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...]
         log.info("%s already holds this finished run; nothing to do", run_dir)
         return json.loads((run_dir / rundir.FINAL_METRICS).read_text())
     task = TASKS.get(cfg.task)()
-    tables = _load_tables(cfg.data, task)
+    tables = load_tables(cfg.data, task)
     source = resolve_model(cfg.model)
     tokenizer = load_tokenizer(source)
     encoded = {name: task.encode(table, tokenizer, cfg.data, cfg.train.max_length) for name, table in tables.items()}
@@ -71,7 +80,7 @@ def train(config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...]
         inputs = FitInputs(
             task, encoded["train"], encoded.get("validation"), tokenizer.pad_token_id, run_dir,
             [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
-            lr_scale=lambda name: strategy.lr_scale(name, layers),
+            lr_scale=lambda name: strategy.lr_scale(name, layers), on_eval=on_eval,
         )
         state = fit(accelerator, model, inputs, cfg.train)
         final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir, cache_info)
@@ -119,7 +128,7 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: A
     return results
 
 
-def _load_tables(data: DataConfig, task: Any) -> dict[str, Table]:
+def load_tables(data: DataConfig, task: Any) -> dict[str, Table]:
     """Read train/validation/test, carving a seeded validation split from train when none is given."""
     train = read_table(data.train, "train").head(data.max_train_samples)
     task.fit(train, data)

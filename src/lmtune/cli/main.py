@@ -66,6 +66,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from lmtune.config import load_config
+    from lmtune.selection import compare
+
+    config = load_config(args.config, args.overrides)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    board = compare(config, strategies, seeds=args.seeds, trials=args.trials, budget=args.budget,
+                    storage=args.storage, out_dir=args.out, prune=not args.no_prune)
+    sys.stdout.write(board.text() + "\n")
+    return 0
+
+
 def _headline(metrics: dict) -> dict:
     """The scalar metrics of a finished run (tables stay in metrics.json)."""
     out = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
@@ -74,6 +86,13 @@ def _headline(metrics: dict) -> dict:
             if isinstance(value, (int, float)):
                 out[f"{split}_{key}"] = value
     return out
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="CSV/TSV/JSONL/text file, or - for stdin")
     p.add_argument("--output", help="write JSONL here instead of stdout")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("compare", help="train several strategies on the config's data and pick a winner")
+    p.add_argument("config", help="run config YAML (data, model, task, training budget)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--strategies", default="full,freeze,head,lora,bitfit", help="comma-separated strategy names")
+    p.add_argument("--seeds", type=_positive, default=1, help="runs per setting (mean ± std)")
+    p.add_argument("--trials", type=_positive, default=1,
+                   help="settings per strategy: 1 = defaults; more adds tuned lr / LoRA r / freeze k")
+    p.add_argument("--budget", type=_positive, default=None, help="optimizer steps per trial")
+    p.add_argument("--storage", help="Optuna storage URL shared by several machines (default: SQLite in --out)")
+    p.add_argument("--out", help="comparison directory (default: <output>-compare)")
+    p.add_argument("--no-prune", action="store_true", help="run every trial to the end")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("export", help="write a run's model as plain transformers weights")
     p.add_argument("run", help="run directory")

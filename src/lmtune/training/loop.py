@@ -32,6 +32,8 @@ class FitInputs:
     extra_files: list[Path]
     lr_scale: Callable[[str], float] = lambda name: 1.0
     """Learning-rate multiplier per parameter name (from the strategy)."""
+    on_eval: Callable[[int, dict], None] | None = None
+    """Called with (step, validation metrics) after each evaluation; may raise to stop (e.g. a pruned trial)."""
 
 
 def plan_steps(n_examples: int, cfg: TrainConfig, world_size: int) -> tuple[int, int]:
@@ -156,6 +158,8 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
             f"{inputs.task.primary_metric} {value:.4f} (best {state.best_metric:.4f} at step {state.best_step})"
         )
     save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
+    if inputs.validation and inputs.on_eval is not None:
+        inputs.on_eval(state.step, metrics)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

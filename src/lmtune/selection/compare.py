@@ -1,0 +1,194 @@
+"""``lmtune compare``: run every strategy on the user's config and data, as ordinary run directories under
+one comparison directory, scheduled and pruned by an Optuna study stored next to them (so an interrupted
+comparison resumes, and several machines can share one study through ``--storage``)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lmtune.config import RunConfig, config_to_dict, load_config
+from lmtune.errors import LmtuneError
+from lmtune.selection.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
+from lmtune.selection.space import TrialSpec, overrides_for, plan
+
+log = logging.getLogger("lmtune")
+
+STUDY = "lmtune-compare"
+
+
+def compare(
+    config: RunConfig,
+    strategies: list[str],
+    seeds: int = 1,
+    trials: int = 1,
+    budget: int | None = None,
+    storage: str | None = None,
+    out_dir: str | Path | None = None,
+    prune: bool = True,
+) -> Leaderboard:
+    """Train each strategy (× seeds × tuned variants), rank them, and name a winner.
+
+    Args:
+        config: the user's run config (its data, model, task and training budget are shared).
+        strategies: strategy names to compare.
+        seeds: runs per configuration, for mean ± std.
+        trials: settings per strategy: 1 runs the defaults; more adds tuned variants (lr, LoRA r, freeze k).
+        budget: optimizer steps per trial (overrides the config's epochs).
+        storage: an Optuna storage URL; default a SQLite file in the comparison directory.
+        out_dir: comparison directory; default ``<config output>-compare``.
+        prune: stop hopeless trials early with successive halving.
+
+    Returns:
+        The leaderboard, also written as leaderboard.csv / leaderboard.json, with the winner.
+    """
+    import optuna
+
+    root = Path(out_dir) if out_dir else Path(f"{config.output}-compare")
+    root.mkdir(parents=True, exist_ok=True)
+    for name in strategies:
+        load_config({**config_to_dict(config), "strategy": {"name": name}})  # a bad name fails before any work
+    base = replace(config, train=replace(config.train, max_steps=budget or config.train.max_steps))
+    base = _with_eval_points(base)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=STUDY, storage=storage or f"sqlite:///{root / 'study.db'}", load_if_exists=True,
+        direction="maximize" if _greater_is_better(base) else "minimize",
+        pruner=optuna.pruners.SuccessiveHalvingPruner(reduction_factor=2) if prune else optuna.pruners.NopPruner(),
+    )
+    if storage is None:
+        _fail_interrupted(study)  # the local study has one worker: a RUNNING trial was killed with us
+    specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
+    for number, spec in enumerate(specs, start=1):
+        if _settled(study, spec.key):
+            continue
+        log.info("[%d/%d] trial %s%s", number, len(specs), spec.key, _best_line(study))
+        study.enqueue_trial({}, user_attrs={"key": spec.key})
+        study.optimize(lambda trial, spec=spec: _objective(trial, spec, base, root), n_trials=1,
+                       catch=(LmtuneError,))
+    board = build_leaderboard(study, strategies, root)
+    write_leaderboard(board, root)
+    return board
+
+
+def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path) -> float:
+    import optuna
+
+    from lmtune import runs
+
+    trial.set_user_attr("key", spec.key)
+    trial.set_user_attr("strategy", spec.strategy)
+    trial.set_user_attr("seed", spec.seed)
+    trial.set_user_attr("variant", spec.variant)
+    raw = copy.deepcopy(config_to_dict(base))
+    raw["strategy"] = {"name": spec.strategy, "cache": base.strategy.cache}
+    raw["output"] = str(root / "trials" / spec.key)
+    cfg = load_config(raw, overrides_for(trial, spec))
+    trial.set_user_attr("run_dir", cfg.output)
+    metric = _primary_metric(cfg)
+
+    def report(step: int, metrics: dict) -> None:
+        trial.report(metrics[metric], step)
+        log.info("  %s step %d: %s %.4f", spec.key, step, metric, metrics[metric])
+        if trial.should_prune():
+            trial.set_user_attr("pruned_at_step", step)
+            raise optuna.TrialPruned(f"{metric} {metrics[metric]:.4f} at step {step}")
+
+    with _PeakMemory() as memory:
+        start = time.perf_counter()
+        try:
+            result = runs.train(cfg, on_eval=report)
+        finally:
+            trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
+            trial.set_user_attr("peak_rss_mib", memory.peak_mib)
+    for key in ("trainable_parameters", "parameters", "model_bytes", "checkpoint_bytes", "step", "cache"):
+        trial.set_user_attr(key, result.get(key))
+    trial.set_user_attr("validation", {k: v for k, v in result["validation"].items() if isinstance(v, float)})
+    return result[f"best_{metric}"]
+
+
+def _with_eval_points(cfg: RunConfig) -> RunConfig:
+    """The pruner compares trials at evaluation steps: without ``eval_every``, evaluate 4 times per run."""
+    if cfg.train.eval_every:
+        return cfg
+    from lmtune import runs
+    from lmtune.tasks import TASKS
+    from lmtune.training.loop import plan_steps
+
+    task = TASKS.get(cfg.task)()
+    train = runs.load_tables(cfg.data, task)["train"]
+    _, total = plan_steps(len(train), cfg.train, 1)
+    return replace(cfg, train=replace(cfg.train, eval_every=max(1, total // 4)))
+
+
+def _primary_metric(cfg: RunConfig) -> str:
+    from lmtune.tasks import TASKS
+
+    return TASKS.get(cfg.task).primary_metric
+
+
+def _greater_is_better(cfg: RunConfig) -> bool:
+    from lmtune.tasks import TASKS
+
+    return TASKS.get(cfg.task).greater_is_better
+
+
+def _settled(study: Any, key: str) -> bool:
+    """Whether a trial with this key already completed or was pruned (or is running on another worker)."""
+    from optuna.trial import TrialState
+
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return any(t.user_attrs.get("key") == key and t.state in done for t in study.get_trials(deepcopy=False))
+
+
+def _fail_interrupted(study: Any) -> None:
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        log.info("trial %s was interrupted; it runs again and resumes from its checkpoint",
+                 trial.user_attrs.get("key"))
+
+
+def _best_line(study: Any) -> str:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return ""
+    best = max(done, key=lambda t: t.value) if study.direction.name == "MAXIMIZE" else min(done, key=lambda t: t.value)
+    return f"  (best so far: {best.user_attrs.get('key')} {best.value:.4f})"
+
+
+class _PeakMemory:
+    """Samples this process's resident memory during a trial (trials share the process, so the
+    process-wide maximum would not tell them apart)."""
+
+    def __init__(self, every_s: float = 0.2):
+        self.every_s = every_s
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _PeakMemory:
+        import psutil
+
+        process = psutil.Process()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak_mib = max(self.peak_mib, process.memory_info().rss / 2**20)
+                self._stop.wait(self.every_s)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = round(self.peak_mib, 1)
