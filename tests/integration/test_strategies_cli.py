@@ -37,8 +37,9 @@ def test_strategy_trains_saves_reloads_predicts(capsys, sst2_slice, tmp_path, st
 
 
 def test_lora_adapter_is_small_and_merged_export_predicts_the_same(capsys, sst2_slice, tmp_path):
-    import lmtune
     from transformers import pipeline
+
+    import lmtune
 
     out = tmp_path / "lora"
     summary = _train(capsys, sst2_slice, out, "strategy.name=lora", "strategy.r=4")
