@@ -70,6 +70,7 @@ def train(
         base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention)
         layers = anatomy.num_layers(base)
         model = strategy.apply(base)
+        lr_scales = {id(p): strategy.lr_scale(name, layers) for name, p in model.named_parameters()}
         if accelerator.is_main_process:
             rundir.write_header(run_dir, cfg, task.state())
         accelerator.wait_for_everyone()
@@ -80,16 +81,29 @@ def train(
         inputs = FitInputs(
             task, encoded["train"], encoded.get("validation"), tokenizer.pad_token_id, run_dir,
             [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
-            lr_scale=lambda name: strategy.lr_scale(name, layers), on_eval=on_eval,
+            lr_scales=lr_scales, on_eval=on_eval,
         )
         state = fit(accelerator, model, inputs, cfg.train)
         final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir, cache_info)
     finally:
         remove_spill(run_dir / ".frozen-cache")
-        accelerator.end_training()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()  # without it, ~1 in 4 torchrun exits abort here
+        _release(accelerator)
     return final
+
+
+def _release(accelerator: Any) -> None:
+    """Tear down the process group and accelerate's process-wide state.
+
+    Without the explicit teardown about 1 in 4 torchrun exits abort; without the reset, a second
+    `train` in the same process (Python API, `compare`) could not choose another precision.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: Any, cfg: RunConfig,

@@ -85,3 +85,15 @@ def test_every_shipped_example_config_is_valid():
     for path in paths:
         cfg = lmtune.load_config(path)
         assert cfg.task == "classification"
+
+
+def test_runs_in_one_process_may_use_different_precisions(tiny_bert, three_class_pairs, tmp_path):
+    for index, precision in enumerate(("fp32", "bf16", "fp32")):
+        metrics = lmtune.train({
+            "model": str(tiny_bert),
+            "data": {"train": str(three_class_pairs), "text": "premise", "text_pair": "hypothesis",
+                     "label": "relation"},
+            "train": {"max_steps": 1, "batch_size": 8, "precision": precision},
+            "output": str(tmp_path / f"run-{index}"),
+        })
+        assert metrics["precision"] == ("no" if precision == "fp32" else "bf16")

@@ -72,7 +72,8 @@ def test_llrd_rates_shrink_geometrically_downwards():
     assert strategy.lr_scale("bert.encoder.layer.3.output.dense.weight", layers) == 0.5
     assert strategy.lr_scale("bert.encoder.layer.0.output.dense.weight", layers) == 0.5**4
     assert strategy.lr_scale("bert.embeddings.word_embeddings.weight", layers) == 0.5**5
-    optimizer = build_optimizer(model, TrainConfig(lr=1.0), lambda n: strategy.lr_scale(n, layers))
+    scales = {id(p): strategy.lr_scale(n, layers) for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, TrainConfig(lr=1.0), scales)
     assert sorted({g["lr"] for g in optimizer.param_groups}) == [0.5**k for k in range(5, -1, -1)]
 
 

@@ -30,8 +30,8 @@ class FitInputs:
     pad_id: int
     run_dir: Path
     extra_files: list[Path]
-    lr_scale: Callable[[str], float] = lambda name: 1.0
-    """Learning-rate multiplier per parameter name (from the strategy)."""
+    lr_scales: dict[int, float] | None = None
+    """Learning-rate multiplier per parameter, keyed by ``id(param)`` (from the strategy)."""
     on_eval: Callable[[int, dict], None] | None = None
     """Called with (step, validation metrics) after each evaluation; may raise to stop (e.g. a pruned trial)."""
 
@@ -57,7 +57,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         The final training state (step, best metric and its step, throughput counters).
     """
     per_epoch, total = plan_steps(len(inputs.train), cfg, accelerator.num_processes)
-    optimizer = build_optimizer(model, cfg, inputs.lr_scale)
+    optimizer = build_optimizer(model, cfg, inputs.lr_scales)
     scheduler = build_scheduler(optimizer, cfg, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = TrainState()

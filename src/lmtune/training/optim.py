@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -11,14 +9,15 @@ from lmtune.config import TrainConfig
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig, lr_scale: Callable[[str], float] = lambda name: 1.0
+    model: torch.nn.Module, cfg: TrainConfig, lr_scales: dict[int, float] | None = None
 ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; biases and normalisation weights get no weight decay.
 
     Args:
         model: the model; only parameters with ``requires_grad`` are optimized.
         cfg: learning rate and weight decay.
-        lr_scale: learning-rate multiplier per parameter name (layer-wise decay).
+        lr_scales: learning-rate multiplier per parameter, keyed by ``id(param)`` (layer-wise decay); keyed by
+            identity because the model the loop trains may be a wrapper with other parameter names.
 
     The fused kernel is used: on CPU it makes the optimizer step about 6x faster than the
     per-parameter loop (measured on MiniLM, 22M parameters).
@@ -28,7 +27,8 @@ def build_optimizer(
         if not param.requires_grad:
             continue
         decay = 0.0 if param.ndim < 2 or "norm" in name.lower() else cfg.weight_decay
-        groups.setdefault((cfg.lr * lr_scale(name), decay), []).append(param)
+        scale = (lr_scales or {}).get(id(param), 1.0)
+        groups.setdefault((cfg.lr * scale, decay), []).append(param)
     if not groups:
         raise ValueError("the strategy left no trainable parameter")
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
