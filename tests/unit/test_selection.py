@@ -21,3 +21,32 @@ def test_winner_is_the_cheapest_within_noise_of_the_best():
     assert _winner(rows, maximize=True) == "full"  # LoRA is clearly worse now
     assert _winner([_row("a", 0.5, 0.0, 10), _row("b", 0.498, 0.0, 5)], maximize=True) == "b"  # noise floor
     assert _winner([], maximize=True) is None
+
+
+def test_tuned_variants_and_explicit_storage_on_a_tiny_model(tmp_path):
+    import json
+
+    import optuna
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from lmtune.config import load_config
+    from lmtune.models import resolve_model
+    from lmtune.selection import compare
+
+    model_dir = tmp_path / "tiny"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("bundled:minilm"))
+    BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=4,
+                                             num_attention_heads=2, intermediate_size=32)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"word{i % 5} thing", "label": i % 2}) + "\n" for i in range(40)))
+    config = load_config({"model": str(model_dir), "data": {"train": str(data)},
+                          "train": {"epochs": 1, "batch_size": 8, "precision": "fp32"}, "output": str(tmp_path / "r")})
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    board = compare(config, ["lora", "freeze"], trials=2, storage=storage, out_dir=tmp_path / "cmp", prune=False)
+    assert {r.strategy for r in board.rows} == {"lora", "freeze"} and board.winner in {"lora", "freeze"}
+    trials = optuna.load_study(study_name="lmtune-compare", storage=storage).get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    tuned = {t.user_attrs["strategy"]: t.params for t in trials if t.user_attrs["variant"] == 1}
+    assert set(tuned["lora"]) == {"lora.lr", "lora.r"} and set(tuned["freeze"]) == {"freeze.lr", "freeze.layers"}
+    assert not (tmp_path / "cmp" / "study.db").exists()  # the explicit storage was used
