@@ -180,8 +180,9 @@ class Run:
         table = _input_table(texts, data) if isinstance(texts, Table) else _texts_table(texts, data)
         examples = self.task.encode(table, self.tokenizer, _unlabelled(self.config.data),
                                     self.config.train.max_length)
+        device = next(self.model.parameters()).device
         indices, logits, _ = forward_all(self.model, examples, batch_size, self.tokenizer.pad_token_id,
-                                         autocast=self._autocast())
+                                         device=device, autocast=self._autocast())
         by_index = dict(zip(indices, self.task.predictions(logits), strict=True))
         return [by_index[i] for i in range(len(examples))]
 
