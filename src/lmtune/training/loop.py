@@ -103,12 +103,13 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
                     _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
                     evaluated = True
                 if state.step >= total:
+                    if state.batch == len(batches):  # the run ends exactly at an epoch's end
+                        _log_epoch(tracker, state)
                     break
             else:
                 window.stop(state)
         else:
-            tracker.log({"step": state.step, "epoch": state.epoch + 1, "split": "epoch",
-                         "train_seconds": round(state.train_seconds - state.epoch_start_seconds, 3)})
+            _log_epoch(tracker, state)
             state.epoch += 1
             state.batch = 0
             state.epoch_start_seconds = state.train_seconds
@@ -119,6 +120,12 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
     tracker.close()
     return state
+
+
+def _log_epoch(tracker: Tracker, state: TrainState) -> None:
+    """Training time of the epoch that just ended (for per-epoch costs, e.g. of frozen-layer caching)."""
+    tracker.log({"step": state.step, "epoch": state.epoch + 1, "split": "epoch",
+                 "train_seconds": round(state.train_seconds - state.epoch_start_seconds, 3)})
 
 
 def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, cfg: TrainConfig) -> None:
