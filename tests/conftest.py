@@ -54,15 +54,32 @@ def lmtune_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmtune", *args]
 
 
+def trained_run_command(sst2_slice: dict[str, Path], out: Path) -> list[str]:
+    """The `lmtune train` command of the shared run below (2 epochs on the SST-2 slice)."""
+    return lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+                          f"data.validation={sst2_slice['dev']}", f"output={out}", "train.epochs=2",
+                          "train.batch_size=16", "train.eval_every=10", "train.lr=1e-4", "train.log_every=5")
+
+
+def make_tiny_bert(out: Path, layers: int = 2, hidden: int = 32) -> Path:
+    """A randomly initialised BERT (width ``hidden``) with the bundled tokenizer, saved to ``out``."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from lmtune.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("bundled:minilm"))
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(sst2_slice, tmp_path_factory):
     """A finished 2-epoch run on the SST-2 slice (shared by the integration tests), and its summary."""
     out = tmp_path_factory.mktemp("runs") / "sst2"
-    result = subprocess.run(
-        lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
-                       f"data.validation={sst2_slice['dev']}", f"output={out}", "train.epochs=2",
-                       "train.batch_size=16", "train.eval_every=10", "train.lr=1e-4", "train.log_every=5"),
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )
+    result = subprocess.run(trained_run_command(sst2_slice, out), capture_output=True, text=True, cwd=REPO,
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     return out, json.loads(result.stdout.strip().splitlines()[-1])

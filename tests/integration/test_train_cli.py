@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, lmtune_command
+from tests.conftest import REPO, lmtune_command, trained_run_command
 
 pytestmark = pytest.mark.integration
 
@@ -77,12 +77,8 @@ def test_python_api_and_plain_transformers_pipeline_agree(trained_run):
 
 def test_training_again_on_a_finished_run_is_a_no_op(trained_run, sst2_slice):
     run, summary = trained_run
-    result = subprocess.run(
-        lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
-                       f"data.validation={sst2_slice['dev']}", f"output={run}", "train.epochs=2",
-                       "train.batch_size=16", "train.eval_every=10", "train.lr=1e-4", "train.log_every=5"),
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )
+    result = subprocess.run(trained_run_command(sst2_slice, run), capture_output=True, text=True, cwd=REPO,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     assert "already holds this finished run" in result.stderr
     assert json.loads(result.stdout.strip())["validation_accuracy"] == summary["validation_accuracy"]

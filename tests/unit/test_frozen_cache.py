@@ -5,21 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 import lmtune
-from lmtune.models import resolve_model
+from tests.conftest import make_tiny_bert
 
 
 @pytest.fixture(scope="module")
 def tiny_bert4(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-bert4")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("bundled:minilm"))
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert4"), layers=4)
 
 
 @pytest.fixture

@@ -27,17 +27,12 @@ def test_tuned_variants_and_explicit_storage_on_a_tiny_model(tmp_path):
     import json
 
     import optuna
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from lmtune.config import load_config
-    from lmtune.models import resolve_model
     from lmtune.selection import compare
+    from tests.conftest import make_tiny_bert
 
-    model_dir = tmp_path / "tiny"
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("bundled:minilm"))
-    BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=4,
-                                             num_attention_heads=2, intermediate_size=32)).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_bert(tmp_path / "tiny", layers=4, hidden=16)
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": f"word{i % 5} thing", "label": i % 2}) + "\n" for i in range(40)))
     config = load_config({"model": str(model_dir), "data": {"train": str(data)},
