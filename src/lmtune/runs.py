@@ -66,11 +66,7 @@ def train(
     try:
         torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
         set_seed(cfg.train.seed)
-        strategy = cfg.strategy.build()
-        base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention)
-        layers = anatomy.num_layers(base)
-        model = strategy.apply(base)
-        lr_scales = {id(p): strategy.lr_scale(name, layers) for name, p in model.named_parameters()}
+        strategy, model, layers, lr_scales = _trainable_model(cfg, task, source)
         if accelerator.is_main_process:
             rundir.write_header(run_dir, cfg, task.state())
         accelerator.wait_for_everyone()
@@ -89,6 +85,16 @@ def train(
         remove_spill(run_dir / ".frozen-cache")
         _release(accelerator)
     return final
+
+
+def _trainable_model(cfg: RunConfig, task: Any, source: str) -> tuple[Any, torch.nn.Module, int, dict[int, float]]:
+    """(strategy, the model it made trainable, its block count, learning-rate scale per parameter id)."""
+    strategy = cfg.strategy.build()
+    base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention)
+    layers = anatomy.num_layers(base)
+    model = strategy.apply(base)
+    lr_scales = {id(p): strategy.lr_scale(name, layers) for name, p in model.named_parameters()}
+    return strategy, model, layers, lr_scales
 
 
 def _release(accelerator: Any) -> None:
