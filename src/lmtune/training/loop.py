@@ -96,7 +96,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
                 _optimizer_step(accelerator, model, optimizer, scheduler, cfg)
                 state.step += 1
                 window.stop(state)
-                tracker.advance(window.last_loss, window.rate())
+                tracker.advance(window.rate())
                 if state.step % cfg.log_every == 0:
                     _log_train(accelerator, tracker, window, state, scheduler, per_epoch)
                 if cfg.eval_every and state.step % cfg.eval_every == 0:
@@ -138,7 +138,8 @@ def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
 
 def _log_train(accelerator: Any, tracker: Tracker, window: _Window, state: TrainState, scheduler: Any,
                per_epoch: int) -> None:
-    loss = accelerator.reduce(window.loss_sum.to(accelerator.device), reduction="mean").item() / window.count
+    loss = accelerator.reduce(window.loss_sum.detach(), reduction="mean").item() / window.count
+    tracker.show_loss(loss)
     tracker.log({
         "step": state.step, "epoch": round(state.step / per_epoch, 4), "split": "train",
         "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0], "samples_per_s": round(window.rate(), 2),
@@ -178,13 +179,12 @@ class _Window:
     """Loss and throughput since the last log line (training time only, evaluation excluded)."""
 
     def __init__(self):
-        self.last_loss = float("nan")
         self._t0 = 0.0
         self._pending = 0
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum = torch.zeros(())
+        self.loss_sum: torch.Tensor | float = 0.0
         self.count = 0
         self.samples = 0
         self.seconds = 0.0
@@ -193,8 +193,8 @@ class _Window:
         self._t0 = time.perf_counter()
 
     def add(self, loss: torch.Tensor, samples: int) -> None:
-        self.last_loss = loss.item()
-        self.loss_sum += self.last_loss
+        # summed on the device: reading the value (.item()) every step would make a GPU wait each time
+        self.loss_sum = self.loss_sum + loss.detach().float()
         self.count += 1
         self._pending = samples
 

@@ -25,6 +25,7 @@ class Tracker:
         self._last_line = self._start_time = time.monotonic()
         self._start_n = self._done = start_step
         self._total = total_steps
+        self._loss = float("nan")
         if enabled:
             from tqdm.auto import tqdm
 
@@ -40,14 +41,18 @@ class Tracker:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(_finite(record)) + "\n")
 
-    def advance(self, loss: float, samples_per_s: float) -> None:
+    def show_loss(self, loss: float) -> None:
+        """The latest logged training loss, shown with the progress."""
+        self._loss = loss
+
+    def advance(self, samples_per_s: float) -> None:
         if self.bar is None:
             return
         self._done += 1
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
+        self.bar.set_postfix(loss=f"{self._loss:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
         if self.bar.disable and time.monotonic() - self._last_line >= PLAIN_PROGRESS_EVERY_S:
-            self._plain_progress(loss, samples_per_s)
+            self._plain_progress(self._loss, samples_per_s)
 
     def _plain_progress(self, loss: float, samples_per_s: float) -> None:
         """Without a terminal (CI, nohup, logs) the bar is off: a progress line every half minute instead."""
