@@ -20,6 +20,7 @@ from lmtune.selection.space import TrialSpec, overrides_for, plan
 log = logging.getLogger("lmtune")
 
 STUDY = "lmtune-compare"
+HEARTBEAT_S = 60
 
 
 def compare(
@@ -57,12 +58,14 @@ def compare(
     base = _with_eval_points(base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=STUDY, storage=storage or f"sqlite:///{root / 'study.db'}", load_if_exists=True,
+        study_name=STUDY, storage=_storage(storage, root), load_if_exists=True,
         direction="maximize" if _greater_is_better(base) else "minimize",
         pruner=optuna.pruners.SuccessiveHalvingPruner(reduction_factor=2) if prune else optuna.pruners.NopPruner(),
     )
     if storage is None:
         _fail_interrupted(study)  # the local study has one worker: a RUNNING trial was killed with us
+    else:
+        optuna.storages.fail_stale_trials(study)  # shared: only trials whose worker stopped beating
     specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
     for number, spec in enumerate(specs, start=1):
         if _settled(study, spec.key):
@@ -74,6 +77,16 @@ def compare(
     board = build_leaderboard(study, strategies, root)
     write_leaderboard(board, root)
     return board
+
+
+def _storage(url: str | None, root: Path) -> Any:
+    """The study's storage: a SQLite file in the comparison directory, or a shared database whose trials
+    send heartbeats, so that a trial of a worker that died is failed and run again by another."""
+    import optuna
+
+    if url is None:
+        return f"sqlite:///{root / 'study.db'}"
+    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
 
 
 def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path) -> float:
