@@ -8,6 +8,7 @@ import copy
 import logging
 import threading
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ def compare(
     """
     import optuna
 
+    # heartbeats and stale-trial handling are marked experimental by Optuna; their warnings are noise here
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     root = Path(out_dir) if out_dir else Path(f"{config.output}-compare")
     root.mkdir(parents=True, exist_ok=True)
     for name in strategies:
