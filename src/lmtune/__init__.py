@@ -23,4 +23,24 @@ def load(run_dir):
     return runs.load(run_dir)
 
 
-__all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "load", "load_config", "train"]
+def compare(config, strategies, overrides=(), **options):
+    """Compare strategies on ``config`` (a RunConfig, YAML path or dict); see `lmtune.selection.compare`.
+
+    Returns the leaderboard (``.rows``, ``.winner``, ``.text()``).
+    """
+    from lmtune.selection import compare as run_compare
+
+    if not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    return run_compare(config, list(strategies), **options)
+
+
+def export(run_dir, out_dir=None, merge=False):
+    """Write a run's model as plain transformers weights (LoRA merged with ``merge``); see `lmtune.runs.export`."""
+    from lmtune import runs
+
+    return runs.export(run_dir, out_dir, merge=merge)
+
+
+__all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "compare", "export", "load", "load_config",
+           "train"]
