@@ -50,6 +50,10 @@ def train(
         log.info("%s already holds this finished run; nothing to do", run_dir)
         return json.loads((run_dir / rundir.FINAL_METRICS).read_text())
     task = TASKS.get(cfg.task)()
+    watch = watched_metric(cfg, task)
+    if watch not in task.metric_names:
+        raise LmtuneError(f"early_stopping.metric: {watch!r} is not a validation metric of task {cfg.task!r}; "
+                          f"allowed: {', '.join(task.metric_names)}")
     tables = load_tables(cfg.data, task)
     source = resolve_model(cfg.model)
     tokenizer = load_tokenizer(source)
@@ -77,7 +81,11 @@ def train(
         inputs = FitInputs(
             task, encoded["train"], encoded.get("validation"), tokenizer.pad_token_id, run_dir,
             [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
-            lr_scales=lr_scales, on_eval=on_eval,
+            lr_scales=lr_scales, on_eval=on_eval, watch=watch,
+            maximize=cfg.early_stopping.maximize(task.greater_is_better),
+            patience=cfg.early_stopping.patience if cfg.early_stopping.metric else None,
+            min_delta=cfg.early_stopping.min_delta, restore_best=cfg.early_stopping.restore_best,
+            label_smoothing=cfg.regularization.label_smoothing,
         )
         state = fit(accelerator, model, inputs, cfg.train)
         final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir, cache_info)
@@ -87,10 +95,35 @@ def train(
     return final
 
 
+def watched_metric(cfg: RunConfig, task: Any) -> str:
+    """The validation metric that picks the best checkpoint: early_stopping.metric, else the task's own."""
+    return cfg.early_stopping.metric or task.primary_metric
+
+
+_DROPOUT_KEYS = {
+    "dropout": ("hidden_dropout_prob", "resid_pdrop", "embd_pdrop", "hidden_dropout", "dropout"),
+    "attention_dropout": ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"),
+    "classifier_dropout": ("classifier_dropout", "summary_first_dropout"),
+}
+"""regularization.* → the names model configs use for them (BERT, GPT-2, Llama and others)."""
+
+
+def _dropout_overrides(cfg: RunConfig, source: str) -> dict[str, float]:
+    """``from_pretrained`` config overrides for the regularization's dropout settings."""
+    from transformers import AutoConfig
+
+    wanted = {k: getattr(cfg.regularization, k) for k in _DROPOUT_KEYS if getattr(cfg.regularization, k) is not None}
+    if not wanted:
+        return {}
+    model_config = from_hub_or_local(AutoConfig.from_pretrained, source)
+    return {name: value for key, value in wanted.items() for name in _DROPOUT_KEYS[key] if hasattr(model_config, name)}
+
+
 def _trainable_model(cfg: RunConfig, task: Any, source: str) -> tuple[Any, torch.nn.Module, int, dict[int, float]]:
     """(strategy, the model it made trainable, its block count, learning-rate scale per parameter id)."""
     strategy = cfg.strategy.build()
-    base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention)
+    base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention,
+                             **_dropout_overrides(cfg, source))
     layers = anatomy.num_layers(base)
     model = strategy.apply(base)
     lr_scales = {id(p): strategy.lr_scale(name, layers) for name, p in model.named_parameters()}
@@ -127,7 +160,8 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: A
     unwrapped = detach_cache(unwrapped)
     trainable, total = trainable_parameters(unwrapped)
     results.update({
-        "step": state.step, "best_step": state.best_step, "best_" + task.primary_metric: state.best_metric,
+        "step": state.step, "best_step": state.best_step, "best_" + watched_metric(cfg, task): state.best_metric,
+        "stopped_early": state.stopped_early, "restored_step": state.restored_step,
         "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
         "train_seconds": round(state.train_seconds, 2), "processes": accelerator.num_processes,
         "precision": accelerator.mixed_precision, "trainable_parameters": trainable, "parameters": total,

@@ -1,6 +1,14 @@
 """Run configuration: typed schema and YAML + override loading."""
 
 from lmtune.config.load import config_to_dict, load_config
-from lmtune.config.schema import DataConfig, RunConfig, StrategyConfig, TrainConfig
+from lmtune.config.schema import (
+    DataConfig,
+    EarlyStoppingConfig,
+    RegularizationConfig,
+    RunConfig,
+    StrategyConfig,
+    TrainConfig,
+)
 
-__all__ = ["DataConfig", "RunConfig", "StrategyConfig", "TrainConfig", "config_to_dict", "load_config"]
+__all__ = ["DataConfig", "EarlyStoppingConfig", "RegularizationConfig", "RunConfig", "StrategyConfig",
+           "TrainConfig", "config_to_dict", "load_config"]

@@ -178,7 +178,7 @@ def _describe(hint: Any) -> str:
 
 def _validate_all(config: RunConfig) -> list[str]:
     problems = config.validate()
-    for section in ("data", "strategy", "train"):
+    for section in ("data", "strategy", "train", "regularization", "early_stopping"):
         problems += getattr(config, section).validate()
     return problems
 

@@ -177,6 +177,60 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RegularizationConfig:
+    label_smoothing: float = 0.0
+    """Training targets mix this much of the uniform distribution (evaluation loss stays plain)."""
+    dropout: float | None = None
+    """Hidden-state dropout of the model (BERT: hidden_dropout_prob); None keeps the model's own."""
+    attention_dropout: float | None = None
+    """Dropout on attention probabilities (BERT: attention_probs_dropout_prob); None keeps the model's own."""
+    classifier_dropout: float | None = None
+    """Dropout before the classification head; None keeps the model's own."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"regularization.label_smoothing: {self.label_smoothing} is not in [0, 1)")
+        for key in ("dropout", "attention_dropout", "classifier_dropout"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value < 1:
+                problems.append(f"regularization.{key}: {value} is not in [0, 1)")
+        return problems
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    metric: str | None = None
+    """Validation metric to watch (loss, accuracy, macro_f1, ...); None: no early stopping."""
+    mode: str = "auto"
+    """max | min | auto (min for loss-like metrics, max otherwise)."""
+    patience: int = 3
+    """Evaluations without improvement before training stops."""
+    min_delta: float = 0.0
+    """Smallest change that counts as an improvement."""
+    restore_best: bool = True
+    """Save the weights of the best evaluation as the final model (also without early stopping)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.mode not in ("auto", "max", "min"):
+            problems.append(f"early_stopping.mode: {self.mode!r} is not one of auto, max, min")
+        if self.patience <= 0:
+            problems.append(f"early_stopping.patience: {self.patience} must be > 0")
+        if self.min_delta < 0:
+            problems.append(f"early_stopping.min_delta: {self.min_delta} must be >= 0")
+        return problems
+
+    def maximize(self, greater_is_better: bool) -> bool:
+        """Whether larger values of the watched metric are better."""
+        if self.mode != "auto":
+            return self.mode == "max"
+        if self.metric is None:
+            return greater_is_better
+        return not any(word in self.metric for word in ("loss", "perplexity", "error"))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     task: str = "classification"
     """What is learned: classification (more tasks: see `lmtune.tasks`)."""
@@ -185,6 +239,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     output: str = "runs/run"
     """Run directory: config, checkpoints, metrics and the final model are written here."""
 

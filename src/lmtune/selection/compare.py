@@ -125,7 +125,7 @@ def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path) -> floa
     for key in ("trainable_parameters", "parameters", "model_bytes", "checkpoint_bytes", "step", "cache"):
         trial.set_user_attr(key, result.get(key))
     trial.set_user_attr("validation", {k: v for k, v in result["validation"].items() if isinstance(v, float)})
-    return result[f"best_{metric}"]
+    return result["validation"][metric]  # the final model: the best evaluation's weights (restore_best)
 
 
 def _with_eval_points(cfg: RunConfig) -> RunConfig:

@@ -27,8 +27,11 @@ class Task(Protocol):
     def build_model(self, source: str | Path, **kwargs: Any) -> torch.nn.Module:
         """The model with this task's head, loaded from a path or Hub id (kwargs go to from_pretrained)."""
 
-    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean loss of a batch."""
+    metric_names: tuple[str, ...]
+    """Validation metrics a run can watch (early stopping, best checkpoint)."""
+
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean loss of a batch (``label_smoothing`` is used in training only)."""
 
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """Task metrics over a whole evaluation set."""

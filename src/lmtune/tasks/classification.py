@@ -23,6 +23,7 @@ class Classification:
     name = "classification"
     primary_metric = "accuracy"
     greater_is_better = True
+    metric_names = ("loss", "accuracy", "macro_f1")
 
     def __init__(self, labels: list[str | int] | None = None):
         self.labels: list[str | int] = list(labels or [])
@@ -71,8 +72,8 @@ class Classification:
             **kwargs,
         )
 
-    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(outputs.logits.float(), batch["labels"])
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
+        return F.cross_entropy(outputs.logits.float(), batch["labels"], label_smoothing=label_smoothing)
 
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         return classification_metrics(logits.argmax(-1), targets, [str(label) for label in self.labels])

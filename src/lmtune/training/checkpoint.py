@@ -35,6 +35,11 @@ class TrainState:
     """``train_seconds`` when the current epoch began (for per-epoch timings)."""
     best_metric: float | None = None
     best_step: int | None = None
+    bad_evals: int = 0
+    """Evaluations since the watched metric last improved (early stopping)."""
+    stopped_early: bool = False
+    restored_step: int | None = None
+    """Step whose weights became the final model (restore_best), when not the last step."""
     last_validation: dict[str, Any] | None = None
     """Metrics of the latest evaluation, so the end of training need not evaluate again."""
     last_validation_step: int | None = None

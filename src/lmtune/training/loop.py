@@ -32,6 +32,15 @@ class FitInputs:
     extra_files: list[Path]
     lr_scales: dict[int, float] | None = None
     """Learning-rate multiplier per parameter, keyed by ``id(param)`` (from the strategy)."""
+    watch: str = "accuracy"
+    """Validation metric that picks the best checkpoint (and drives early stopping)."""
+    maximize: bool = True
+    patience: int | None = None
+    """Stop after this many evaluations without improvement; None: never stop early."""
+    min_delta: float = 0.0
+    restore_best: bool = False
+    """End with the weights of the best evaluation."""
+    label_smoothing: float = 0.0
     on_eval: Callable[[int, dict], None] | None = None
     """Called with (step, validation metrics) after each evaluation; may raise to stop (e.g. a pruned trial)."""
 
@@ -72,7 +81,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     lengths = [len(ex["input_ids"]) for ex in inputs.train]
     window = _Window()
     model.train()
-    while state.step < total:
+    while state.step < total and not state.stopped_early:
         batches = shard(
             epoch_batches(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length),
             accelerator.process_index, accelerator.num_processes,
@@ -87,7 +96,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with nullcontext() if step_ends else accelerator.no_sync(model):
                 features = {k: v for k, v in batch.items() if k != "labels"}
-                loss = inputs.task.loss(model(**features), batch)
+                loss = inputs.task.loss(model(**features), batch, label_smoothing=inputs.label_smoothing)
                 accelerator.backward(loss / group_size)
             window.add(loss.detach(), len(batches[i]) * accelerator.num_processes)
             state.batch = i + 1
@@ -102,7 +111,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
                 if cfg.eval_every and state.step % cfg.eval_every == 0:
                     _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
                     evaluated = True
-                if state.step >= total:
+                if state.step >= total or state.stopped_early:
                     if state.batch == len(batches):  # the run ends exactly at an epoch's end
                         _log_epoch(tracker, state)
                     break
@@ -119,7 +128,18 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         if not evaluated:
             _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
     tracker.close()
+    if inputs.restore_best and state.best_step not in (None, state.step):
+        _restore(accelerator, inputs, state, tracker)
     return state
+
+
+def _restore(accelerator: Any, inputs: FitInputs, state: TrainState, tracker: Tracker) -> None:
+    """Load the best evaluation's weights (its checkpoint is never rotated away) as the final model."""
+    best = inputs.run_dir / "checkpoints" / f"step-{state.best_step}"
+    accelerator.load_state(str(best))
+    state.restored_step = state.best_step
+    state.last_validation_step = None  # the final metrics are those of the restored weights
+    tracker.message(f"restored the weights of step {state.best_step} ({inputs.watch} {state.best_metric:.4f})")
 
 
 def _log_epoch(tracker: Tracker, state: TrainState) -> None:
@@ -151,23 +171,31 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
                        tracker: Tracker, per_epoch: int) -> None:
     if inputs.validation:
         metrics = evaluate_examples(model, inputs.validation, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator)
-        value = metrics[inputs.task.primary_metric]
-        better = state.best_metric is None or (
-            value > state.best_metric if inputs.task.greater_is_better else value < state.best_metric
-        )
-        if better:
-            state.best_metric, state.best_step = value, state.step
+        value = metrics[inputs.watch]
+        if _improved(value, state.best_metric, inputs.maximize, inputs.min_delta):
+            state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
+        else:
+            state.bad_evals += 1
+            if inputs.patience is not None and state.bad_evals >= inputs.patience:
+                state.stopped_early = True
         state.last_validation, state.last_validation_step = metrics, state.step
         tracker.log({
             "step": state.step, "epoch": round(state.step / per_epoch, 4), "split": "validation", **_scalars(metrics)
         })
         tracker.message(
             f"step {state.step}: validation loss {metrics['loss']:.4f}, "
-            f"{inputs.task.primary_metric} {value:.4f} (best {state.best_metric:.4f} at step {state.best_step})"
+            f"{inputs.watch} {value:.4f} (best {state.best_metric:.4f} at step {state.best_step})"
+            + (f"; stopping early: no improvement in {state.bad_evals} evaluations" if state.stopped_early else "")
         )
     save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
     if inputs.validation and inputs.on_eval is not None:
         inputs.on_eval(state.step, metrics)
+
+
+def _improved(value: float, best: float | None, maximize: bool, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value > best + min_delta if maximize else value < best - min_delta
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
