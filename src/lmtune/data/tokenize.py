@@ -63,6 +63,7 @@ def _cache_key(table: Table, tokenizer: Any, text: str, text_pair: str | None, m
 
 
 def _write_atomic(path: Path, value: Any) -> None:
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -70,4 +71,6 @@ def _write_atomic(path: Path, value: Any) -> None:
             pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
     except OSError:
-        pass  # caching is an optimisation; an unwritable cache must not fail the run
+        # caching is an optimisation: an unwritable cache must not fail the run, nor leave a partial file
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
