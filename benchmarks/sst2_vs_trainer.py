@@ -37,9 +37,10 @@ def run_lmtune(args: argparse.Namespace, out: Path) -> dict:
             "data": {"train": str(SST2 / "train.tsv"), "validation": str(SST2 / "dev.tsv"), "text": "sentence",
                      "max_train_samples": args.rows},
             "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
-                      "weight_decay": 0.01, "max_grad_norm": 1.0, "precision": args.precision, "seed": args.seed,
+                      "precision": args.precision, "seed": args.seed,
                       "max_length": args.max_length, "threads": args.threads, "eval_every": 0,
                       "group_by_length": not args.no_grouping, "attention": args.attention},
+            "regularization": {"weight_decay": 0.01, "max_grad_norm": 1.0},
             "output": str(out / "lmtune-run"),
         }
     )

@@ -61,16 +61,19 @@ def trained_run_command(sst2_slice: dict[str, Path], out: Path) -> list[str]:
                           "train.batch_size=16", "train.eval_every=10", "train.lr=1e-4", "train.log_every=5")
 
 
-def make_tiny_bert(out: Path, layers: int = 2, hidden: int = 32) -> Path:
-    """A randomly initialised BERT (width ``hidden``) with the bundled tokenizer, saved to ``out``."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+def make_tiny_bert(out: Path, layers: int = 2, hidden: int = 32, masked_lm: bool = False) -> Path:
+    """A randomly initialised BERT (width ``hidden``) with the bundled tokenizer, saved to ``out``.
+
+    ``masked_lm``: with a masked-LM head instead of a classification head.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification
 
     from lmtune.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("bundled:minilm"))
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128)
-    BertForSequenceClassification(config).save_pretrained(out)
+    (BertForMaskedLM if masked_lm else BertForSequenceClassification)(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

@@ -58,6 +58,7 @@ def train(
     source = resolve_model(cfg.model)
     tokenizer = load_tokenizer(source)
     encoded = {name: task.encode(table, tokenizer, cfg.data, cfg.train.max_length) for name, table in tables.items()}
+    augmentation = _augmentation(cfg, task, tables["train"], encoded["train"], tokenizer)
 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -74,10 +75,15 @@ def train(
         if accelerator.is_main_process:
             rundir.write_header(run_dir, cfg, task.state())
         accelerator.wait_for_everyone()
+        # augmented inputs change every epoch, so their frozen-layer outputs cannot be cached
+        cache_mode = "off" if cfg.augmentation.methods else cfg.strategy.cache
         model, cache_info = attach_cache(
-            model, strategy.frozen_bottom(layers), cfg.strategy.cache, encoded, tokenizer.pad_token_id,
+            model, strategy.frozen_bottom(layers), cache_mode, encoded, tokenizer.pad_token_id,
             cfg.train.eval_batch, accelerator, run_dir / ".frozen-cache",
         )
+        sample = train_sample_indices(len(encoded["train"]), cfg.train.eval_train_samples, cfg.train.seed)
+        if accelerator.is_main_process:
+            rundir.write_text_atomic(run_dir / TRAIN_SAMPLE, json.dumps({"indices": sample}))
         inputs = FitInputs(
             task, encoded["train"], encoded.get("validation"), tokenizer.pad_token_id, run_dir,
             [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
@@ -85,7 +91,9 @@ def train(
             maximize=cfg.early_stopping.maximize(task.greater_is_better),
             patience=cfg.early_stopping.patience if cfg.early_stopping.metric else None,
             min_delta=cfg.early_stopping.min_delta, restore_best=cfg.early_stopping.restore_best,
-            label_smoothing=cfg.regularization.label_smoothing,
+            label_smoothing=cfg.regularization.label_smoothing, rdrop=cfg.regularization.rdrop,
+            weight_decay=cfg.regularization.weight_decay, max_grad_norm=cfg.regularization.max_grad_norm,
+            batch_examples=augmentation, train_sample=[encoded["train"][i] for i in sample] or None,
         )
         state = fit(accelerator, model, inputs, cfg.train)
         final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir, cache_info)
@@ -93,6 +101,28 @@ def train(
         remove_spill(run_dir / ".frozen-cache")
         _release(accelerator)
     return final
+
+
+TRAIN_SAMPLE = "train_sample.json"
+"""Indices (into the training rows) of the fixed sample scored at each evaluation."""
+
+
+def train_sample_indices(n_train: int, size: int, seed: int) -> list[int]:
+    """A seeded, sorted sample of training rows; the same one on every process and after resume."""
+    return sorted(random.Random(seed).sample(range(n_train), min(size, n_train)))
+
+
+def _augmentation(cfg: RunConfig, task: Any, table: Table, examples: list[dict], tokenizer: Any) -> Any:
+    """The per-epoch batch builder for augmented training text, or None when augmentation is off."""
+    if not cfg.augmentation.methods:
+        return None
+    if not getattr(task, "augmentable", False):
+        raise LmtuneError(f"augmentation.methods: task {cfg.task!r} does not support text augmentation")
+    from lmtune.data.augment import Augmenter, augmented_batches, load_filler
+
+    filler = load_filler(cfg.augmentation.mlm_model) if "mlm" in cfg.augmentation.methods else None
+    augmenter = Augmenter(cfg.augmentation, cfg.train.seed, table.texts(cfg.data.text), filler)
+    return augmented_batches(augmenter, table, examples, tokenizer, cfg.data, cfg.train.max_length)
 
 
 def watched_metric(cfg: RunConfig, task: Any) -> str:
@@ -199,6 +229,11 @@ def load_tables(data: DataConfig, task: Any) -> dict[str, Table]:
             raise DataError(f"{train.source}: {len(train)} rows are too few to hold out a validation split")
         tables["validation"] = train.take(sorted(order[:n_val])).head(data.max_eval_samples)
         tables["train"] = train.take(sorted(order[n_val:]))
+    if data.train_fraction < 1:
+        order = list(range(len(tables["train"])))
+        random.Random(data.split_seed).shuffle(order)
+        keep = max(1, round(len(order) * data.train_fraction))
+        tables["train"] = tables["train"].take(sorted(order[:keep]))
     if data.test:
         tables["test"] = read_table(data.test, "test").head(data.max_eval_samples)
     return tables

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lmtune
+from lmtune.runs import load_tables
 from lmtune.tasks.classification import Classification
 from tests.conftest import make_tiny_bert
 
@@ -63,3 +64,53 @@ def test_dropout_overrides_reach_the_model(tiny, data, tmp_path):
                          train={"max_steps": 1, "batch_size": 8, "precision": "fp32"}))
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["hidden_dropout_prob"] == 0.3 and config["attention_probs_dropout_prob"] == 0.2
+
+
+def test_rdrop_adds_the_symmetric_kl_between_two_dropout_passes(tiny):
+    from transformers import AutoModelForSequenceClassification
+
+    from lmtune.training.regularizers import rdrop_loss, symmetric_kl
+
+    a = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
+    assert symmetric_kl(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    assert symmetric_kl(a, a.flip(-1)).item() > 0.1
+    model = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=2, hidden_dropout_prob=0.3)
+    task = Classification([0, 1])
+    features = {"input_ids": torch.randint(5, 100, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long)}
+    batch = {**features, "labels": torch.tensor([0, 1, 0, 1])}
+    model.eval()  # no dropout: both passes agree and R-Drop is the plain task loss
+    loss, task_loss = rdrop_loss(model, features, batch, task, alpha=5.0, label_smoothing=0.0)
+    assert loss.item() == pytest.approx(task_loss.item(), abs=1e-5)
+    assert task_loss.item() == pytest.approx(task.loss(model(**features), batch).item(), abs=1e-5)
+    model.train()
+    loss, task_loss = rdrop_loss(model, features, batch, task, alpha=5.0, label_smoothing=0.0)
+    assert loss.item() > task_loss.item()
+
+
+def test_weight_decay_and_clipping_live_under_regularization(tiny, data, tmp_path):
+    with pytest.raises(lmtune.ConfigError, match=r"train.weight_decay: moved; write it as regularization.weight"):
+        lmtune.load_config({"data": {"train": str(data)}, "train": {"weight_decay": 0.1}})
+    cfg = lmtune.load_config({"data": {"train": str(data)},
+                              "regularization": {"weight_decay": 0.1, "max_grad_norm": None, "rdrop": 1.0}})
+    assert cfg.regularization.weight_decay == 0.1 and cfg.regularization.max_grad_norm is None
+
+
+def test_augmented_rdrop_training_leaves_validation_data_as_written(tiny, data, tmp_path):
+    out = tmp_path / "run"
+    # every training example loses all but one word, every epoch; validation must not
+    metrics = lmtune.train(_config(tiny, data, out, regularization={"rdrop": 1.0},
+                                   augmentation={"methods": ["delete"], "rate": 1.0, "probability": 1.0},
+                                   early_stopping={"restore_best": False}))
+    assert metrics["cache"] == "off"
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(x["split"] == "train_sample" for x in log)
+    run = lmtune.load(out)  # the final model, evaluated on the held-out rows as written
+    held_out = load_tables(run.config.data, run.task)["validation"]
+    assert metrics["validation"]["loss"] == pytest.approx(run.evaluate(held_out)["loss"], abs=1e-4)
+
+
+def test_train_fraction_takes_a_seeded_subset(data):
+    cfg = lmtune.load_config({"data": {"train": str(data), "train_fraction": 0.25}})
+    first = load_tables(cfg.data, Classification())
+    again = load_tables(cfg.data, Classification())
+    assert len(first["train"]) == round(58 * 0.25) and first["train"].lines == again["train"].lines

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from lmtune.config import StrategyConfig, TrainConfig
+from lmtune.config import StrategyConfig
 from lmtune.strategies import anatomy, trainable_parameters
 from lmtune.training.optim import build_optimizer
 
@@ -73,7 +73,7 @@ def test_llrd_rates_shrink_geometrically_downwards():
     assert strategy.lr_scale("bert.encoder.layer.0.output.dense.weight", layers) == 0.5**4
     assert strategy.lr_scale("bert.embeddings.word_embeddings.weight", layers) == 0.5**5
     scales = {id(p): strategy.lr_scale(n, layers) for n, p in model.named_parameters()}
-    optimizer = build_optimizer(model, TrainConfig(lr=1.0), scales)
+    optimizer = build_optimizer(model, 1.0, lr_scales=scales)
     assert sorted({g["lr"] for g in optimizer.param_groups}) == [0.5**k for k in range(5, -1, -1)]
 
 

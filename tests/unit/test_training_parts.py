@@ -40,7 +40,7 @@ def test_tokenization_is_cached_and_keyed_on_settings(tmp_path):
 
 def test_no_weight_decay_on_biases_and_norms():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    optimizer = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1))
+    optimizer = build_optimizer(model, 1e-3, weight_decay=0.1)
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model[0].weight)}
 
@@ -48,7 +48,7 @@ def test_no_weight_decay_on_biases_and_norms():
 def test_warmup_then_linear_decay_to_zero():
     model = torch.nn.Linear(2, 2)
     cfg = TrainConfig(lr=1.0, warmup=0.2)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg.lr)
     scheduler = build_scheduler(optimizer, cfg, total_steps=10)
     lrs = []
     for _ in range(10):

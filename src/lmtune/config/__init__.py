@@ -2,6 +2,7 @@
 
 from lmtune.config.load import config_to_dict, load_config
 from lmtune.config.schema import (
+    AugmentationConfig,
     DataConfig,
     EarlyStoppingConfig,
     RegularizationConfig,
@@ -10,5 +11,5 @@ from lmtune.config.schema import (
     TrainConfig,
 )
 
-__all__ = ["DataConfig", "EarlyStoppingConfig", "RegularizationConfig", "RunConfig", "StrategyConfig",
-           "TrainConfig", "config_to_dict", "load_config"]
+__all__ = ["AugmentationConfig", "DataConfig", "EarlyStoppingConfig", "RegularizationConfig", "RunConfig",
+           "StrategyConfig", "TrainConfig", "config_to_dict", "load_config"]

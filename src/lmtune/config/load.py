@@ -18,6 +18,12 @@ from lmtune.config.schema import RunConfig
 from lmtune.errors import ConfigError
 from lmtune.registry import did_you_mean
 
+MOVED = {
+    "train.weight_decay": "regularization.weight_decay",
+    "train.max_grad_norm": "regularization.max_grad_norm",
+}
+"""Keys that changed section: configs using the old place get told the new one."""
+
 
 def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load a run config from a YAML file (or a dict) and apply ``key=value`` overrides.
@@ -125,7 +131,9 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
-        if key not in names:
+        if f"{prefix}{key}" in MOVED:
+            problems.append(f"{prefix}{key}: moved; write it as {MOVED[f'{prefix}{key}']}")
+        elif key not in names:
             problems.append(f"{prefix}{key}: unknown key{did_you_mean(str(key), names)}; allowed: {', '.join(names)}")
     values = {}
     for name in names:
@@ -178,7 +186,7 @@ def _describe(hint: Any) -> str:
 
 def _validate_all(config: RunConfig) -> list[str]:
     problems = config.validate()
-    for section in ("data", "strategy", "train", "regularization", "early_stopping"):
+    for section in ("data", "strategy", "train", "regularization", "augmentation", "early_stopping"):
         problems += getattr(config, section).validate()
     return problems
 

@@ -35,6 +35,8 @@ class DataConfig:
     """Use only the first N training rows (quick experiments, tests)."""
     max_eval_samples: int | None = None
     """Use only the first N validation/test rows."""
+    train_fraction: float = 1.0
+    """Train on a seeded random fraction of the training rows (learning curves over data size)."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -42,6 +44,8 @@ class DataConfig:
             problems.append("data.train: missing; expected a data file path or hf:NAME")
         if not 0.0 < self.validation_split < 1.0:
             problems.append(f"data.validation_split: {self.validation_split} is not in (0, 1)")
+        if not 0 < self.train_fraction <= 1:
+            problems.append(f"data.train_fraction: {self.train_fraction} is not in (0, 1]")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -127,10 +131,6 @@ class TrainConfig:
     head/bitfit 1e-3)."""
     warmup: float = 0.06
     """Warmup length: a fraction of all steps if < 1, else a number of steps; then linear decay to 0."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (never applied to biases and LayerNorm weights)."""
-    max_grad_norm: float | None = 1.0
-    """Clip the global gradient norm to this value (null: no clipping)."""
     precision: str = "auto"
     """auto (bf16 where the CPU/GPU supports it, else fp32) | bf16 | fp16 (GPU only) | fp32."""
     seed: int = 42
@@ -150,6 +150,9 @@ class TrainConfig:
     threads: int | None = None
     """Torch intra-op threads per process (default: physical cores / processes)."""
 
+    eval_train_samples: int = 512
+    """At each evaluation also score this many fixed training examples (the train/validation gap); 0: off."""
+
     def validate(self) -> list[str]:
         problems = []
         positive = ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints")
@@ -160,11 +163,9 @@ class TrainConfig:
         for key in ("lr", "epochs"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 problems.append(f"train.{key}: {getattr(self, key)} must be > 0")
-        for key in ("warmup", "weight_decay", "eval_every"):
+        for key in ("warmup", "eval_every", "eval_train_samples"):
             if getattr(self, key) < 0:
                 problems.append(f"train.{key}: {getattr(self, key)} must be >= 0")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            problems.append(f"train.max_grad_norm: {self.max_grad_norm} must be > 0 or null")
         if self.attention not in ATTENTIONS:
             problems.append(f"train.attention: {self.attention!r} is not one of {', '.join(ATTENTIONS)}")
         if self.precision not in PRECISIONS:
@@ -178,6 +179,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RegularizationConfig:
+    weight_decay: float = 0.01
+    """AdamW weight decay (never applied to biases and LayerNorm weights)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value (null: no clipping)."""
+    rdrop: float = 0.0
+    """R-Drop: weight of the symmetric KL between two dropout passes of each batch (0: off; 0.5-5 typical)."""
     label_smoothing: float = 0.0
     """Training targets mix this much of the uniform distribution (evaluation loss stays plain)."""
     dropout: float | None = None
@@ -189,12 +196,49 @@ class RegularizationConfig:
 
     def validate(self) -> list[str]:
         problems = []
+        if self.weight_decay < 0:
+            problems.append(f"regularization.weight_decay: {self.weight_decay} must be >= 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            problems.append(f"regularization.max_grad_norm: {self.max_grad_norm} must be > 0 or null")
+        if self.rdrop < 0:
+            problems.append(f"regularization.rdrop: {self.rdrop} must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"regularization.label_smoothing: {self.label_smoothing} is not in [0, 1)")
         for key in ("dropout", "attention_dropout", "classifier_dropout"):
             value = getattr(self, key)
             if value is not None and not 0 <= value < 1:
                 problems.append(f"regularization.{key}: {value} is not in [0, 1)")
+        return problems
+
+
+AUGMENTATIONS = ("delete", "swap", "insert", "mlm")
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    methods: tuple[str, ...] = ()
+    """Word-level edits applied to training text on the fly: delete | swap | insert | mlm (contextual
+    replacement by a masked LM). Empty: no augmentation. Never applied to validation or test data."""
+    rate: float = 0.1
+    """Fraction of an example's words each edit touches (at least one word)."""
+    probability: float = 0.5
+    """Chance that a training example is augmented in a given epoch (otherwise it is seen as written)."""
+    mlm_model: str = "bundled:minilm"
+    """Masked LM proposing replacement words for ``mlm``: a model with an MLM head, or an encoder whose
+    output is projected on its own (tied) word embeddings."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        for method in self.methods:
+            if method not in AUGMENTATIONS:
+                from lmtune.registry import did_you_mean
+
+                problems.append(f"augmentation.methods: {method!r} is not one of {', '.join(AUGMENTATIONS)}"
+                                f"{did_you_mean(method, list(AUGMENTATIONS))}")
+        if not 0 < self.rate <= 1:
+            problems.append(f"augmentation.rate: {self.rate} is not in (0, 1]")
+        if not 0 < self.probability <= 1:
+            problems.append(f"augmentation.probability: {self.probability} is not in (0, 1]")
         return problems
 
 
@@ -240,6 +284,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     output: str = "runs/run"
     """Run directory: config, checkpoints, metrics and the final model are written here."""
@@ -248,4 +293,8 @@ class RunConfig:
         from lmtune.tasks import TASKS
 
         problem = TASKS.check(self.task)
-        return [f"task: {problem}"] if problem else []
+        problems = [f"task: {problem}"] if problem else []
+        if self.augmentation.methods and self.strategy.cache in ("memory", "disk"):
+            problems.append(f"strategy.cache: {self.strategy.cache!r} cannot be used with augmentation "
+                            "(augmented inputs change every epoch); use auto or off")
+        return problems

@@ -55,6 +55,7 @@ def evaluate_examples(
     pad_id: int,
     accelerator: Any = None,
     autocast: Any = None,
+    example_losses: bool = False,
 ) -> dict[str, Any]:
     """Loss and task metrics over labelled ``examples``; every process gets the same result.
 
@@ -66,18 +67,25 @@ def evaluate_examples(
         pad_id: padding token id.
         accelerator: shards the work over processes when given.
         autocast: context manager for mixed precision when the model is not accelerate-prepared.
+        example_losses: also return ``example_losses``, each example's loss in ``examples`` order.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else next(model.parameters()).device
-    _, logits, targets = forward_all(model, examples, batch_size, pad_id, device, autocast, rank, world)
+    indices, logits, targets = forward_all(model, examples, batch_size, pad_id, device, autocast, rank, world)
     if world > 1:
         from accelerate.utils import gather_object
 
-        parts = gather_object([(logits, targets)])
-        logits = torch.cat([p[0] for p in parts if len(p[0])])
-        targets = torch.cat([p[1] for p in parts if p[1] is not None])
+        parts = gather_object([(indices, logits, targets)])
+        indices = [i for p in parts for i in p[0]]
+        logits = torch.cat([p[1] for p in parts if len(p[1])])
+        targets = torch.cat([p[2] for p in parts if p[2] is not None])
     loss = task.loss(_Logits(logits), {"labels": targets}).item()
-    return {"loss": round(loss, 6), **task.metrics(logits, targets)}
+    result = {"loss": round(loss, 6), **task.metrics(logits, targets)}
+    if example_losses:
+        per_example = task.example_losses(_Logits(logits), {"labels": targets}).tolist()
+        by_index = dict(zip(indices, per_example, strict=True))
+        result["example_losses"] = [round(by_index[i], 5) for i in range(len(examples))]
+    return result
 
 
 class _Logits:

@@ -33,6 +33,9 @@ class Task(Protocol):
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
         """Mean loss of a batch (``label_smoothing`` is used in training only)."""
 
+    def example_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of each example of a batch, (n,): the evidence for possible label noise."""
+
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """Task metrics over a whole evaluation set."""
 

@@ -24,6 +24,8 @@ class Classification:
     primary_metric = "accuracy"
     greater_is_better = True
     metric_names = ("loss", "accuracy", "macro_f1")
+    augmentable = True
+    """Word-level text edits keep the label (an assumption of augmentation, true for most text classes)."""
 
     def __init__(self, labels: list[str | int] | None = None):
         self.labels: list[str | int] = list(labels or [])
@@ -74,6 +76,10 @@ class Classification:
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
         return F.cross_entropy(outputs.logits.float(), batch["labels"], label_smoothing=label_smoothing)
+
+    def example_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of each example, (n,)."""
+        return F.cross_entropy(outputs.logits.float(), batch["labels"], reduction="none")
 
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         return classification_metrics(logits.argmax(-1), targets, [str(label) for label in self.labels])

@@ -17,7 +17,8 @@ from lmtune.data import collate, epoch_batches, shard
 from lmtune.evaluation import evaluate_examples
 from lmtune.training.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from lmtune.training.optim import build_optimizer, build_scheduler
-from lmtune.training.tracking import Tracker, truncate_log
+from lmtune.training.regularizers import rdrop_loss
+from lmtune.training.tracking import EXAMPLE_LOSSES_LOG, Tracker, truncate_log
 
 
 @dataclass
@@ -41,6 +42,14 @@ class FitInputs:
     restore_best: bool = False
     """End with the weights of the best evaluation."""
     label_smoothing: float = 0.0
+    rdrop: float = 0.0
+    """R-Drop weight (0: off)."""
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    batch_examples: Callable[[int, list[int]], list[dict]] | None = None
+    """(epoch, indices) → the training examples of a batch, when they change per epoch (augmentation)."""
+    train_sample: list[dict] | None = None
+    """Fixed, unaugmented training examples scored at each evaluation (the train/validation gap)."""
     on_eval: Callable[[int, dict], None] | None = None
     """Called with (step, validation metrics) after each evaluation; may raise to stop (e.g. a pruned trial)."""
 
@@ -66,7 +75,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         The final training state (step, best metric and its step, throughput counters).
     """
     per_epoch, total = plan_steps(len(inputs.train), cfg, accelerator.num_processes)
-    optimizer = build_optimizer(model, cfg, inputs.lr_scales)
+    optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, inputs.lr_scales)
     scheduler = build_scheduler(optimizer, cfg, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = TrainState()
@@ -92,17 +101,25 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             group_size = min(cfg.grad_accum, len(batches) - group_start)
             step_ends = i == group_start + group_size - 1
             window.start()
-            batch = collate([inputs.train[j] for j in batches[i]], inputs.pad_id)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            if inputs.batch_examples is not None:
+                examples = inputs.batch_examples(state.epoch, batches[i])
+            else:
+                examples = [inputs.train[j] for j in batches[i]]
+            batch = {k: v.to(accelerator.device) for k, v in collate(examples, inputs.pad_id).items()}
             with nullcontext() if step_ends else accelerator.no_sync(model):
                 features = {k: v for k, v in batch.items() if k != "labels"}
-                loss = inputs.task.loss(model(**features), batch, label_smoothing=inputs.label_smoothing)
+                if inputs.rdrop:
+                    loss, task_loss = rdrop_loss(model, features, batch, inputs.task, inputs.rdrop,
+                                                 inputs.label_smoothing)
+                else:
+                    loss = task_loss = inputs.task.loss(model(**features), batch,
+                                                        label_smoothing=inputs.label_smoothing)
                 accelerator.backward(loss / group_size)
-            window.add(loss.detach(), len(batches[i]) * accelerator.num_processes)
+            window.add(task_loss.detach(), len(batches[i]) * accelerator.num_processes)
             state.batch = i + 1
             evaluated = False
             if step_ends:
-                _optimizer_step(accelerator, model, optimizer, scheduler, cfg)
+                _optimizer_step(accelerator, model, optimizer, scheduler, inputs.max_grad_norm)
                 state.step += 1
                 window.stop(state)
                 tracker.advance(window.rate())
@@ -148,9 +165,9 @@ def _log_epoch(tracker: Tracker, state: TrainState) -> None:
                  "train_seconds": round(state.train_seconds - state.epoch_start_seconds, 3)})
 
 
-def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, cfg: TrainConfig) -> None:
-    if cfg.max_grad_norm is not None:
-        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None) -> None:
+    if max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -169,6 +186,8 @@ def _log_train(accelerator: Any, tracker: Tracker, window: _Window, state: Train
 
 def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
                        tracker: Tracker, per_epoch: int) -> None:
+    if inputs.train_sample:
+        _score_train_sample(accelerator, model, inputs, cfg, state, tracker, per_epoch)
     if inputs.validation:
         metrics = evaluate_examples(model, inputs.validation, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator)
         value = metrics[inputs.watch]
@@ -190,6 +209,17 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
     save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
     if inputs.validation and inputs.on_eval is not None:
         inputs.on_eval(state.step, metrics)
+
+
+def _score_train_sample(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
+                        tracker: Tracker, per_epoch: int) -> None:
+    """The validation metrics on fixed training examples (eval mode, no augmentation): the real gap."""
+    metrics = evaluate_examples(model, inputs.train_sample, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator,
+                                example_losses=True)
+    losses = metrics.pop("example_losses")
+    tracker.log({"step": state.step, "epoch": round(state.step / per_epoch, 4), "split": "train_sample",
+                 **_scalars(metrics)})
+    tracker.log({"step": state.step, "losses": losses}, file=EXAMPLE_LOSSES_LOG)
 
 
 def _improved(value: float, best: float | None, maximize: bool, min_delta: float) -> bool:

@@ -9,13 +9,14 @@ from lmtune.config import TrainConfig
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig, lr_scales: dict[int, float] | None = None
+    model: torch.nn.Module, lr: float, weight_decay: float = 0.0, lr_scales: dict[int, float] | None = None
 ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; biases and normalisation weights get no weight decay.
 
     Args:
         model: the model; only parameters with ``requires_grad`` are optimized.
-        cfg: learning rate and weight decay.
+        lr: peak learning rate.
+        weight_decay: AdamW decay of the weight matrices.
         lr_scales: learning-rate multiplier per parameter, keyed by ``id(param)`` (layer-wise decay); keyed by
             identity because the model the loop trains may be a wrapper with other parameter names.
 
@@ -26,13 +27,13 @@ def build_optimizer(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = 0.0 if param.ndim < 2 or "norm" in name.lower() else cfg.weight_decay
+        decay = 0.0 if param.ndim < 2 or "norm" in name.lower() else weight_decay
         scale = (lr_scales or {}).get(id(param), 1.0)
-        groups.setdefault((cfg.lr * scale, decay), []).append(param)
+        groups.setdefault((lr * scale, decay), []).append(param)
     if not groups:
         raise ValueError("the strategy left no trainable parameter")
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, fused=True)
+    return torch.optim.AdamW(param_groups, lr=lr, fused=True)
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:

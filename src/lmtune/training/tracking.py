@@ -13,6 +13,10 @@ from typing import Any
 log = logging.getLogger("lmtune")
 
 PLAIN_PROGRESS_EVERY_S = 30.0
+METRICS_LOG = "metrics.jsonl"
+EXAMPLE_LOSSES_LOG = "example_losses.jsonl"
+"""Per-example losses of the fixed training sample at each evaluation (label-noise evidence)."""
+LOG_FILES = (METRICS_LOG, EXAMPLE_LOSSES_LOG)
 
 
 class Tracker:
@@ -20,7 +24,7 @@ class Tracker:
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_LOG
         self.bar = None
         self._last_line = self._start_time = time.monotonic()
         self._start_n = self._done = start_step
@@ -34,11 +38,12 @@ class Tracker:
                 dynamic_ncols=True, disable=None,  # disable=None: no bar when stderr is not a terminal
             )
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any], file: str = METRICS_LOG) -> None:
+        """Append one JSON line to ``RUN/metrics.jsonl`` (or another of LOG_FILES)."""
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
-        with self.path.open("a", encoding="utf-8") as handle:
+        with (self.path.parent / file).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(_finite(record)) + "\n")
 
     def show_loss(self, loss: float) -> None:
@@ -79,17 +84,18 @@ class Tracker:
 
 def truncate_log(run_dir: Path, step: int) -> None:
     """Drop lines logged after ``step``: a resumed run re-does those steps and logs them again."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    for name in LOG_FILES:
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
 
 
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+def read_log(run_dir: Path, file: str = METRICS_LOG) -> list[dict[str, Any]]:
+    path = run_dir / file
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
