@@ -57,12 +57,12 @@ def write_header(run_dir: Path, cfg: RunConfig, task_state: dict[str, Any]) -> N
     write_text_atomic(run_dir / VERSIONS, json.dumps(library_versions(), indent=2))
 
 
-def read_run(run_dir: str | Path) -> tuple[Path, RunConfig, dict[str, Any]]:
-    """(run directory, its config, its task state) for a finished run; a clear error otherwise."""
+def read_run(run_dir: str | Path, finished: bool = True) -> tuple[Path, RunConfig, dict[str, Any]]:
+    """(run directory, its config, its task state) for a (``finished``) run; a clear error otherwise."""
     path = Path(run_dir)
-    if not (path / CONFIG).is_file():
+    if not (path / CONFIG).is_file() or not (path / TASK).is_file():
         raise LmtuneError(f"{path}: not an lmtune run directory (no {CONFIG})")
-    if not any((path / MODEL / name).is_file() for name in ("config.json", "adapter_config.json")):
+    if finished and not any((path / MODEL / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise LmtuneError(f"{path}: the run has no final model yet ({MODEL}/); finish it with `lmtune train`")
     cfg = load_config(yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")))
     task_state = json.loads((path / TASK).read_text(encoding="utf-8"))

@@ -32,7 +32,7 @@ log = logging.getLogger("lmtune")
 
 def train(
     config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...] = (),
-    on_eval: Callable[[int, dict], None] | None = None,
+    on_eval: Callable[[int, dict], None] | None = None, show_diagnosis: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune (or resume fine-tuning) as the config says; return the final metrics.
 
@@ -43,6 +43,7 @@ def train(
         config: a RunConfig or a YAML path.
         overrides: ``key=value`` strings applied to a YAML config.
         on_eval: called with (step, validation metrics) after each evaluation; raising stops training.
+        show_diagnosis: log the run's diagnosis at the end (it is written to RUN/diagnosis.json either way).
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     run_dir, finished = rundir.prepare_run_dir(cfg)
@@ -100,7 +101,18 @@ def train(
     finally:
         remove_spill(run_dir / ".frozen-cache")
         _release(accelerator)
+    if accelerator.is_main_process:
+        _diagnose(run_dir, show_diagnosis)
     return final
+
+
+def _diagnose(run_dir: Path, show: bool) -> None:
+    """Diagnose the finished run (RUN/diagnosis.json) and tell the user."""
+    from lmtune.diagnosis import diagnose
+
+    diagnosis = diagnose(run_dir)
+    if show:
+        log.info("%s", diagnosis.text())
 
 
 TRAIN_SAMPLE = "train_sample.json"
@@ -193,7 +205,8 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: A
         "step": state.step, "best_step": state.best_step, "best_" + watched_metric(cfg, task): state.best_metric,
         "stopped_early": state.stopped_early, "restored_step": state.restored_step,
         "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
-        "train_seconds": round(state.train_seconds, 2), "processes": accelerator.num_processes,
+        "train_seconds": round(state.train_seconds, 2), "train_rows": len(encoded["train"]),
+        "processes": accelerator.num_processes,
         "precision": accelerator.mixed_precision, "trainable_parameters": trainable, "parameters": total,
         **cache_info,
     })

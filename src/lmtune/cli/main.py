@@ -78,6 +78,26 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from lmtune.diagnosis import data_curve, diagnose
+
+    diagnosis = diagnose(args.run)
+    curve = data_curve(args.run) if args.data_curve else None
+    if args.json:
+        out = diagnosis.to_dict() | ({"data_curve": curve.to_dict()} if curve else {})
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        sys.stdout.write(diagnosis.text() + "\n" + (f"\n{curve.text()}\n" if curve else ""))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from lmtune.report import write_report
+
+    sys.stdout.write(f"{write_report(args.run, args.out)}\n")
+    return 0
+
+
 def _headline(metrics: dict) -> dict:
     """The scalar metrics of a finished run (tables stay in metrics.json)."""
     out = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
@@ -130,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="comparison directory (default: <output>-compare)")
     p.add_argument("--no-prune", action="store_true", help="run every trial to the end")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("diagnose", help="healthy, overfitting, underfitting, diverging or a data problem? what next")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data-curve", action="store_true",
+                   help="also retrain on 10%% and 30%% of the data: would more data help?")
+    p.add_argument("--json", action="store_true", help="print the diagnosis as one JSON object")
+    p.set_defaults(func=_diagnose)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a run (RUN/report.html)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", help="write the report here instead of RUN/report.html")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("export", help="write a run's model as plain transformers weights")
     p.add_argument("run", help="run directory")

@@ -172,7 +172,8 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         if option is str and isinstance(value, str):
             return True, value
         if typing.get_origin(option) is tuple:
-            items = [value] if isinstance(value, str) else value
+            # a string is one item, or several separated by commas (``augmentation.methods=delete,swap``)
+            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
             if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
                 return True, tuple(items)
     return False, value

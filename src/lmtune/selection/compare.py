@@ -118,7 +118,7 @@ def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path) -> floa
     with _PeakMemory() as memory:
         start = time.perf_counter()
         try:
-            result = runs.train(cfg, on_eval=report)
+            result = runs.train(cfg, on_eval=report, show_diagnosis=False)
         finally:
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
             trial.set_user_attr("peak_rss_mib", memory.peak_mib)
