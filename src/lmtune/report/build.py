@@ -1,0 +1,279 @@
+"""`lmtune report RUN` → one self-contained HTML file (inline CSS, SVG and script; nothing fetched)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from lmtune import rundir
+from lmtune.report.svg import line_chart
+from lmtune.training.tracking import read_log
+
+REPORT = "report.html"
+WORST_EXAMPLES = 10
+
+Section = Callable[["Context"], str | None]
+"""A report section: HTML for this run, or None to leave it out."""
+
+
+class Context:
+    """What the sections read: the run's files, loaded once."""
+
+    def __init__(self, run_dir: Path):
+        from lmtune.runs import watched_metric
+        from lmtune.tasks import TASKS
+
+        self.path, self.config, task_state = rundir.read_run(run_dir)
+        self.task = TASKS.get(self.config.task).from_state(task_state)
+        self.watch = watched_metric(self.config, self.task)
+        self.log = read_log(self.path)
+        self.final = _json(self.path / rundir.FINAL_METRICS) or {}
+        self.versions = _json(self.path / rundir.VERSIONS) or {}
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Render the report of a finished run (diagnosing it first if needed); returns the file written."""
+    from lmtune.diagnosis import DIAGNOSIS, diagnose
+
+    context = Context(Path(run_dir))
+    if not (context.path / DIAGNOSIS).is_file():
+        diagnose(context.path)
+    body = []
+    for title, section in SECTIONS:
+        html = section(context)
+        if html is not None:
+            anchor = title.lower().replace(" ", "-")
+            body.append(f'<section id="{anchor}"><h2>{escape(title)}</h2>{html}</section>')
+    target = Path(out) if out else context.path / REPORT
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rundir.write_text_atomic(target, _page(context, "".join(body)))
+    return target
+
+
+def _summary(c: Context) -> str:
+    validation = c.final.get("validation", {})
+    rows = [("task", c.config.task), ("model", c.config.model), ("strategy", c.config.strategy.name),
+            ("steps", c.final.get("step")), (f"validation {c.watch}", validation.get(c.watch)),
+            ("validation loss", validation.get("loss")), ("best step", c.final.get("best_step")),
+            ("restored step", c.final.get("restored_step")), ("stopped early", c.final.get("stopped_early")),
+            ("trainable parameters", c.final.get("trainable_parameters")),
+            ("training samples/s", c.final.get("train_samples_per_s")), ("precision", c.final.get("precision"))]
+    return _table(["", ""], [(k, _fmt(v)) for k, v in rows if v is not None])
+
+
+def _curves(c: Context) -> str:
+    def series(split: str, key: str) -> list[tuple[float, float]]:
+        return [(x["step"], _float(x.get(key))) for x in c.log if x.get("split") == split and key in x]
+
+    markers = {}
+    if c.final.get("best_step") is not None:
+        markers["best"] = c.final["best_step"]
+    loss = line_chart({"training (running)": series("train", "loss"),
+                       "training sample": series("train_sample", "loss"),
+                       "validation": series("validation", "loss")},
+                      "Loss", "optimizer step", "loss", markers)
+    metric = line_chart({"training sample": series("train_sample", c.watch),
+                         "validation": series("validation", c.watch)},
+                        c.watch.replace("_", " ").capitalize(), "optimizer step", c.watch, markers)
+    note = ("<p>The training sample is a fixed set of training examples scored like validation (eval mode, no "
+            "augmentation) at each evaluation: the distance between the two lines is the real train/validation "
+            "gap.</p>")
+    return f'<div class="charts">{loss}{metric}</div>{note}'
+
+
+def _diagnosis(c: Context) -> str:
+    from lmtune.diagnosis import DIAGNOSIS, Diagnosis
+
+    diagnosis = Diagnosis.from_dict(_json(c.path / DIAGNOSIS))
+    parts = [f'<p class="state state-{diagnosis.state.replace(" ", "-")}">{escape(diagnosis.state)}</p>']
+    for finding in diagnosis.findings:
+        parts.append(f'<div class="finding"><h3>{escape(finding.title)}</h3>')
+        if finding.evidence:
+            parts.append("<ul>" + "".join(f"<li>{escape(e)}</li>" for e in finding.evidence) + "</ul>")
+        if finding.examples:
+            keys = list(finding.examples[0])
+            parts.append(_table(keys, [[_fmt(ex.get(k)) for k in keys] for ex in finding.examples]))
+        for tip in finding.suggestions:
+            paste = f' <code>{escape(" ".join(tip.overrides))}</code>' if tip.overrides else ""
+            parts.append(f'<p class="tip">Try: {escape(tip.why)}{paste}</p>')
+        parts.append("</div>")
+    curve = _json(c.path / "data_curve.json")
+    if curve:
+        points = "".join(f"<li>{p['fraction']:.0%} of the data ({p['train_rows']} rows): {p['value']:.4f}</li>"
+                         for p in curve["points"])
+        parts.append(f'<div class="finding"><h3>Data curve ({escape(curve["metric"])})</h3><ul>{points}</ul>'
+                     f'<p>{escape(curve["verdict"])}</p></div>')
+    return "".join(parts)
+
+
+def _classes(c: Context) -> str | None:
+    validation = c.final.get("validation", {})
+    matrix, labels = validation.get("confusion_matrix"), validation.get("labels")
+    if not matrix or not labels:
+        return None
+    peak = max(max(row) for row in matrix) or 1
+    head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{escape(str(x))}</th>" for x in labels) + "</tr>"
+    body = "".join(
+        f"<tr><th>{escape(str(labels[i]))}</th>"
+        + "".join(f'<td class="cell" style="background: rgba(31,119,180,{0.08 + 0.8 * v / peak:.2f})">{v}</td>'
+                  for v in row) + "</tr>"
+        for i, row in enumerate(matrix)
+    )
+    confusion = f'<table class="confusion">{head}{body}</table>'
+    per_class = validation.get("per_class", {})
+    rows = [(name, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]), m["support"])
+            for name, m in per_class.items()]
+    table = _table(["class", "precision", "recall", "F1", "support"], rows)
+    return f"<h3>Confusion matrix (validation)</h3>{confusion}<h3>Per-class metrics (validation)</h3>{table}"
+
+
+def _worst(c: Context) -> str | None:
+    """The validation examples with the highest loss under the final model."""
+    import torch
+
+    from lmtune.evaluation import forward_all
+    from lmtune.runs import load, load_tables
+
+    if not hasattr(c.task, "predictions") or c.config.data.label is None:
+        return None
+    run = load(c.path)
+    table = load_tables(c.config.data, c.task)["validation"]
+    examples = c.task.encode(table, run.tokenizer, c.config.data, c.config.train.max_length)
+    device = next(run.model.parameters()).device
+    indices, logits, targets = forward_all(run.model, examples, c.config.train.eval_batch, run.tokenizer.pad_token_id,
+                                           device=device, autocast=run._autocast())
+    if targets is None or not len(indices):
+        return None
+    losses = c.task.example_losses(type("Out", (), {"logits": logits})(), {"labels": targets})
+    predictions = c.task.predictions(logits)
+    order = torch.argsort(losses, descending=True)[:WORST_EXAMPLES].tolist()
+    rows = []
+    for k in order:
+        i = indices[k]
+        rows.append((table.where(i), str(table.rows[i].get(c.config.data.text)),
+                     str(c.task.labels[int(targets[k])]), str(predictions[k]["label"]),
+                     _fmt(predictions[k]["score"]), _fmt(losses[k].item())))
+    return _table(["where", "text", "gold", "predicted", "confidence", "loss"], rows)
+
+
+def _config(c: Context) -> str:
+    text = (c.path / rundir.CONFIG).read_text(encoding="utf-8")
+    env = _table(["", ""], sorted(c.versions.items())) if c.versions else ""
+    extra = [("processes", c.final.get("processes")), ("frozen-layer cache", c.final.get("cache"))]
+    env += _table(["", ""], [(k, _fmt(v)) for k, v in extra if v is not None])
+    return f"<h3>Resolved config</h3><pre>{escape(text)}</pre><h3>Environment</h3>{env}"
+
+
+def _leaderboard(c: Context) -> str:
+    """Slot: the strategy comparison this run belongs to (filled when the run is a `lmtune compare` trial)."""
+    for candidate in (c.path / "leaderboard.json", c.path.parent.parent / "leaderboard.json"):
+        board = _json(candidate)
+        if board:
+            rows = board.get("rows") or []
+            if rows:
+                keys = list(rows[0])
+                head = (f"<p>Winner: <strong>{escape(str(board.get('winner')))}</strong> "
+                        f"({escape(str(board.get('rule', '')))})</p>")
+                return head + _table(keys, [[_fmt(r.get(k)) for k in keys] for r in rows])
+    return '<p class="empty">No strategy comparison for this run: <code>lmtune compare</code> fills this section.</p>'
+
+
+def _explanations(c: Context) -> str:
+    """Slot: attention maps and attributions saved by `lmtune explain` under RUN/explanations/."""
+    found = sorted((c.path / "explanations").glob("*.html")) if (c.path / "explanations").is_dir() else []
+    if not found:
+        return '<p class="empty">No explanations yet: <code>lmtune explain</code> fills this section.</p>'
+    return "".join(f'<div class="explanation">{p.read_text(encoding="utf-8")}</div>' for p in found)
+
+
+SECTIONS: list[tuple[str, Section]] = [
+    ("Summary", _summary),
+    ("Learning curves", _curves),
+    ("Diagnosis", _diagnosis),
+    ("Classes", _classes),
+    ("Worst-predicted validation examples", _worst),
+    ("Strategy comparison", _leaderboard),
+    ("Explanations", _explanations),
+    ("Config and environment", _config),
+]
+"""Report sections in page order; later features add theirs here."""
+
+
+def _page(c: Context, body: str) -> str:
+    title = f"lmtune report: {c.path.name}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title><style>{_CSS}</style>
+<script>window.onerror = function (m) {{ document.documentElement.setAttribute("data-error", String(m)); }};</script>
+</head>
+<body><header><h1>{escape(title)}</h1><p>{escape(str(c.path))}</p></header>
+<main>{body}</main>
+<script>{_SCRIPT}</script></body></html>
+"""
+
+
+_CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2327;
+  background: #fafafa; }
+header { background: #1d3557; color: #fff; padding: 14px 28px; }
+header p { margin: 0; opacity: .8; font-size: 13px; }
+main { max-width: 1180px; margin: 0 auto; padding: 8px 28px 40px; }
+section { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 6px 20px 16px; margin: 18px 0; }
+h1 { margin: 0; font-size: 22px; } h2 { font-size: 19px; } h3 { font-size: 16px; margin-bottom: 6px; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
+th, td { border: 1px solid #ddd; padding: 4px 9px; text-align: left; vertical-align: top; }
+td.cell { text-align: center; min-width: 48px; }
+pre { background: #f4f4f4; padding: 10px; overflow-x: auto; font-size: 13px; }
+code { background: #eef; padding: 1px 5px; border-radius: 3px; }
+.charts { display: flex; flex-wrap: wrap; gap: 16px; }
+.chart .grid { stroke: #eee; } .chart .axis { stroke: #888; } .chart .marker { stroke: #999; stroke-dasharray: 4 3; }
+.chart text { font-size: 11px; fill: #444; } .chart .chart-title { font-size: 14px; font-weight: 600; }
+.state { display: inline-block; padding: 4px 12px; border-radius: 4px; font-weight: 700; text-transform: uppercase;
+  background: #e9ecef; }
+.state-healthy { background: #d4edda; } .state-overfitting, .state-diverging { background: #f8d7da; }
+.state-underfitting, .state-data-problem { background: #fff3cd; }
+.finding { border-left: 3px solid #ccc; padding-left: 12px; margin: 10px 0; } .tip { margin: 4px 0; }
+.empty { color: #777; font-style: italic; }
+"""
+
+_SCRIPT = """
+(function () {
+  // Mark the page as rendered once every chart has been laid out (checked by the browser test).
+  var charts = document.querySelectorAll("svg.chart");
+  var drawn = Array.prototype.filter.call(charts, function (svg) {
+    var box = svg.getBoundingClientRect();
+    return box.width > 0 && box.height > 0 && svg.querySelectorAll("polyline.series").length > 0;
+  }).length;
+  document.body.setAttribute("data-charts", String(charts.length));
+  document.body.setAttribute("data-charts-drawn", String(drawn));
+})();
+"""
+
+
+def _table(headers: list[str], rows: list) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers) if any(headers) else ""
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table>{'<tr>' + head + '</tr>' if head else ''}{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

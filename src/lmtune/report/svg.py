@@ -1,0 +1,90 @@
+"""Inline SVG line charts: no plotting library, no external files, readable offline."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+WIDTH, HEIGHT = 560, 320
+LEFT, RIGHT, TOP, BOTTOM = 58, 16, 30, 62
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
+               markers: dict[str, float] | None = None) -> str:
+    """An SVG chart of named (x, y) series; ``markers`` draws labelled vertical lines (e.g. the best step).
+
+    Non-finite points are skipped (a NaN loss breaks the line rather than the chart).
+    """
+    clean = {name: [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
+             for name, points in series.items()}
+    clean = {name: points for name, points in clean.items() if points}
+    if not clean:
+        return f'<p class="empty">{escape(title)}: nothing logged yet.</p>'
+    xs = [x for points in clean.values() for x, _ in points]
+    ys = [y for points in clean.values() for _, y in points]
+    x0, x1 = _span(min(xs), max(xs))
+    y0, y1 = _span(min(ys), max(ys))
+
+    def px(x: float) -> float:
+        return LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT)
+
+    def py(y: float) -> float:
+        return HEIGHT - BOTTOM - (y - y0) / (y1 - y0) * (HEIGHT - TOP - BOTTOM)
+
+    parts = [f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
+             f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(title)}">',
+             f'<title>{escape(title)}</title>',
+             f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" class="chart-title">{escape(title)}</text>']
+    for tick in _ticks(y0, y1):
+        y = py(tick)
+        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{tick:g}</text>')
+    for tick in _ticks(x0, x1):
+        x = px(tick)
+        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" class="tick">{tick:g}</text>')
+    parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" class="axis"/>')
+    parts.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" class="axis"/>')
+    parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT - BOTTOM + 32}" text-anchor="middle" class="label">'
+                 f'{escape(x_label)}</text>')
+    parts.append(f'<text x="14" y="{HEIGHT / 2}" text-anchor="middle" class="label" '
+                 f'transform="rotate(-90 14 {HEIGHT / 2})">{escape(y_label)}</text>')
+    for name, x in (markers or {}).items():
+        if x0 <= x <= x1:
+            parts.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" class="marker"/>')
+            parts.append(f'<text x="{px(x) + 3:.1f}" y="{TOP + 10}" class="tick">{escape(name)}</text>')
+    for k, (name, points) in enumerate(clean.items()):
+        color = PALETTE[k % len(PALETTE)]
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
+        parts.append(f'<polyline class="series" data-series="{escape(name)}" fill="none" stroke="{color}" '
+                     f'stroke-width="2" points="{path}"/>')
+        if len(points) <= 60:  # dots (with hover values) on sparse series such as evaluations
+            for x, y in points:
+                parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}">'
+                             f'<title>{escape(name)}: step {x:g}, {y:.4f}</title></circle>')
+        lx = LEFT + 150 * k  # legend: one row under the x-axis label
+        parts.append(f'<rect x="{lx}" y="{HEIGHT - 14}" width="10" height="10" fill="{color}"/>')
+        parts.append(f'<text x="{lx + 14}" y="{HEIGHT - 5}" class="legend">{escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _span(low: float, high: float) -> tuple[float, float]:
+    if high - low < 1e-12:
+        pad = abs(low) * 0.05 or 1.0
+        return low - pad, high + pad
+    pad = (high - low) * 0.04
+    return low - pad, high + pad
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values between low and high."""
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step) * step
+    ticks, value = [], first
+    while value <= high + 1e-12:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
