@@ -6,14 +6,14 @@ from lmtune.errors import ConfigError, DataError, LmtuneError
 __version__ = "0.1.0"
 
 
-def train(config, overrides=()):
-    """Train as ``config`` (a RunConfig, YAML path or dict) says; see `lmtune.runs.train`."""
+def train(config, overrides=(), **options):
+    """Train as ``config`` (a RunConfig, YAML path or dict) says; see `lmtune.runs.train` for ``options``."""
     from lmtune import runs
 
     if isinstance(config, dict):
         config = load_config(config, overrides)
         overrides = ()
-    return runs.train(config, overrides)
+    return runs.train(config, overrides, **options)
 
 
 def load(run_dir):
@@ -42,5 +42,20 @@ def export(run_dir, out_dir=None, merge=False):
     return runs.export(run_dir, out_dir, merge=merge)
 
 
+def diagnose(run_dir, data_curve=False):
+    """The run's diagnosis (``.state``, ``.findings``, ``.text()``); with its data curve when ``data_curve``."""
+    from lmtune import diagnosis
+
+    result = diagnosis.diagnose(run_dir)
+    return (result, diagnosis.data_curve(run_dir)) if data_curve else result
+
+
+def report(run_dir, out=None):
+    """Write the run's self-contained HTML report (default RUN/report.html); returns its path."""
+    from lmtune.report import write_report
+
+    return write_report(run_dir, out)
+
+
 __all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "compare", "export", "load", "load_config",
-           "train"]
+           "train", "diagnose", "report"]

@@ -110,7 +110,11 @@ def _diagnose(run_dir: Path, show: bool) -> None:
     """Diagnose the finished run (RUN/diagnosis.json) and tell the user."""
     from lmtune.diagnosis import diagnose
 
-    diagnosis = diagnose(run_dir)
+    try:
+        diagnosis = diagnose(run_dir)
+    except Exception as err:  # noqa: BLE001 - the trained model is saved; a diagnosis bug must not fail the run
+        log.warning("could not diagnose the run (%s: %s); try `lmtune diagnose %s`", type(err).__name__, err, run_dir)
+        return
     if show:
         log.info("%s", diagnosis.text())
 
