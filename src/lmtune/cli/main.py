@@ -98,6 +98,37 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from lmtune.data import read_table
+    from lmtune.explain import explain_run, summary
+    from lmtune.rundir import read_run
+
+    texts: list = list(args.text or [])
+    if args.input:
+        _, cfg, _ = read_run(args.run)
+        table = read_table(args.input, "explain")
+        column = cfg.data.text if cfg.data.text in table.columns else "text"
+        table.require(column)
+        pairs = table.texts(cfg.data.text_pair) if cfg.data.text_pair in table.columns else None
+        rows = table.texts(column)[: args.max_inputs]
+        texts += list(zip(rows, pairs, strict=False)) if pairs else rows
+    methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
+    results = explain_run(args.run, texts, args.out, methods, args.target, args.steps, checks=not args.no_checks,
+                          compare_base=not args.no_base, pictures=not args.no_png)
+    for e in results:
+        sys.stdout.write(json.dumps({"text": e.text, "predicted": e.predicted, "target": e.target,
+                                     "probability": round(e.probability, 4),
+                                     "top_words": _top_words(e, methods[0])}) + "\n")
+    sys.stdout.write(json.dumps({"summary": summary(results)}) + "\n")
+    return 0
+
+
+def _top_words(explanation, method: str, k: int = 3) -> list[str]:
+    scores = explanation.word_attributions(method)
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return [explanation.words[i] for i in order[:k]]
+
+
 def _headline(metrics: dict) -> dict:
     """The scalar metrics of a finished run (tables stay in metrics.json)."""
     out = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
@@ -162,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("--out", help="write the report here instead of RUN/report.html")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("explain", help="attention maps, rollout and token attributions for inputs, with checks")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--text", action="append", help="an input to explain (repeat for several)")
+    p.add_argument("--input", help="CSV/TSV/JSONL/text file of inputs")
+    p.add_argument("--max-inputs", type=_positive, default=50, help="explain at most this many rows of --input")
+    p.add_argument("--out", help="output directory (default RUN/explain)")
+    p.add_argument("--method", default="ig,gradxinput,occlusion", help="attribution methods: ig, gradxinput, occlusion")
+    p.add_argument("--target", help="label to explain (default: the predicted one)")
+    p.add_argument("--steps", type=_positive, default=50, help="Integrated Gradients steps")
+    p.add_argument("--no-checks", action="store_true", help="skip the deletion test and the randomization check")
+    p.add_argument("--no-base", action="store_true", help="skip the before/after comparison with the base model")
+    p.add_argument("--no-png", action="store_true", help="write explain.html and explain.json only")
+    p.set_defaults(func=_explain)
 
     p = sub.add_parser("export", help="write a run's model as plain transformers weights")
     p.add_argument("run", help="run directory")

@@ -53,6 +53,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
         if x0 <= x <= x1:
             parts.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" class="marker"/>')
             parts.append(f'<text x="{px(x) + 3:.1f}" y="{TOP + 10}" class="tick">{escape(name)}</text>')
+    lx = 10.0
     for k, (name, points) in enumerate(clean.items()):
         color = PALETTE[k % len(PALETTE)]
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
@@ -62,9 +63,9 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
             for x, y in points:
                 parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}">'
                              f'<title>{escape(name)}: step {x:g}, {y:.4f}</title></circle>')
-        lx = LEFT + 150 * k  # legend: one row under the x-axis label
         parts.append(f'<rect x="{lx}" y="{HEIGHT - 14}" width="10" height="10" fill="{color}"/>')
         parts.append(f'<text x="{lx + 14}" y="{HEIGHT - 5}" class="legend">{escape(name)}</text>')
+        lx += 24 + 6.5 * len(name)  # legend: one row under the x-axis label
     parts.append("</svg>")
     return "".join(parts)
 
