@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +50,28 @@ def sst2_slice(tmp_path_factory) -> dict[str, Path]:
         "train": write_tsv(out / "train.tsv", train, ["sentence", "label"]),
         "dev": write_tsv(out / "dev.tsv", dev, ["sentence", "label"]),
     }
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def rendered_dom(page: Path, tmp_path: Path) -> str:
+    """The page's DOM after headless Chromium loaded it and ran its scripts; asserts no script error.
+
+    Skips where Chromium is missing, unless LMTUNE_REQUIRE_BROWSER is set (CI installs it).
+    """
+    if CHROMIUM is None:
+        if os.environ.get("LMTUNE_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (scripts/setup.sh installs it with apt-get)")
+        pytest.skip("chromium not installed")
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    html_tag = re.search(r"<html[^>]*>", dom)
+    assert html_tag and "data-error" not in html_tag.group(0), html_tag  # window.onerror marks script errors
+    return dom
 
 
 def lmtune_command(*args: str) -> list[str]:

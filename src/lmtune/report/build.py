@@ -14,6 +14,8 @@ from lmtune.training.tracking import read_log
 
 REPORT = "report.html"
 WORST_EXAMPLES = 10
+EXPLAINED_PER_KIND = 2
+"""Correct and wrong validation predictions explained in the report (each)."""
 
 Section = Callable[["Context"], str | None]
 """A report section: HTML for this run, or None to leave it out."""
@@ -32,6 +34,39 @@ class Context:
         self.log = read_log(self.path)
         self.final = _json(self.path / rundir.FINAL_METRICS) or {}
         self.versions = _json(self.path / rundir.VERSIONS) or {}
+        self._run: Any = None
+        self._predictions: Any = False
+
+    @property
+    def run(self) -> Any:
+        """The run's final model, loaded on first use."""
+        if self._run is None:
+            from lmtune.runs import load
+
+            self._run = load(self.path)
+        return self._run
+
+    def validation_predictions(self) -> tuple[Any, list[int], Any, Any] | None:
+        """(validation table, example indices, logits, targets) under the final model, or None."""
+        if self._predictions is False:
+            self._predictions = self._predict_validation()
+        return self._predictions
+
+    def _predict_validation(self) -> tuple[Any, list[int], Any, Any] | None:
+        from lmtune.evaluation import forward_all
+        from lmtune.runs import load_tables
+
+        if not hasattr(self.task, "predictions"):
+            return None
+        run = self.run
+        table = load_tables(self.config.data, self.task)["validation"]
+        examples = self.task.encode(table, run.tokenizer, self.config.data, self.config.train.max_length)
+        device = next(run.model.parameters()).device
+        indices, logits, targets = forward_all(run.model, examples, self.config.train.eval_batch,
+                                               run.tokenizer.pad_token_id, device=device, autocast=run._autocast())
+        if targets is None or not len(indices):
+            return None
+        return table, indices, logits, targets
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -134,24 +169,14 @@ def _worst(c: Context) -> str | None:
     """The validation examples with the highest loss under the final model."""
     import torch
 
-    from lmtune.evaluation import forward_all
-    from lmtune.runs import load, load_tables
-
-    if not hasattr(c.task, "predictions") or c.config.data.label is None:
+    scored = c.validation_predictions()
+    if scored is None:
         return None
-    run = load(c.path)
-    table = load_tables(c.config.data, c.task)["validation"]
-    examples = c.task.encode(table, run.tokenizer, c.config.data, c.config.train.max_length)
-    device = next(run.model.parameters()).device
-    indices, logits, targets = forward_all(run.model, examples, c.config.train.eval_batch, run.tokenizer.pad_token_id,
-                                           device=device, autocast=run._autocast())
-    if targets is None or not len(indices):
-        return None
+    table, indices, logits, targets = scored
     losses = c.task.example_losses(type("Out", (), {"logits": logits})(), {"labels": targets})
     predictions = c.task.predictions(logits)
-    order = torch.argsort(losses, descending=True)[:WORST_EXAMPLES].tolist()
     rows = []
-    for k in order:
+    for k in torch.argsort(losses, descending=True)[:WORST_EXAMPLES].tolist():
         i = indices[k]
         rows.append((table.where(i), str(table.rows[i].get(c.config.data.text)),
                      str(c.task.labels[int(targets[k])]), str(predictions[k]["label"]),
@@ -181,12 +206,39 @@ def _leaderboard(c: Context) -> str:
     return '<p class="empty">No strategy comparison for this run: <code>lmtune compare</code> fills this section.</p>'
 
 
-def _explanations(c: Context) -> str:
-    """Slot: attention maps and attributions saved by `lmtune explain` under RUN/explanations/."""
-    found = sorted((c.path / "explanations").glob("*.html")) if (c.path / "explanations").is_dir() else []
-    if not found:
-        return '<p class="empty">No explanations yet: <code>lmtune explain</code> fills this section.</p>'
-    return "".join(f'<div class="explanation">{p.read_text(encoding="utf-8")}</div>' for p in found)
+def _explanations(c: Context) -> str | None:
+    """Attention and attributions of sampled correct and wrong validation predictions."""
+    import random
+
+    from lmtune.explain import Explainer
+    from lmtune.explain.render import SCRIPT, STYLE, fragment
+    from lmtune.explain.targets import TARGETS
+
+    if TARGETS.check(c.config.task) or c.validation_predictions() is None:
+        return None
+    table, indices, logits, targets = c.validation_predictions()
+    right = logits.argmax(-1) == targets
+    rng = random.Random(c.config.train.seed)
+    parts = []
+    for title, wanted in (("Correct predictions", True), ("Wrong predictions", False)):
+        pool = [k for k in range(len(indices)) if bool(right[k]) == wanted]
+        chosen = sorted(rng.sample(pool, min(EXPLAINED_PER_KIND, len(pool))))
+        if not chosen:
+            continue
+        explainer = Explainer(c.run, ("ig", "occlusion"), steps=32)
+        rows = [table.rows[indices[k]] for k in chosen]
+        explained = [explainer.explain(str(r.get(c.config.data.text)),
+                                       str(r.get(c.config.data.text_pair)) if c.config.data.text_pair else None)
+                     for r in rows]
+        gold = ", ".join(str(c.task.labels[int(targets[k])]) for k in chosen)
+        parts.append(f"<h3>{title} (sampled; gold labels: {escape(gold)})</h3>"
+                     + fragment(explained, "wrong" if not wanted else "right"))
+    if not parts:
+        return None
+    intro = ("<p>Integrated Gradients and occlusion toward the predicted label, with the deletion test and the "
+             "randomization check; choose a layer and head and hover a token to see where it attends. "
+             "<code>lmtune explain RUN --text ...</code> explains any input.</p>")
+    return f"<style>{STYLE}</style>{intro}{''.join(parts)}<script>{SCRIPT}</script>"
 
 
 SECTIONS: list[tuple[str, Section]] = [
