@@ -50,6 +50,18 @@ def diagnose(run_dir, data_curve=False):
     return (result, diagnosis.data_curve(run_dir)) if data_curve else result
 
 
+def explain(run_dir, texts, out_dir=None, **options):
+    """Explanations (attention tensors, rollout, attributions, checks) of ``texts`` under a run's model.
+
+    With ``out_dir`` the PNGs, explain.html and explain.json are written there as well; ``options``:
+    methods, target, steps, checks, compare_base (see `lmtune.explain.explain_run`).
+    """
+    from lmtune.explain import explain_run
+
+    return explain_run(run_dir, list(texts), out_dir, pictures=out_dir is not None, write=out_dir is not None,
+                       **options)
+
+
 def report(run_dir, out=None):
     """Write the run's self-contained HTML report (default RUN/report.html); returns its path."""
     from lmtune.report import write_report
@@ -58,4 +70,4 @@ def report(run_dir, out=None):
 
 
 __all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "compare", "export", "load", "load_config",
-           "train", "diagnose", "report"]
+           "train", "diagnose", "explain", "report"]

@@ -12,12 +12,12 @@ from lmtune.explain.core import Explainer, Explanation
 def explain_run(run_dir: str | Path, texts: list[str] | list[tuple[str, str]], out_dir: str | Path | None = None,
                 methods: tuple[str, ...] = ("ig", "gradxinput", "occlusion"), target: str | None = None,
                 steps: int = 50, checks: bool = True, compare_base: bool = True,
-                pictures: bool = True) -> list[Explanation]:
+                pictures: bool = True, write: bool = True) -> list[Explanation]:
     """Explain each text (or (text, pair)) and write the outputs to ``out_dir`` (default RUN/explain).
 
     Writes ``explain.json`` (raw scores), ``explain.html`` (interactive, self-contained) and, with
     ``pictures``, three PNGs per input (``ex-NNN-attention-heads.png``, ``-attention-layers.png``,
-    ``-attributions.png``).
+    ``-attributions.png``); with ``write=False`` nothing is written.
     """
     from lmtune.errors import LmtuneError
     from lmtune.explain.render import write_html, write_pngs
@@ -28,20 +28,22 @@ def explain_run(run_dir: str | Path, texts: list[str] | list[tuple[str, str]], o
         raise LmtuneError("explain: no input; pass --text TEXT or --input FILE")
     run = load(run_dir)
     out = Path(out_dir) if out_dir else run.run_dir / "explain"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise LmtuneError(f"--out: cannot create {out} ({err.strerror or err})") from None
+    if write:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LmtuneError(f"--out: cannot create {out} ({err.strerror or err})") from None
     explainer = Explainer(run, methods, steps=steps, checks=checks, compare_base=compare_base)
     results = []
     for n, item in enumerate(texts, start=1):
         text, pair = item if isinstance(item, tuple) else (item, None)
         explanation = explainer.explain(text, pair, target)
         results.append(explanation)
-        if pictures:
+        if write and pictures:
             write_pngs(explanation, out, f"ex-{n:03d}")
-    write_text_atomic(out / "explain.json", json.dumps([e.to_dict() for e in results]))
-    write_html(results, out / "explain.html", f"lmtune explain: {run.run_dir.name}")
+    if write:
+        write_text_atomic(out / "explain.json", json.dumps([e.to_dict() for e in results]))
+        write_html(results, out / "explain.html", f"lmtune explain: {run.run_dir.name}")
     return results
 
 
