@@ -24,8 +24,8 @@ SST2 = REPO.parent / "shared" / "data" / "sst2"
 
 def main() -> None:
     import lmtune
-    from lmtune.explain import summary
-    from lmtune.explain.attribution import METHODS
+    from lmtune.explanation import summary
+    from lmtune.explanation.attribution import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2000)

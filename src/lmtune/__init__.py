@@ -54,9 +54,9 @@ def explain(run_dir, texts, out_dir=None, **options):
     """Explanations (attention tensors, rollout, attributions, checks) of ``texts`` under a run's model.
 
     With ``out_dir`` the PNGs, explain.html and explain.json are written there as well; ``options``:
-    methods, target, steps, checks, compare_base (see `lmtune.explain.explain_run`).
+    methods, target, steps, checks, compare_base (see `lmtune.explanation.explain_run`).
     """
-    from lmtune.explain import explain_run
+    from lmtune.explanation import explain_run
 
     return explain_run(run_dir, list(texts), out_dir, pictures=out_dir is not None, write=out_dir is not None,
                        **options)
@@ -64,7 +64,7 @@ def explain(run_dir, texts, out_dir=None, **options):
 
 def report(run_dir, out=None):
     """Write the run's self-contained HTML report (default RUN/report.html); returns its path."""
-    from lmtune.report import write_report
+    from lmtune.reporting import write_report
 
     return write_report(run_dir, out)
 

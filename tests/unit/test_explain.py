@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from lmtune.explain.attention import attention_weights, eager_attention, rollout
-from lmtune.explain.attribution import encode, gradient_x_input, integrated_gradients, occlusion, word_scores
-from lmtune.explain.quality import deletion_curve, deletion_test, randomized_copy, rank_correlation
-from lmtune.explain.targets import ClassProbability
+from lmtune.explanation.attention import attention_weights, eager_attention, rollout
+from lmtune.explanation.attribution import encode, gradient_x_input, integrated_gradients, occlusion, word_scores
+from lmtune.explanation.quality import deletion_curve, deletion_test, randomized_copy, rank_correlation
+from lmtune.explanation.targets import ClassProbability
 from tests.conftest import make_tiny_bert
 
 
@@ -121,7 +121,7 @@ def test_randomization_and_rank_correlation(tiny):
 
 def test_explainer_on_a_run_returns_arrays_and_json(tmp_path):
     import lmtune
-    from lmtune.explain import Explainer
+    from lmtune.explanation import Explainer
 
     tiny = make_tiny_bert(tmp_path / "tiny", layers=2)
     rows = [{"text": f"{'good' if i % 2 else 'bad'} film {i}", "label": ["neg", "pos"][i % 2]} for i in range(24)]

@@ -92,7 +92,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from lmtune.report import write_report
+    from lmtune.reporting import write_report
 
     sys.stdout.write(f"{write_report(args.run, args.out)}\n")
     return 0
@@ -100,7 +100,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from lmtune.data import read_table
-    from lmtune.explain import explain_run, summary
+    from lmtune.explanation import explain_run, summary
     from lmtune.rundir import read_run
 
     texts: list = list(args.text or [])

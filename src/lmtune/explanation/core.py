@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from lmtune.explain.attention import attention_weights, rollout
-from lmtune.explain.attribution import IG_STEPS, METHODS, Example, attribute, encode, word_scores
-from lmtune.explain.quality import RANDOMIZATION_PASS, deletion_test, randomized_copy, rank_correlation
-from lmtune.explain.targets import TARGETS
+from lmtune.explanation.attention import attention_weights, rollout
+from lmtune.explanation.attribution import IG_STEPS, METHODS, Example, attribute, encode, word_scores
+from lmtune.explanation.quality import RANDOMIZATION_PASS, deletion_test, randomized_copy, rank_correlation
+from lmtune.explanation.targets import TARGETS
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lmtune.explain.attribution import Example, Score
+from lmtune.explanation.attribution import Example, Score
 
 DELETION_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 """Share of the (non-special) tokens deleted at each point of a deletion curve."""

@@ -1,5 +1,5 @@
 """The run report: one self-contained HTML file of curves, diagnosis, classes and examples."""
 
-from lmtune.report.build import REPORT, SECTIONS, write_report
+from lmtune.reporting.build import REPORT, SECTIONS, write_report
 
 __all__ = ["REPORT", "SECTIONS", "write_report"]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmtune.explain.core import Explainer, Explanation
+from lmtune.explanation.core import Explainer, Explanation
 
 
 def explain_run(run_dir: str | Path, texts: list[str] | list[tuple[str, str]], out_dir: str | Path | None = None,
@@ -20,7 +20,7 @@ def explain_run(run_dir: str | Path, texts: list[str] | list[tuple[str, str]], o
     ``-attributions.png``); with ``write=False`` nothing is written.
     """
     from lmtune.errors import LmtuneError
-    from lmtune.explain.render import write_html, write_pngs
+    from lmtune.explanation.render import write_html, write_pngs
     from lmtune.rundir import write_text_atomic
     from lmtune.runs import load
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from lmtune.explain.core import Explanation
-from lmtune.report.svg import line_chart
+from lmtune.explanation.core import Explanation
+from lmtune.reporting.svg import line_chart
 
 MAX_PLOT_TOKENS = 40
 """Heatmaps of longer inputs show the 40 tokens the rollout ranks highest (in text order)."""

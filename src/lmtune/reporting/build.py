@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune import rundir
-from lmtune.report.svg import line_chart
+from lmtune.reporting.svg import line_chart
 from lmtune.training.tracking import read_log
 
 REPORT = "report.html"
@@ -210,9 +210,9 @@ def _explanations(c: Context) -> str | None:
     """Attention and attributions of sampled correct and wrong validation predictions."""
     import random
 
-    from lmtune.explain import Explainer
-    from lmtune.explain.render import SCRIPT, STYLE, fragment
-    from lmtune.explain.targets import TARGETS
+    from lmtune.explanation import Explainer
+    from lmtune.explanation.render import SCRIPT, STYLE, fragment
+    from lmtune.explanation.targets import TARGETS
 
     if TARGETS.check(c.config.task) or c.validation_predictions() is None:
         return None
