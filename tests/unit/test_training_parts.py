@@ -70,3 +70,20 @@ def test_latest_checkpoint_ignores_partial_writes_and_rotation_keeps_best(tmp_pa
     assert latest_checkpoint(tmp_path).name == "step-40"
     _rotate(tmp_path, keep=2, best_step=10)
     assert sorted(p.name for p in root.glob("step-*") if (p / STATE_FILE).exists()) == ["step-10", "step-30", "step-40"]
+
+
+def test_gradient_clipping_bounds_the_update():
+    from accelerate import Accelerator
+
+    from lmtune.training.loop import _optimizer_step
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 4)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    _optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm=0.5)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
+    assert moved.item() == pytest.approx(0.5, rel=1e-4)  # SGD with lr 1 moves by exactly the clipped norm

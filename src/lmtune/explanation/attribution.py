@@ -84,7 +84,13 @@ def integrated_gradients(model: Any, example: Example, score: Score, baseline_id
     The delta is how far the scores' sum is from score(input) - score(baseline): near 0 means the
     path integral was approximated well enough (more ``steps`` otherwise).
     """
-    from captum.attr import LayerIntegratedGradients
+    try:
+        from captum.attr import LayerIntegratedGradients
+    except ImportError:
+        from lmtune.errors import LmtuneError
+
+        raise LmtuneError("--method ig: Integrated Gradients needs Captum: pip install 'lmtune[explain]' "
+                          "(gradxinput and occlusion work without it)") from None
 
     features = example.features
     ids = features["input_ids"]

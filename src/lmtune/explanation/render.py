@@ -31,8 +31,12 @@ def plot_window(explanation: Explanation) -> list[int]:
 
 def write_pngs(explanation: Explanation, out: Path, stem: str) -> list[Path]:
     """heads grid, per-layer means + rollout, and attribution highlights, as PNG files under ``out``."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from lmtune.errors import LmtuneError
 
+        raise LmtuneError("explain: PNG output needs matplotlib: pip install 'lmtune[explain]' (or --no-png)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -48,8 +52,10 @@ def write_pngs(explanation: Explanation, out: Path, stem: str) -> list[Path]:
         for head in range(heads):
             ax = axes[layer][head]
             ax.imshow(att[layer, head].numpy(), cmap="viridis", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            # token labels on the outer panels only: inner ones would repeat them 70 times
+            ax.set_yticks(range(len(labels)), labels if head == 0 else [], fontsize=3)
+            ax.set_xticks(range(len(labels)), labels if layer == layers - 1 else [], fontsize=3, rotation=90)
+            ax.tick_params(length=0, pad=1)
             if layer == 0:
                 ax.set_title(f"head {head}", fontsize=7)
             if head == 0:
@@ -164,7 +170,7 @@ def _checks_html(e: Explanation) -> str:
         cells = [escape(name)]
         cells.append(f"{e.deltas[method]:.2e}" if method in e.deltas else "")
         deletion = e.deletion.get(method)
-        cells.append(f"{deletion['area_attribution']:.3f} vs {deletion['area_random']:.3f} "
+        cells.append(f"{deletion['area_attribution']:.4f} vs {deletion['area_random']:.4f} "
                      f"({'beats' if deletion['beats_random'] else 'does NOT beat'} random)" if deletion else "")
         rho = e.randomization.get(method)
         cells.append(f"{rho:+.3f}" if rho is not None else "")
