@@ -50,7 +50,7 @@ def train(
     if finished:
         log.info("%s already holds this finished run; nothing to do", run_dir)
         return json.loads((run_dir / rundir.FINAL_METRICS).read_text())
-    task = TASKS.get(cfg.task)()
+    task = make_task(cfg)
     watch = watched_metric(cfg, task)
     if watch not in task.metric_names:
         raise LmtuneError(f"early_stopping.metric: {watch!r} is not a validation metric of task {cfg.task!r}; "
@@ -117,6 +117,16 @@ def _diagnose(run_dir: Path, show: bool) -> None:
         return
     if show:
         log.info("%s", diagnosis.text())
+
+
+def make_task(cfg: RunConfig) -> Any:
+    """The task object for a new run, with its settings from the config."""
+    task = TASKS.get(cfg.task)()
+    if hasattr(task, "configure"):
+        task.configure(cfg)
+    if cfg.regularization.rdrop and not hasattr(task, "predictions"):
+        raise LmtuneError(f"regularization.rdrop: R-Drop is implemented for classification, not task {cfg.task!r}")
+    return task
 
 
 TRAIN_SAMPLE = "train_sample.json"
@@ -273,8 +283,12 @@ class Run:
         examples = self.task.encode(table, self.tokenizer, _unlabelled(self.config.data),
                                     self.config.train.max_length)
         device = next(self.model.parameters()).device
+        extract = getattr(self.task, "extract", None)
         indices, logits, _ = forward_all(self.model, examples, batch_size, self.tokenizer.pad_token_id,
-                                         device=device, autocast=self._autocast())
+                                         device=device, autocast=self._autocast(), extract=extract)
+        if extract is not None:  # span tasks: one answer per input row, from all of its windows
+            scores = dict(zip(indices, logits, strict=True))
+            return self.task.predict_outputs([scores[i] for i in range(len(examples))], examples, len(table))
         by_index = dict(zip(indices, self.task.predictions(logits), strict=True))
         return [by_index[i] for i in range(len(examples))]
 

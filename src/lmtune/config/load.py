@@ -53,7 +53,7 @@ def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...
     problems += _validate_all(config)
     if problems:
         raise ConfigError(problems, source=name)
-    return _resolve_paths(_resolve_lr(config))
+    return _resolve_paths(_resolve_lr(_resolve_columns(config, raw.get("data") or {})))
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -75,6 +75,17 @@ def _resolve_lr(config: RunConfig) -> RunConfig:
         return config
     lr = config.strategy.build().default_lr
     return dataclasses.replace(config, train=dataclasses.replace(config.train, lr=lr))
+
+
+def _resolve_columns(config: RunConfig, given: dict) -> RunConfig:
+    """Columns the config does not name take the task's natural names (QA: question, context, answers)."""
+    from lmtune.tasks import TASKS
+
+    defaults = getattr(TASKS.get(config.task), "default_columns", {})
+    missing = {k: v for k, v in defaults.items() if not (isinstance(given, dict) and k in given)}
+    if not missing:
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, **missing))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -187,7 +198,7 @@ def _describe(hint: Any) -> str:
 
 def _validate_all(config: RunConfig) -> list[str]:
     problems = config.validate()
-    for section in ("data", "strategy", "train", "regularization", "augmentation", "early_stopping"):
+    for section in ("data", "strategy", "train", "regularization", "augmentation", "early_stopping", "qa"):
         problems += getattr(config, section).validate()
     return problems
 

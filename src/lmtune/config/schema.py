@@ -35,6 +35,8 @@ class DataConfig:
     """Use only the first N training rows (quick experiments, tests)."""
     max_eval_samples: int | None = None
     """Use only the first N validation/test rows."""
+    doc_stride: int = 128
+    """qa: overlap, in tokens, between the windows of a context longer than train.max_length."""
     train_fraction: float = 1.0
     """Train on a seeded random fraction of the training rows (learning curves over data size)."""
 
@@ -46,6 +48,8 @@ class DataConfig:
             problems.append(f"data.validation_split: {self.validation_split} is not in (0, 1)")
         if not 0 < self.train_fraction <= 1:
             problems.append(f"data.train_fraction: {self.train_fraction} is not in (0, 1]")
+        if self.doc_stride <= 0:
+            problems.append(f"data.doc_stride: {self.doc_stride} must be > 0")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -211,6 +215,20 @@ class RegularizationConfig:
         return problems
 
 
+@dataclass(frozen=True)
+class QAConfig:
+    max_answer_length: int = 30
+    """Longest answer, in tokens, that prediction may return."""
+    n_best: int = 20
+    """Start and end candidates considered per window."""
+    allow_no_answer: bool = False
+    """SQuAD 2.0 style: answer "" when [CLS] scores above the best span."""
+
+    def validate(self) -> list[str]:
+        return [f"qa.{k}: {getattr(self, k)} must be > 0" for k in ("max_answer_length", "n_best")
+                if getattr(self, k) <= 0]
+
+
 AUGMENTATIONS = ("delete", "swap", "insert", "mlm")
 
 
@@ -277,7 +295,7 @@ class EarlyStoppingConfig:
 @dataclass(frozen=True)
 class RunConfig:
     task: str = "classification"
-    """What is learned: classification (more tasks: see `lmtune.tasks`)."""
+    """What is learned: classification | qa (more tasks: see `lmtune.tasks`)."""
     model: str = "bundled:minilm"
     """bundled:minilm, a local model directory, a run directory, or a Hugging Face Hub id."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -286,6 +304,7 @@ class RunConfig:
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
     output: str = "runs/run"
     """Run directory: config, checkpoints, metrics and the final model are written here."""
 

@@ -17,7 +17,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
 
     Returns:
         ``input_ids`` and ``attention_mask`` (batch, seq); ``token_type_ids`` if present;
-        ``labels`` (batch,) if present.
+        the TARGETS present (``labels``; ``start_positions``/``end_positions``), (batch,) each. Other
+        example fields (e.g. QA offsets) stay out of the batch.
     """
     longest = max(len(ex["input_ids"]) for ex in examples)
     ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
@@ -38,6 +39,11 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
         for row, ex in enumerate(examples):
             hidden[row, : len(ex["input_ids"])] = ex["hidden"]
         batch["hidden"] = hidden
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([ex["labels"] for ex in examples], dtype=torch.long)
+    for key in TARGETS:
+        if key in examples[0]:
+            batch[key] = torch.tensor([ex[key] for ex in examples], dtype=torch.long)
     return batch
+
+
+TARGETS = ("labels", "start_positions", "end_positions")
+"""Target fields of a batch: the loss reads them, the model's forward does not get them."""

@@ -31,10 +31,12 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
     watch = watched_metric(cfg, task)
     state = assess(Curves.from_log(read_log(path)), cfg, watch, cfg.early_stopping.maximize(task.greater_is_better),
                    final)
-    try:
-        data = data_findings(path, cfg, load_tables(cfg.data, task))
-    except (LmtuneError, OSError) as err:
-        data = [Finding("unknown", "the data checks could not run", [str(err).splitlines()[0]])]
+    data: list[Finding] = []
+    if hasattr(task, "labels"):  # the data checks are about class labels
+        try:
+            data = data_findings(path, cfg, load_tables(cfg.data, task))
+        except (LmtuneError, OSError) as err:
+            data = [Finding("unknown", "the data checks could not run", [str(err).splitlines()[0]])]
     overall = state.kind
     if overall == "healthy" and any(f.kind == "data" for f in data):
         overall = "data problem"

@@ -60,7 +60,8 @@ def assess(curves: Curves, cfg: RunConfig, watch: str, maximize: bool, final: di
     values = [m.get(watch) for _, m in curves.validation]
     best = max(range(len(values)), key=lambda i: sign * values[i])
     used = _index_of(steps, final.get("restored_step")) if final.get("restored_step") else len(steps) - 1
-    fact = _Facts(curves, watch, sign, steps, values, best, used)
+    scale = 100.0 if maximize and max(values) > 1.0 else 1.0  # SQuAD EM/F1 are percentages
+    fact = _Facts(curves, watch, sign, steps, values, best, used, scale)
     overfit = _overfitting(fact, cfg)
     if overfit is not None:
         return overfit
@@ -81,6 +82,8 @@ class _Facts:
     """Index of the best validation evaluation."""
     used: int
     """Index of the evaluation whose weights the run ends with (the restored one, else the last)."""
+    scale: float = 1.0
+    """100 for metrics in percent: thresholds are for [0, 1]."""
 
     def sample(self, i: int) -> float | None:
         record = self.curves.train_sample.get(self.steps[i])
@@ -91,18 +94,18 @@ class _Facts:
         return None if record is None else record.get("loss")
 
     def gap(self, i: int) -> float | None:
-        """How much better the training sample scores than validation at evaluation i."""
+        """How much better the training sample scores than validation at evaluation i (in [0, 1] units)."""
         train = self.sample(i)
         if train is None:
             return None
         if self.sign > 0:
-            return train - self.values[i]
+            return (train - self.values[i]) / self.scale
         return (self.values[i] - train) / max(abs(self.values[i]), 1e-9)  # relative, lower-is-better
 
     def worse_by(self, i: int, j: int) -> float:
         """How much worse validation is at j than at i (absolute up, relative down)."""
         if self.sign > 0:
-            return self.values[i] - self.values[j]
+            return (self.values[i] - self.values[j]) / self.scale
         return (self.values[j] - self.values[i]) / max(abs(self.values[i]), 1e-9)
 
     def where(self, i: int) -> str:
@@ -131,8 +134,8 @@ def _overfitting(f: _Facts, cfg: RunConfig) -> Finding | None:
                     f"{f.values[last]:.4f}",
                     f"meanwhile the training sample's loss fell from {sample_turn:.4f} to {sample_last:.4f} "
                     f"and its {f.watch} went from {f.sample(turn):.4f} to {f.sample(last):.4f}",
-                    f"train/validation gap at the end: {gap_last:.4f} ({f.watch} {f.sample(last):.4f} on training "
-                    f"examples vs {f.values[last]:.4f} on validation)"]
+                    f"train/validation gap at the end: {gap_last * f.scale:.4f} ({f.watch} {f.sample(last):.4f} "
+                    f"on training examples vs {f.values[last]:.4f} on validation)"]
     else:  # no training sample scored: the running training loss stands in for it
         if not _train_loss_at(f.curves, f.steps[last]) < _train_loss_at(f.curves, f.steps[turn]):
             return None
@@ -148,10 +151,10 @@ def _overfitting(f: _Facts, cfg: RunConfig) -> Finding | None:
         if gap_used is not None and gap_used <= GAP:
             return Finding(
                 "healthy", f"overfitting after {f.where(f.best)} was caught: the final model has the weights of "
-                f"{f.where(f.used)}", evidence + [f"gap at the restored step: {gap_used:.4f}"],
+                f"{f.where(f.used)}", evidence + [f"gap at the restored step: {gap_used * f.scale:.4f}"],
                 [Suggestion("nothing required; to save time, stop earlier", _stop_at(cfg, f))],
             )
-        still = f"{gap_used:.4f}" if gap_used is not None else "unknown"
+        still = f"{gap_used * f.scale:.4f}" if gap_used is not None else "unknown"
         evidence.append(f"the final model has the weights of {f.where(f.used)} (best restored); the gap there is "
                         f"{still}")
     return Finding("overfitting", f"overfitting: validation stopped improving at {f.where(turn)} "
@@ -200,7 +203,7 @@ def _underfitting(f: _Facts, cfg: RunConfig, final: dict[str, Any]) -> Finding |
         evidence.append(f"validation {f.watch} was best at the last evaluation ({f.values[last]:.4f})")
         evidence.append("training loss fell more than 10% over the last quarter of the logged steps")
         if gap is not None:
-            evidence.append(f"train/validation gap is small: {gap:.4f}")
+            evidence.append(f"train/validation gap is small: {gap * f.scale:.4f}")
     if why is None:
         return None
     tips = [Suggestion("train longer", [f"train.epochs={_fmt(cfg.train.epochs * 2)}"]),
@@ -220,11 +223,13 @@ def _healthy(f: _Facts, final: dict[str, Any]) -> Finding:
                 f"(best {f.values[f.best]:.4f} at {f.where(f.best)})"]
     gap = f.gap(f.used)
     if gap is not None:
-        evidence.append(f"train/validation gap {gap:.4f} (training sample {f.sample(f.used):.4f})")
+        evidence.append(f"train/validation gap {gap * f.scale:.4f} (training sample {f.sample(f.used):.4f})")
     if f.best < last:
-        evidence.append(f"after the best evaluation validation moved by at most {f.worse_by(f.best, last):.4f}")
+        evidence.append(f"after the best evaluation validation moved by at most "
+                        f"{f.worse_by(f.best, last) * f.scale:.4f}")
     if gap is not None and gap > GAP:
-        return Finding("healthy", f"healthy, with a gap: validation held up, but training examples score {gap:.2f} "
+        return Finding("healthy", f"healthy, with a gap: validation held up, but training examples score "
+                       f"{gap * f.scale:.2f} "
                        "better", evidence,
                        [Suggestion("more data or regularization may close the gap; `lmtune diagnose RUN "
                                    "--data-curve` tells whether more data would help")])

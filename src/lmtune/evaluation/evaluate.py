@@ -9,6 +9,7 @@ import torch
 
 from lmtune.data import collate
 from lmtune.data.batching import eval_batches
+from lmtune.data.collate import TARGETS
 
 
 @torch.inference_mode()
@@ -21,11 +22,17 @@ def forward_all(
     autocast: Any = None,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
+    extract: Any = None,
+) -> tuple[list[int], Any, torch.Tensor | None]:
     """Logits for this process's share of ``examples``, with their indices and targets.
 
+    Args:
+        extract: model output → per-token scores (batch, seq, ...) to keep instead of ``.logits``
+            (QA start/end); each example's are then cut to its own length and returned as a list.
+
     Returns:
-        (indices into ``examples``, logits (n, ...) in fp32, targets (n,) or None when unlabelled).
+        (indices into ``examples``, logits (n, ...) in fp32 or the list of extracted scores,
+        targets (n,) or None when unlabelled or extracted).
     """
     was_training = model.training
     model.eval()
@@ -35,13 +42,20 @@ def forward_all(
     for batch_indices in batches:
         batch = collate([examples[i] for i in batch_indices], pad_id)
         labels = batch.pop("labels", None)
+        features = {k: v.to(device) for k, v in batch.items() if k not in TARGETS}
         with autocast if autocast is not None else nullcontext():
-            out = model(**{k: v.to(device) for k, v in batch.items()})
+            out = model(**features)
         indices += batch_indices
+        if extract is not None:
+            scores = extract(out).float().cpu()
+            logits += [scores[row, : len(examples[i]["input_ids"])] for row, i in enumerate(batch_indices)]
+            continue
         logits.append(out.logits.float().cpu())
         if labels is not None:
             targets.append(labels)
     model.train(was_training)
+    if extract is not None:
+        return indices, logits, None
     if not logits:
         return [], torch.empty(0), None
     return indices, torch.cat(logits), torch.cat(targets) if targets else None
@@ -71,6 +85,9 @@ def evaluate_examples(
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else next(model.parameters()).device
+    if hasattr(task, "evaluate_outputs"):  # span tasks: scores per token, post-processed per question
+        return task.evaluate_outputs(*_all_scores(model, examples, task, batch_size, pad_id, device, autocast,
+                                                   rank, world), example_losses=example_losses)
     indices, logits, targets = forward_all(model, examples, batch_size, pad_id, device, autocast, rank, world)
     if world > 1:
         from accelerate.utils import gather_object
@@ -86,6 +103,21 @@ def evaluate_examples(
         by_index = dict(zip(indices, per_example, strict=True))
         result["example_losses"] = [round(by_index[i], 5) for i in range(len(examples))]
     return result
+
+
+def _all_scores(model: Any, examples: list[dict], task: Any, batch_size: int, pad_id: int, device: Any,
+                autocast: Any, rank: int, world: int) -> tuple[list[torch.Tensor], list[dict]]:
+    """Every example's extracted scores (gathered from all processes), in ``examples`` order."""
+    indices, scores, _ = forward_all(model, examples, batch_size, pad_id, device, autocast, rank, world,
+                                     extract=task.extract)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([(indices, scores)])
+        indices = [i for p in parts for i in p[0]]
+        scores = [s for p in parts for s in p[1]]
+    by_index = dict(zip(indices, scores, strict=True))
+    return [by_index[i] for i in range(len(examples))], examples
 
 
 class _Logits:

@@ -14,6 +14,7 @@ import torch
 
 from lmtune.config import TrainConfig
 from lmtune.data import collate, epoch_batches, shard
+from lmtune.data.collate import TARGETS
 from lmtune.evaluation import evaluate_examples
 from lmtune.training.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from lmtune.training.optim import build_optimizer, build_scheduler
@@ -107,7 +108,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
                 examples = [inputs.train[j] for j in batches[i]]
             batch = {k: v.to(accelerator.device) for k, v in collate(examples, inputs.pad_id).items()}
             with nullcontext() if step_ends else accelerator.no_sync(model):
-                features = {k: v for k, v in batch.items() if k != "labels"}
+                features = {k: v for k, v in batch.items() if k not in TARGETS}
                 if inputs.rdrop:
                     loss, task_loss = rdrop_loss(model, features, batch, inputs.task, inputs.rdrop,
                                                  inputs.label_smoothing)
