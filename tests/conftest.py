@@ -74,6 +74,19 @@ def rendered_dom(page: Path, tmp_path: Path) -> str:
     return dom
 
 
+@pytest.fixture(scope="session")
+def squad_slice(tmp_path_factory) -> dict[str, Path]:
+    """Small slices of the article-level SQuAD split (scripts/squad_split.py): 40 train, 16 eval questions."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from squad_split import SQUAD, split, write
+
+    if not SQUAD.is_file():
+        pytest.skip(f"shared data not found at {SQUAD}")
+    train, evaluation = split(SQUAD)
+    out = tmp_path_factory.mktemp("squad")
+    return {"train": write(train[:40], out / "train.jsonl"), "eval": write(evaluation[:16], out / "eval.jsonl")}
+
+
 def lmtune_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmtune", *args]
 

@@ -1,0 +1,77 @@
+"""Extractive QA from the CLI on a slice of the SQuAD split: train, eval, predict, resume, strategies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO, lmtune_command
+
+pytestmark = pytest.mark.integration
+
+
+def _train(squad_slice, out, *extra):
+    return lmtune_command(
+        "train", str(REPO / "examples" / "squad.yaml"), f"data.train={squad_slice['train']}",
+        f"data.validation={squad_slice['eval']}", f"output={out}", "train.max_length=128", "data.doc_stride=32",
+        "train.batch_size=8", "train.max_steps=8", "train.eval_every=4", "train.log_every=2", "train.seed=3",
+        *extra,
+    )
+
+
+def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path):
+    whole = tmp_path / "whole"
+    result = subprocess.run(_train(squad_slice, whole), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"validation_exact_match", "validation_f1", "validation_loss"} <= set(summary)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train(squad_slice, killed), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-4" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = subprocess.run(_train(squad_slice, killed), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0 and "resumed from step-4" in result.stderr, result.stderr
+    expected, got = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))
+    assert got["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], abs=1e-6)
+    assert got["validation"]["f1"] == expected["validation"]["f1"]
+
+    result = subprocess.run(lmtune_command("eval", str(whole), "--data", str(squad_slice["eval"]), "--json"),
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    metrics = json.loads(result.stdout)
+    assert metrics["f1"] == expected["validation"]["f1"] and metrics["exact_match"] >= 0
+
+    rows = [json.loads(x) for x in squad_slice["eval"].read_text().splitlines()[:3]]
+    result = subprocess.run(lmtune_command("predict", str(whole), "--input", str(squad_slice["eval"])),
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    predictions = [json.loads(x) for x in result.stdout.splitlines()]
+    assert len(predictions) == 16
+    for row, p in zip(rows, predictions, strict=False):
+        assert p["text"] == row["question"] and row["context"][p["start"]:p["end"]] == p["answer"]
+        assert 0 <= p["score"] <= 1
+
+
+@pytest.mark.parametrize("strategy", ["lora", "freeze"])
+def test_qa_with_lora_and_freezing(squad_slice, tmp_path, strategy):
+    out = tmp_path / strategy
+    result = subprocess.run(_train(squad_slice, out, f"strategy.name={strategy}", "train.max_steps=2",
+                                   "train.eval_every=0"),
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["trainable_parameters"] < summary["parameters"]
+    if strategy == "freeze":
+        assert summary["cache"] in ("memory", "disk")  # the frozen bottom is computed once
+    import lmtune
+
+    [answer] = lmtune.load(out).predict([("Who won?", "The Denver Broncos won the game.")])
+    assert "The Denver Broncos won the game."[answer["start"]:answer["end"]] == answer["answer"]
