@@ -59,6 +59,17 @@ def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path)
         assert p["text"] == row["question"] and row["context"][p["start"]:p["end"]] == p["answer"]
         assert 0 <= p["score"] <= 1
 
+    # explain: attributions toward the answer's start and, separately, its end
+    result = subprocess.run(lmtune_command("explain", str(whole), "--input", str(squad_slice["eval"]),
+                                           "--max-inputs", "1", "--method", "gradxinput,occlusion", "--no-png",
+                                           "--no-base", "--out", str(tmp_path / "explain")),
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    start, end = (json.loads(x) for x in result.stdout.splitlines()[:2])
+    assert start["target"].startswith("start of") and end["target"].startswith("end of")
+    scores = json.loads((tmp_path / "explain" / "explain.json").read_text())
+    assert len(scores) == 2 and scores[0]["deletion"] == {} and "occlusion" in scores[0]["randomization"]
+
 
 @pytest.mark.parametrize("strategy", ["lora", "freeze"])
 def test_qa_with_lora_and_freezing(squad_slice, tmp_path, strategy):

@@ -24,7 +24,7 @@ def tiny(tmp_path_factory):
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
-TARGET = ClassProbability(1, "1")
+TARGET = ClassProbability(1, "1", "1")
 
 
 def test_eager_extraction_matches_sdpa_and_restores_the_kernel(tiny):
@@ -74,8 +74,8 @@ def test_integrated_gradients_is_complete(tiny):
     baseline = example.features["input_ids"].clone()
     baseline[0, 1:-1] = tokenizer.pad_token_id
     with torch.no_grad():
-        gap = TARGET.score(model(**example.features).logits) - TARGET.score(
-            model(input_ids=baseline, **{k: v for k, v in example.features.items() if k != "input_ids"}).logits)
+        gap = TARGET.score(model(**example.features)) - TARGET.score(
+            model(input_ids=baseline, **{k: v for k, v in example.features.items() if k != "input_ids"}))
     assert len(scores) == len(example.tokens)
     assert sum(scores) == pytest.approx(float(gap), abs=1e-3) and delta < 1e-3
 
@@ -91,8 +91,8 @@ def test_gradient_x_input_and_occlusion(tiny):
     ids = example.features["input_ids"].clone()
     ids[0, 2] = tokenizer.mask_token_id
     with torch.no_grad():
-        p = TARGET.score(model(**example.features).logits)[0]
-        q = TARGET.score(model(input_ids=ids, attention_mask=example.features["attention_mask"]).logits)[0]
+        p = TARGET.score(model(**example.features))[0]
+        q = TARGET.score(model(input_ids=ids, attention_mask=example.features["attention_mask"]))[0]
     assert occluded[2] == pytest.approx(float(p - q), abs=1e-6)
 
 
@@ -102,7 +102,7 @@ def test_deletion_curves_start_at_the_model_probability(tiny):
     order = list(range(1, 7))
     curve = deletion_curve(model, example, TARGET.score, order)
     with torch.no_grad():
-        assert curve[0] == pytest.approx(float(TARGET.score(model(**example.features).logits)[0]), abs=1e-6)
+        assert curve[0] == pytest.approx(float(TARGET.score(model(**example.features))[0]), abs=1e-6)
     result = deletion_test(model, example, TARGET.score, [0.0] + [float(i) for i in range(6)] + [0.0])
     assert len(result["attribution"]) == len(result["random"]) == len(result["fractions"])
     assert result["beats_random"] == (result["area_attribution"] < result["area_random"])

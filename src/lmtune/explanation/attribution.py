@@ -27,6 +27,8 @@ class Example:
     word_of: list[int | None]
     """For each token, the index of its word in ``words`` (None for special tokens)."""
     words: list[str]
+    sequence: list[int | None] | None = None
+    """For each token, which text it comes from: 0 the first, 1 the pair (QA's context), None special."""
 
     @property
     def special(self) -> list[bool]:
@@ -60,7 +62,7 @@ def encode(tokenizer: Any, text: str, max_length: int, pair: str | None = None) 
         start, end = offsets[positions[0]][0], offsets[positions[-1]][1]
         words[index] = source[start:end]
     tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"][0].tolist())
-    return Example(text, dict(encoded), tokens, word_of, words)
+    return Example(text, dict(encoded), tokens, word_of, words, sequence)
 
 
 def word_scores(example: Example, scores: list[float]) -> list[float]:
@@ -73,7 +75,7 @@ def word_scores(example: Example, scores: list[float]) -> list[float]:
 
 
 Score = Callable[[torch.Tensor], torch.Tensor]
-"""Model logits (batch, ...) → (batch,) value being explained (e.g. a class probability)."""
+"""Model output → (batch,) value being explained (a class probability, a start or end position's probability)."""
 
 
 def integrated_gradients(model: Any, example: Example, score: Score, baseline_id: int,
@@ -101,7 +103,7 @@ def integrated_gradients(model: Any, example: Example, score: Score, baseline_id
 
     def forward(input_ids: torch.Tensor) -> torch.Tensor:
         batch = {k: v.expand(input_ids.shape[0], -1) for k, v in others.items()}
-        return score(model(input_ids=input_ids, **batch).logits)
+        return score(model(input_ids=input_ids, **batch))
 
     method = LayerIntegratedGradients(forward, model.get_input_embeddings())
     attributions, delta = method.attribute(ids, baselines=baseline, n_steps=steps, internal_batch_size=steps,
@@ -120,7 +122,7 @@ def gradient_x_input(model: Any, example: Example, score: Score) -> list[float]:
     handle = model.get_input_embeddings().register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            value = score(model(**example.features).logits).sum()
+            value = score(model(**example.features)).sum()
             value.backward()
     finally:
         handle.remove()
@@ -140,8 +142,8 @@ def occlusion(model: Any, example: Example, score: Score, replacement_id: int) -
     for row, position in enumerate(positions):
         variants[row, position] = replacement_id
     others = {k: v.expand(len(positions), -1) for k, v in example.features.items() if k != "input_ids"}
-    original = score(model(**example.features).logits)[0]
-    occluded = score(model(input_ids=variants, **others).logits)
+    original = score(model(**example.features))[0]
+    occluded = score(model(input_ids=variants, **others))
     scores = [0.0] * ids.shape[1]
     for row, position in enumerate(positions):
         scores[position] = float(original - occluded[row])

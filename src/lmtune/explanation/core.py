@@ -59,7 +59,7 @@ class Explanation:
 
 
 def _example_view(e: Explanation) -> Example:
-    return Example(e.text, {}, e.tokens, e.word_of, e.words)
+    return Example(e.text, {}, e.tokens, e.word_of, e.words)  # enough for word_scores
 
 
 class Explainer:
@@ -77,34 +77,47 @@ class Explainer:
         self.methods = methods
         self.steps = steps
         self.checks = checks
-        self._target_for = TARGETS.get(run.config.task)
+        problem = TARGETS.check(run.config.task)
+        if problem:
+            from lmtune.errors import LmtuneError
+
+            raise LmtuneError(f"explain: {problem}")
+        self._targets_for = TARGETS.get(run.config.task)
         self._random_model = None
         self._base_model = None
         self.compare_base = compare_base
 
     def explain(self, text: str, pair: str | None = None, target: str | None = None) -> Explanation:
+        """The explanation of the prediction for ``text`` (the first one, for tasks that explain several)."""
+        return self.explain_all(text, pair, target)[0]
+
+    def explain_all(self, text: str, pair: str | None = None, target: str | None = None) -> list[Explanation]:
+        """One explanation per target of the input: the (chosen) class, or QA's answer start and end."""
         example = encode(self.run.tokenizer, text, self.run.config.train.max_length, pair)
         example.features = {k: v.to(self._device) for k, v in example.features.items()}
         with torch.no_grad():
-            logits = self.model(**example.features).logits
-        predicted = self._target_for(self.run.task, logits, None)
-        chosen = self._target_for(self.run.task, logits, target)
+            outputs = self.model(**example.features)
         attention = attention_weights(self.model, example.features).cpu()
-        result = Explanation(text, example.tokens, example.words, example.word_of, predicted.name, chosen.name,
-                             float(chosen.score(logits)[0]), attention, rollout(attention))
-        for method in self.methods:
-            scores, delta = attribute(method, self.model, example, chosen.score, self.run.tokenizer, self.steps)
-            result.attributions[method] = scores
-            if delta is not None:
-                result.deltas[method] = delta
-            if self.checks:
-                result.deletion[method] = deletion_test(self.model, example, chosen.score, scores)
-                random_scores, _ = attribute(method, self.random_model, example, chosen.score, self.run.tokenizer,
-                                             self.steps)
-                result.randomization[method] = _content_correlation(example, scores, random_scores)
-        if self.compare_base:
-            result.base = self._before_after(example, chosen, attention, result.attributions)
-        return result
+        flow = rollout(attention)
+        results = []
+        for chosen in self._targets_for(self.run.task, outputs, target, example):
+            result = Explanation(text, example.tokens, example.words, example.word_of, chosen.predicted, chosen.name,
+                                 float(chosen.score(outputs)[0]), attention, flow)
+            for method in self.methods:
+                scores, delta = attribute(method, self.model, example, chosen.score, self.run.tokenizer, self.steps)
+                result.attributions[method] = scores
+                if delta is not None:
+                    result.deltas[method] = delta
+                if self.checks:
+                    if chosen.deletable:
+                        result.deletion[method] = deletion_test(self.model, example, chosen.score, scores)
+                    random_scores, _ = attribute(method, self.random_model, example, chosen.score,
+                                                 self.run.tokenizer, self.steps)
+                    result.randomization[method] = _content_correlation(example, scores, random_scores)
+            if self.compare_base:
+                result.base = self._before_after(example, chosen, attention, result.attributions)
+            results.append(result)
+        return results
 
     @property
     def _device(self) -> torch.device:
@@ -131,7 +144,7 @@ class Explainer:
     def _before_after(self, example: Example, target: Any, attention: torch.Tensor,
                       attributions: dict[str, list[float]]) -> dict[str, Any]:
         with torch.no_grad():
-            probability = float(target.score(self.base_model(**example.features).logits)[0])
+            probability = float(target.score(self.base_model(**example.features))[0])
         base_attention = attention_weights(self.base_model, example.features).cpu()
         change = (attention.mean(1) - base_attention.mean(1)).abs().sum(-1).mean(-1) / 2  # total variation
         correlations = {}

@@ -39,7 +39,7 @@ def deletion_curve(model: Any, example: Example, score: Score, order: list[int],
     for keep in variants:  # one forward each: deleted tokens change the length, so no padding games
         index = torch.tensor(keep)
         features = {k: v[:, index] for k, v in example.features.items()}
-        values.append(float(score(model(**features).logits)[0]))
+        values.append(float(score(model(**features))[0]))
     return values
 
 

@@ -171,7 +171,8 @@ def _checks_html(e: Explanation) -> str:
         cells.append(f"{e.deltas[method]:.2e}" if method in e.deltas else "")
         deletion = e.deletion.get(method)
         cells.append(f"{deletion['area_attribution']:.4f} vs {deletion['area_random']:.4f} "
-                     f"({'beats' if deletion['beats_random'] else 'does NOT beat'} random)" if deletion else "")
+                     f"({'beats' if deletion['beats_random'] else 'does NOT beat'} random)" if deletion
+                     else "not applicable (deleting tokens would move the explained position)")
         rho = e.randomization.get(method)
         cells.append(f"{rho:+.3f}" if rho is not None else "")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

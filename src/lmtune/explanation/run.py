@@ -37,10 +37,10 @@ def explain_run(run_dir: str | Path, texts: list[str] | list[tuple[str, str]], o
     results = []
     for n, item in enumerate(texts, start=1):
         text, pair = item if isinstance(item, tuple) else (item, None)
-        explanation = explainer.explain(text, pair, target)
-        results.append(explanation)
-        if write and pictures:
-            write_pngs(explanation, out, f"ex-{n:03d}")
+        for k, explanation in enumerate(explainer.explain_all(text, pair, target)):
+            results.append(explanation)
+            if write and pictures:
+                write_pngs(explanation, out, f"ex-{n:03d}" + (f"-{k + 1}" if k else ""))
     if write:
         write_text_atomic(out / "explain.json", json.dumps([e.to_dict() for e in results]))
         write_html(results, out / "explain.html", f"lmtune explain: {run.run_dir.name}")

@@ -1,7 +1,9 @@
-"""What is explained, per task: the scalar output an attribution is taken with respect to.
+"""What is explained, per task: the scalar outputs attributions are taken with respect to.
 
-Classification explains a class probability. Other tasks plug in here (QA: a start/end position's
-score; causal LM: the next token's probability) without touching the attribution or attention code.
+Classification explains a class probability; QA explains the probability of the answer's start
+token and, separately, of its end token. Other tasks plug in here (causal LM: the next token's
+probability) without touching the attribution or attention code. A target function returns the
+targets of one input, given the model's output for it.
 """
 
 from __future__ import annotations
@@ -20,20 +22,35 @@ class ClassProbability:
 
     index: int
     name: str
+    predicted: str
+    deletable: bool = True
+    """Whether the deletion test applies (deleting tokens does not move what is explained)."""
 
-    @staticmethod
-    def scores(logits: torch.Tensor) -> torch.Tensor:
-        """(batch, classes) probabilities, the function attributions differentiate."""
-        return logits.float().softmax(-1)
-
-    def score(self, logits: torch.Tensor) -> torch.Tensor:
+    def score(self, outputs: Any) -> torch.Tensor:
         """(batch,) probability of this class."""
-        return self.scores(logits)[:, self.index]
+        return outputs.logits.float().softmax(-1)[:, self.index]
 
 
-def classification_target(task: Any, logits: torch.Tensor, label: str | None) -> ClassProbability:
+@dataclass
+class PositionProbability:
+    """Softmax probability that the answer starts (or ends) at one token: QA's span head."""
+
+    index: int
+    name: str
+    predicted: str
+    which: str = "start"
+    deletable: bool = False  # deleting tokens shifts the position, so the deletion test does not apply
+
+    def score(self, outputs: Any) -> torch.Tensor:
+        logits = outputs.start_logits if self.which == "start" else outputs.end_logits
+        return logits.float().softmax(-1)[:, self.index]
+
+
+def classification_targets(task: Any, outputs: Any, label: str | None, example: Any) -> list[ClassProbability]:
     """The class to explain: ``label`` when given, else the predicted one."""
+    logits = outputs.logits
     names = [str(x) for x in task.labels]
+    predicted = names[int(logits[0].argmax())]
     if label is None:
         index = int(logits[0].argmax())
     elif label in names:
@@ -42,8 +59,25 @@ def classification_target(task: Any, logits: torch.Tensor, label: str | None) ->
         from lmtune.errors import LmtuneError
 
         raise LmtuneError(f"--target: {label!r} is not a label of this run; labels: {', '.join(names)}")
-    return ClassProbability(index, names[index])
+    return [ClassProbability(index, names[index], predicted)]
+
+
+def qa_targets(task: Any, outputs: Any, label: str | None, example: Any) -> list[PositionProbability]:
+    """The predicted answer's start and end tokens (best valid span in the context), each explained."""
+    context = [i for i, s in enumerate(example.sequence) if s == 1]
+    start_logits, end_logits = outputs.start_logits[0].float(), outputs.end_logits[0].float()
+    longest = task.options["max_answer_length"]
+    best = max(((s, e) for s in context for e in context if s <= e < s + longest),
+               key=lambda p: float(start_logits[p[0]] + end_logits[p[1]]), default=(0, 0))
+    answer = " ".join(example.tokens[best[0]: best[1] + 1]).replace(" ##", "")
+    if label is not None:
+        from lmtune.errors import LmtuneError
+
+        raise LmtuneError("--target: QA explains the predicted answer's start and end; it takes no --target")
+    return [PositionProbability(best[0], f"start of {answer!r}", answer, "start"),
+            PositionProbability(best[1], f"end of {answer!r}", answer, "end")]
 
 
 TARGETS: Registry = Registry("explainable task")
-TARGETS.register("classification")(classification_target)
+TARGETS.register("classification")(classification_targets)
+TARGETS.register("qa")(qa_targets)
