@@ -283,6 +283,8 @@ class Run:
         examples = self.task.encode(table, self.tokenizer, _unlabelled(self.config.data),
                                     self.config.train.max_length)
         device = next(self.model.parameters()).device
+        if hasattr(self.task, "predict_model"):  # generation tasks
+            return self.task.predict_model(self.model, examples, batch_size, self.tokenizer.pad_token_id, device)
         extract = getattr(self.task, "extract", None)
         indices, logits, _ = forward_all(self.model, examples, batch_size, self.tokenizer.pad_token_id,
                                          device=device, autocast=self._autocast(), extract=extract)

@@ -239,6 +239,7 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's tokenizer notes
     hf_logging.disable_progress_bar()
 
 

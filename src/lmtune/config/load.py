@@ -198,8 +198,10 @@ def _describe(hint: Any) -> str:
 
 def _validate_all(config: RunConfig) -> list[str]:
     problems = config.validate()
-    for section in ("data", "strategy", "train", "regularization", "augmentation", "early_stopping", "qa"):
-        problems += getattr(config, section).validate()
+    for field in dataclasses.fields(config):
+        section = getattr(config, field.name)
+        if dataclasses.is_dataclass(section):
+            problems += section.validate()
     return problems
 
 

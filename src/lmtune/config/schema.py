@@ -229,6 +229,42 @@ class QAConfig:
                 if getattr(self, k) <= 0]
 
 
+ARCHITECTURES = ("auto", "encoder-decoder", "causal")
+
+
+@dataclass(frozen=True)
+class SummarizationConfig:
+    architecture: str = "auto"
+    """encoder-decoder (BERT2BERT, warm-started from an encoder on both sides) | causal (a decoder-only LM:
+    document + prompt -> summary) | auto (causal for causal-LM checkpoints, else encoder-decoder)."""
+    max_target_length: int = 64
+    """Summary tokens kept for training; the most a generated summary may have."""
+    num_beams: int = 4
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 3
+    min_length: int = 5
+    """Fewest tokens a generated summary may have."""
+    prompt: str = "\nSummary:"
+    """causal: text between the document and its summary."""
+    eval_generate: int = 0
+    """Validation rows summarized (ROUGE) at each evaluation during training; 0: loss only."""
+    eval_seconds: float | None = 120.0
+    """Time bound of that generation per evaluation (null: none)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.architecture not in ARCHITECTURES:
+            problems.append(f"summarization.architecture: {self.architecture!r} is not one of "
+                            f"{', '.join(ARCHITECTURES)}")
+        for key in ("max_target_length", "num_beams"):
+            if getattr(self, key) <= 0:
+                problems.append(f"summarization.{key}: {getattr(self, key)} must be > 0")
+        for key in ("no_repeat_ngram_size", "min_length", "eval_generate"):
+            if getattr(self, key) < 0:
+                problems.append(f"summarization.{key}: {getattr(self, key)} must be >= 0")
+        return problems
+
+
 AUGMENTATIONS = ("delete", "swap", "insert", "mlm")
 
 
@@ -295,7 +331,7 @@ class EarlyStoppingConfig:
 @dataclass(frozen=True)
 class RunConfig:
     task: str = "classification"
-    """What is learned: classification | qa (more tasks: see `lmtune.tasks`)."""
+    """What is learned: classification | qa | summarization (see `lmtune.tasks`)."""
     model: str = "bundled:minilm"
     """bundled:minilm, a local model directory, a run directory, or a Hugging Face Hub id."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -305,6 +341,7 @@ class RunConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     qa: QAConfig = field(default_factory=QAConfig)
+    summarization: SummarizationConfig = field(default_factory=SummarizationConfig)
     output: str = "runs/run"
     """Run directory: config, checkpoints, metrics and the final model are written here."""
 

@@ -39,10 +39,25 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
         for row, ex in enumerate(examples):
             hidden[row, : len(ex["input_ids"])] = ex["hidden"]
         batch["hidden"] = hidden
+    if "decoder_input_ids" in examples[0]:  # encoder-decoder targets, padded on their own
+        batch["decoder_input_ids"] = _pad([ex["decoder_input_ids"] for ex in examples], pad_id)
+        batch["decoder_attention_mask"] = _pad([[1] * len(ex["decoder_input_ids"]) for ex in examples], 0)
     for key in TARGETS:
         if key in examples[0]:
-            batch[key] = torch.tensor([ex[key] for ex in examples], dtype=torch.long)
+            values = [ex[key] for ex in examples]
+            # token-level targets (generation tasks) are padded with the loss's ignore index
+            batch[key] = _pad(values, IGNORE_INDEX) if isinstance(values[0], list) else torch.tensor(values)
     return batch
+
+
+IGNORE_INDEX = -100
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 TARGETS = ("labels", "start_positions", "end_positions")
