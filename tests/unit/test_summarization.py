@@ -10,6 +10,7 @@ import lmtune
 from lmtune.config import load_config
 from lmtune.data import Table, collate
 from lmtune.models import load_tokenizer, resolve_model
+from lmtune.runs import load_tables
 from lmtune.tasks.summarization import IGNORE, Summarization, rouge
 from tests.conftest import make_tiny_bert
 
@@ -85,3 +86,16 @@ def test_both_architectures_train_evaluate_and_summarize(kind, dialogs, tmp_path
     assert isinstance(summary["summary"], str)
     scores = run.evaluate(str(dialogs), max_samples=3)
     assert scores["generated"] == 3 and 0 <= scores["rougeL"] <= 100
+
+
+@pytest.mark.parametrize("strategy", ["lora", "freeze"])
+def test_strategies_reload_to_the_same_model(strategy, dialogs, tmp_path):
+    out = tmp_path / strategy
+    metrics = lmtune.train({"task": "summarization", "model": str(make_tiny_bert(tmp_path / "bert", layers=2)),
+                            "data": {"train": str(dialogs)}, "strategy": {"name": strategy},
+                            "train": {"max_steps": 2, "batch_size": 4, "precision": "fp32", "max_length": 32},
+                            "early_stopping": {"restore_best": False}, "output": str(out)})
+    assert metrics["trainable_parameters"] < metrics["parameters"]
+    run = lmtune.load(out)
+    held_out = load_tables(run.config.data, run.task)["validation"]
+    assert run.evaluate(held_out)["loss"] == pytest.approx(metrics["validation"]["loss"], abs=1e-4)

@@ -240,6 +240,7 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's tokenizer notes
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "removed shared tensor" of tied weights
     hf_logging.disable_progress_bar()
 
 

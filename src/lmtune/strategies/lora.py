@@ -19,7 +19,10 @@ _TASK_TYPES = {
     "ForCausalLM": "CAUSAL_LM",
     "ForMaskedLM": "FEATURE_EXTRACTION",
     "ForConditionalGeneration": "SEQ_2_SEQ_LM",
+    "EncoderDecoderModel": "SEQ_2_SEQ_LM",
 }
+_ATTENTION_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",), ("q", "v"))
+"""Attention projections by family (BERT, Llama/OPT, GPT-2, T5): the fallback when PEFT has no default."""
 
 
 @STRATEGIES.register("lora")
@@ -44,12 +47,26 @@ class Lora(StrategyBase):
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=list(self.target_modules) if self.target_modules else None,
+            target_modules=list(self.target_modules) if self.target_modules else _default_targets(model),
         )
         return get_peft_model(model, config)
 
     def save(self, model: torch.nn.Module, out_dir: Path) -> None:
         model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors (+ the head)
+
+
+def _default_targets(model: torch.nn.Module) -> list[str] | None:
+    """PEFT's per-architecture default (None), or for composite models it does not know (BERT2BERT) the
+    attention projections found by name."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+
+    if getattr(model.config, "model_type", None) in known:
+        return None
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for names in _ATTENTION_NAMES:
+        if all(n in leaves for n in names):
+            return list(names)
+    return None
 
 
 def _task_type(model: torch.nn.Module) -> str:

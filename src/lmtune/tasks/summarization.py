@@ -24,6 +24,7 @@ from lmtune.tasks.base import TASKS
 IGNORE = -100
 DEFAULTS = {"architecture": "auto", "max_target_length": 64, "num_beams": 4, "length_penalty": 1.0,
             "no_repeat_ngram_size": 3, "min_length": 5, "prompt": "\nSummary:"}
+WARM_START_SEED = 0
 REFERENCES = "references"
 """Optional column of extra reference summaries (a list), e.g. DialogSum test's three."""
 
@@ -78,9 +79,14 @@ class Summarization:
         elif getattr(config, "is_encoder_decoder", False) and type(config).__name__ == "EncoderDecoderConfig":
             model = EncoderDecoderModel.from_pretrained(source, **kwargs)  # a run's own (already warm-started)
         else:
-            model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-                source, source, encoder_attn_implementation=kwargs.get("attn_implementation"),
-                decoder_attn_implementation=kwargs.get("attn_implementation"))
+            # the decoder's cross-attention is new: seeded, so the same base is built every time (a LoRA
+            # run saves only its adapters and reloads them onto this base)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(WARM_START_SEED)
+                model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+                    source, source, encoder_attn_implementation=kwargs.get("attn_implementation"),
+                    decoder_attn_implementation=kwargs.get("attn_implementation"))
+            model.name_or_path = str(source)  # what a LoRA adapter records as its base
         self._special_tokens(model, source)
         return model
 

@@ -1,0 +1,63 @@
+"""Summarization from the CLI on DialogSum rows: train, SIGKILL + resume to identical metrics, eval, predict."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO, SHARED_DATA, lmtune_command, make_tiny_bert
+
+pytestmark = pytest.mark.integration
+DIALOGSUM = SHARED_DATA / "summarization" / "dialogsum"
+
+
+@pytest.fixture(scope="module")
+def slices(tmp_path_factory):
+    if not DIALOGSUM.is_dir():
+        pytest.skip(f"shared data not found at {DIALOGSUM}")
+    out = tmp_path_factory.mktemp("dialogsum")
+    train = DIALOGSUM.joinpath("train.jsonl").read_text().splitlines()[:32]
+    test = DIALOGSUM.joinpath("test.jsonl").read_text().splitlines()[:4]
+    (out / "train.jsonl").write_text("\n".join(train) + "\n")
+    (out / "test.jsonl").write_text("\n".join(test) + "\n")
+    return {"train": out / "train.jsonl", "test": out / "test.jsonl", "model": make_tiny_bert(out / "bert", 2, 64)}
+
+
+def _train(s, out):
+    return lmtune_command("train", str(REPO / "examples" / "dialogsum.yaml"), f"model={s['model']}",
+                          f"data.train={s['train']}", f"data.validation={s['test']}", f"output={out}",
+                          "train.max_steps=6", "train.eval_every=2", "train.batch_size=4", "train.max_length=96",
+                          "summarization.eval_generate=2", "summarization.num_beams=2",
+                          "summarization.max_target_length=16", "train.lr=1e-3")
+
+
+def test_summarization_trains_resumes_evaluates_and_predicts(slices, tmp_path):
+    whole = tmp_path / "whole"
+    result = subprocess.run(_train(slices, whole), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train(slices, killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-2" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = subprocess.run(_train(slices, killed), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0 and "resumed from step-" in result.stderr, result.stderr
+    expected, got = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))
+    assert got["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], abs=1e-5)
+    assert got["validation"]["rougeL"] == pytest.approx(expected["validation"]["rougeL"], abs=1e-3)
+
+    result = subprocess.run(lmtune_command("eval", str(whole), "--data", str(slices["test"]), "--json"),
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    metrics = json.loads(result.stdout)
+    assert metrics["generated"] == 4 and {"rouge1", "rouge2", "rougeL"} <= set(metrics)
+    result = subprocess.run(lmtune_command("predict", str(whole), "--input", str(slices["test"])),
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert len(lines) == 4 and all(isinstance(x["summary"], str) for x in lines)
