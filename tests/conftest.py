@@ -87,6 +87,21 @@ def squad_slice(tmp_path_factory) -> dict[str, Path]:
     return {"train": write(train[:40], out / "train.jsonl"), "eval": write(evaluation[:16], out / "eval.jsonl")}
 
 
+def kill_at_checkpoint(command: list[str], run_dir: Path, step: int, timeout: float = 300) -> None:
+    """Start ``command`` (an `lmtune train`), SIGKILL it once checkpoint ``step`` is on disk, and wait."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (run_dir / "checkpoints" / f"step-{step}" / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def lmtune_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmtune", *args]
 

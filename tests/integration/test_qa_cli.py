@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.conftest import REPO, lmtune_command
+from tests.conftest import REPO, kill_at_checkpoint, lmtune_command
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +29,7 @@ def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path)
     assert {"validation_exact_match", "validation_f1", "validation_loss"} <= set(summary)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train(squad_slice, killed), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-4" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(_train(squad_slice, killed), killed, step=4)
     result = subprocess.run(_train(squad_slice, killed), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0 and "resumed from step-4" in result.stderr, result.stderr
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))

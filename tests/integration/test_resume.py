@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.conftest import REPO, lmtune_command
+from tests.conftest import REPO, kill_at_checkpoint, lmtune_command
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +31,7 @@ def test_killed_run_resumes_to_identical_metrics(sst2_slice, tmp_path):
     assert result.returncode == 0, result.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_args(sst2_slice, killed), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    # step 8 of 15 in the first epoch: mid-epoch
-    while not (killed / "checkpoints" / "step-8" / "trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(_train_args(sst2_slice, killed), killed, step=8)  # step 8 of 15 in epoch 1: mid-epoch
     assert not (killed / "metrics.json").exists()
 
     result = subprocess.run(_train_args(sst2_slice, killed), capture_output=True, text=True, cwd=REPO, timeout=600)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA, lmtune_command, make_tiny_bert
+from tests.conftest import REPO, SHARED_DATA, kill_at_checkpoint, lmtune_command, make_tiny_bert
 
 pytestmark = pytest.mark.integration
 DIALOGSUM = SHARED_DATA / "summarization" / "dialogsum"
@@ -40,13 +38,7 @@ def test_summarization_trains_resumes_evaluates_and_predicts(slices, tmp_path):
     result = subprocess.run(_train(slices, whole), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train(slices, killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-2" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(_train(slices, killed), killed, step=2)
     result = subprocess.run(_train(slices, killed), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0 and "resumed from step-" in result.stderr, result.stderr
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))
