@@ -17,6 +17,8 @@ NOISE_LOSS = 1.0
 """A training example whose loss stays above this (p(label) < 0.37) in every later evaluation is suspect."""
 NOISE_MAX_SHARE = 0.2
 """More suspects than this share of the sample means the model is not learning, not label noise."""
+SEVERE_SHARE = 0.01
+"""Leaks, contradictions or suspected noise in at least 1% of the rows make the state "data problem"."""
 
 
 def data_findings(run_dir: Path, cfg: RunConfig, tables: dict[str, Table]) -> list[Finding]:
@@ -64,12 +66,14 @@ def _leaks(train: Table, validation: Table, text: str, label: str) -> list[Findi
             "data", f"{len(same)} of {n} validation examples also in the training data (duplicates)",
             [f"{len(same) / n:.1%} of validation is not held out: validation metrics are optimistic"],
             [Suggestion("remove the duplicates from one split, then retrain")], same[:10],
+            severe=len(same) >= SEVERE_SHARE * n,
         ))
     if different:
         findings.append(Finding(
             "data", f"{_count(len(different), 'validation example')} also in training with a different label",
             ["the same text with two labels: at most one is right, so the metric has a ceiling below 1"],
             [Suggestion("check these labels; fix or drop the contradictions")], different[:10],
+            severe=len(different) >= SEVERE_SHARE * n,
         ))
     return findings
 
@@ -90,6 +94,7 @@ def _contradictions(train: Table, text: str, label: str) -> list[Finding]:
         "data", f"{_count(len(clashes), 'training text')} with contradictory labels",
         [f"{sum(sum(labels[k].values()) for k in clashes)} training rows carry a text that also has another label"],
         [Suggestion("check these labels; fix or drop the contradictions")], examples,
+        severe=len(clashes) >= SEVERE_SHARE * len(train),
     )]
 
 
@@ -135,7 +140,7 @@ def _label_noise(run_dir: Path, train: Table, text: str, label: str) -> Finding 
          "examples scored; the model is confident that their label is wrong"],
         [Suggestion("review these labels"),
          Suggestion("soften the targets while they are reviewed", ["regularization.label_smoothing=0.1"])],
-        examples,
+        examples, severe=len(suspects) >= SEVERE_SHARE * len(indices),
     )
 
 

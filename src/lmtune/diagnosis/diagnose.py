@@ -38,7 +38,7 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
         except (LmtuneError, OSError) as err:
             data = [Finding("unknown", "the data checks could not run", [str(err).splitlines()[0]])]
     overall = state.kind
-    if overall == "healthy" and any(f.kind == "data" for f in data):
+    if overall == "healthy" and any(f.kind == "data" and f.severe for f in data):
         overall = "data problem"
     result = Diagnosis(overall, [state, *data], str(path))
     if write:

@@ -146,17 +146,15 @@ def _overfitting(f: _Facts, cfg: RunConfig) -> Finding | None:
     if loss_rise > LOSS_RISE:
         evidence.append(f"validation loss rose {loss_rise:.0%} from its minimum {losses[low]:.4f} at {f.where(low)} "
                         f"to {losses[last]:.4f}")
-    if f.used != last:
+    if f.used != last:  # early stopping / restore_best: the final model is from before the decline
         gap_used = f.gap(f.used)
-        if gap_used is not None and gap_used <= GAP:
-            return Finding(
-                "healthy", f"overfitting after {f.where(f.best)} was caught: the final model has the weights of "
-                f"{f.where(f.used)}", evidence + [f"gap at the restored step: {gap_used * f.scale:.4f}"],
-                [Suggestion("nothing required; to save time, stop earlier", _stop_at(cfg, f))],
-            )
-        still = f"{gap_used * f.scale:.4f}" if gap_used is not None else "unknown"
-        evidence.append(f"the final model has the weights of {f.where(f.used)} (best restored); the gap there is "
-                        f"{still}")
+        evidence.append(f"the final model has the weights of {f.where(f.used)} (best restored)")
+        tips = [Suggestion("nothing required; to save time, stop earlier", _stop_at(cfg, f))]
+        if gap_used is not None and gap_used > GAP:
+            evidence.append(f"a train/validation gap of {gap_used * f.scale:.4f} remains at that step")
+            tips += [t for t in _overfitting_suggestions(cfg, f)[1:]]
+        return Finding("healthy", f"overfitting after {f.where(turn)} was caught: the final model has the weights "
+                       f"of {f.where(f.used)}", evidence, tips)
     return Finding("overfitting", f"overfitting: validation stopped improving at {f.where(turn)} "
                    "while training kept improving", evidence, _overfitting_suggestions(cfg, f))
 

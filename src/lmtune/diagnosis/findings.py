@@ -25,6 +25,8 @@ class Finding:
     suggestions: list[Suggestion] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)
     """Rows that show the problem (duplicates, contradictions, possible label noise)."""
+    severe: bool = True
+    """A data finding large enough to name the run's state "data problem" (a few odd rows are not)."""
 
 
 @dataclass
