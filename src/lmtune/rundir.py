@@ -64,7 +64,7 @@ def read_run(run_dir: str | Path, finished: bool = True) -> tuple[Path, RunConfi
         raise LmtuneError(f"{path}: not an lmtune run directory (no {CONFIG})")
     if finished and not any((path / MODEL / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise LmtuneError(f"{path}: the run has no final model yet ({MODEL}/); finish it with `lmtune train`")
-    cfg = load_config(yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")))
+    cfg = load_config(_upgrade(yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))))
     task_state = json.loads((path / TASK).read_text(encoding="utf-8"))
     return path, cfg, task_state
 
@@ -106,7 +106,7 @@ def _check_compatible(run_dir: Path, cfg: RunConfig) -> None:
         raise LmtuneError(f"{run_dir / CONFIG}: unreadable ({err}); choose another output") from None
     diffs = [
         f"{key}: {old!r} → {new!r}"
-        for key, old, new in _diff(saved, config_to_dict(cfg))
+        for key, old, new in _diff(_upgrade(saved), config_to_dict(cfg))
         if key not in RESUMABLE_CHANGES
     ]
     if diffs:
@@ -114,6 +114,32 @@ def _check_compatible(run_dir: Path, cfg: RunConfig) -> None:
             f"output: {run_dir} holds a run of a different config ({'; '.join(diffs)}); "
             "it cannot be resumed with this one: choose another output or delete the directory"
         )
+
+
+def _upgrade(saved: Any) -> Any:
+    """A config saved by an older lmtune, as this one reads it: moved keys in their new place, keys added
+    since then at their defaults (which is what that run used)."""
+    from lmtune.config.load import MOVED
+
+    if not isinstance(saved, dict):
+        return saved
+    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for old, new in MOVED.items():
+        old_section, old_key = old.split(".")
+        new_section, new_key = new.split(".")
+        if old_key in saved.get(old_section, {}):
+            saved.setdefault(new_section, {})[new_key] = saved[old_section].pop(old_key)
+
+    def fill(values: dict, defaults: dict) -> dict:
+        out = dict(values)
+        for key, default in defaults.items():
+            if key not in out:
+                out[key] = default
+            elif isinstance(default, dict) and isinstance(out[key], dict):
+                out[key] = fill(out[key], default)
+        return out
+
+    return fill(saved, config_to_dict(RunConfig()))
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

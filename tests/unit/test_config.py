@@ -82,3 +82,20 @@ def test_missing_train_data_and_bad_split():
 def test_hub_names_are_left_alone():
     cfg = load_config({"data": {"train": "hf:nyu-mll/glue:sst2", "validation": "imdb"}})
     assert cfg.data.train == "hf:nyu-mll/glue:sst2" and cfg.data.validation == "imdb"
+
+
+def test_runs_saved_by_an_older_lmtune_still_load_and_resume(tmp_path):
+    """A run directory from before keys moved (train.weight_decay) or were added (qa.*) stays usable."""
+    import yaml
+
+    from lmtune.config import config_to_dict
+    from lmtune.rundir import _check_compatible, _upgrade
+
+    cfg = load_config({"data": {"train": "t.csv"}, "output": str(tmp_path)})
+    old = config_to_dict(cfg)
+    old["train"]["weight_decay"] = old["regularization"].pop("weight_decay")
+    for added in ("qa", "summarization", "augmentation"):
+        old.pop(added)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    _check_compatible(tmp_path, cfg)  # no error: the same run
+    assert load_config(_upgrade(old)) == cfg
