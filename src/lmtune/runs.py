@@ -99,9 +99,10 @@ def train(
         state = fit(accelerator, model, inputs, cfg.train)
         final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir, cache_info)
     finally:
+        main_process = accelerator.is_main_process  # read before _release resets accelerate's state
         remove_spill(run_dir / ".frozen-cache")
         _release(accelerator)
-    if accelerator.is_main_process:
+    if main_process:
         _diagnose(run_dir, show_diagnosis)
     return final
 
