@@ -13,16 +13,11 @@ scripts/squad_split.py's: 36 articles for training, 12 for evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from sides import run_child, run_side
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -100,24 +95,6 @@ def run_trainer(args: argparse.Namespace, out: Path) -> dict:
             "f1": metrics["f1"], "features": len(train_set)}
 
 
-def _child(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        figures = (run_lmtune if args.child == "lmtune" else run_trainer)(args, Path(tmp))
-    figures["wall_seconds"] = time.time() - psutil.Process().create_time()
-    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    sys.stdout.write("RESULT " + json.dumps(figures) + "\n")
-
-
-def _side(name: str, argv: list[str]) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, __file__, *argv, "--child", name], capture_output=True, text=True,
-                          env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-questions", type=int, default=2000)
@@ -134,9 +111,9 @@ def main() -> None:
     parser.add_argument("--child", choices=["lmtune", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args)
+        run_child(lambda tmp: (run_lmtune if args.child == "lmtune" else run_trainer)(args, tmp))
         return
-    results = {name: _side(name, sys.argv[1:]) for name in ("trainer", "lmtune")}
+    results = {name: run_side(__file__, name, sys.argv[1:]) for name in ("trainer", "lmtune")}
     out = sys.stdout
     out.write(f"SQuAD v1.1 by article: {args.train_questions} training questions x {args.epochs} epoch(s), "
               f"{args.eval_questions} evaluation questions; max length {args.max_length}, stride {args.stride}, "

@@ -13,16 +13,11 @@ dev accuracy (all 872 SST-2 dev sentences).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import psutil
+from sides import run_child, run_side
 
 REPO = Path(__file__).resolve().parents[1]
 SST2 = REPO.parent / "shared" / "data" / "sst2"
@@ -102,26 +97,6 @@ def _accuracy(prediction) -> dict:
     return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
 
-def _child(args: argparse.Namespace) -> None:
-    """Run one side in this process and print its figures as JSON (with this process's peak RSS)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        figures = (run_lmtune if args.child == "lmtune" else run_trainer)(args, Path(tmp))
-    # wall time from process start: imports, loading, tokenizing, training, evaluating, saving
-    figures["wall_seconds"] = time.time() - psutil.Process().create_time()
-    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    sys.stdout.write("RESULT " + json.dumps(figures) + "\n")
-
-
-def _side(name: str, argv: list[str]) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, __file__, *argv, "--child", name], capture_output=True, text=True,
-                          env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=8000)
@@ -140,12 +115,12 @@ def main() -> None:
     parser.add_argument("--child", choices=["lmtune", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args)
+        run_child(lambda tmp: (run_lmtune if args.child == "lmtune" else run_trainer)(args, tmp))
         return
     raw = sys.argv[1:]
     argv = [a for i, a in enumerate(raw) if a != "--only" and (i == 0 or raw[i - 1] != "--only")]
     sides = [args.only] if args.only else ["trainer", "lmtune"]
-    results = {name: _side(name, argv) for name in sides}
+    results = {name: run_side(__file__, name, argv) for name in sides}
     _print(args, results)
 
 

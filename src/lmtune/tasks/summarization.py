@@ -104,15 +104,11 @@ class Summarization:
         """Start/end/pad ids for training and generation, from the tokenizer (BERT: [CLS] ... [SEP])."""
         from lmtune.models import load_tokenizer
 
-        tokenizer = load_tokenizer(str(source))
-        start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-        end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+        ids = self._ids(load_tokenizer(str(source)))
         for config in (model.config, model.generation_config):
-            config.pad_token_id, config.eos_token_id = pad, end
+            config.pad_token_id, config.eos_token_id = ids["pad"], ids["end"]
             if getattr(model.config, "is_encoder_decoder", False):
-                config.decoder_start_token_id = start
-        self.options["ids"] = {"start": start, "end": end, "pad": pad}
+                config.decoder_start_token_id = ids["start"]
 
     @property
     def causal(self) -> bool:
@@ -156,6 +152,7 @@ class Summarization:
         return examples
 
     def _ids(self, tokenizer: Any) -> dict[str, int]:
+        """Start, end and pad token ids (BERT: [CLS], [SEP], [PAD]), kept in the task state."""
         if "ids" not in self.options:
             start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
             end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
