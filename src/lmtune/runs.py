@@ -56,10 +56,13 @@ def train(
         raise LmtuneError(f"early_stopping.metric: {watch!r} is not a validation metric of task {cfg.task!r}; "
                           f"allowed: {', '.join(task.metric_names)}")
     tables = load_tables(cfg.data, task)
-    source = resolve_model(cfg.model)
+    source = _model_source(cfg, tables["train"], run_dir)
     tokenizer = load_tokenizer(source)
     encoded = {name: task.encode(table, tokenizer, cfg.data, cfg.train.max_length) for name, table in tables.items()}
-    augmentation = _augmentation(cfg, task, tables["train"], encoded["train"], tokenizer)
+    batch_examples = _batch_examples(cfg, task, tables["train"], encoded["train"], tokenizer)
+    # language models train on packed blocks; their train sample is scored per document, like validation
+    packed = hasattr(task, "training_examples")
+    train_examples = task.training_examples(encoded["train"], cfg.train.max_length) if packed else encoded["train"]
 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -76,8 +79,8 @@ def train(
         if accelerator.is_main_process:
             rundir.write_header(run_dir, cfg, task.state())
         accelerator.wait_for_everyone()
-        # augmented inputs change every epoch, so their frozen-layer outputs cannot be cached
-        cache_mode = "off" if cfg.augmentation.methods else cfg.strategy.cache
+        # augmented (or re-masked) inputs change every epoch, so their frozen-layer outputs cannot be cached
+        cache_mode = "off" if batch_examples is not None or packed else cfg.strategy.cache
         model, cache_info = attach_cache(
             model, strategy.frozen_bottom(layers), cache_mode, encoded, tokenizer.pad_token_id,
             cfg.train.eval_batch, accelerator, run_dir / ".frozen-cache",
@@ -86,7 +89,7 @@ def train(
         if accelerator.is_main_process:
             rundir.write_text_atomic(run_dir / TRAIN_SAMPLE, json.dumps({"indices": sample}))
         inputs = FitInputs(
-            task, encoded["train"], encoded.get("validation"), tokenizer.pad_token_id, run_dir,
+            task, train_examples, encoded.get("validation"), tokenizer.pad_token_id, run_dir,
             [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
             lr_scales=lr_scales, on_eval=on_eval, watch=watch,
             maximize=cfg.early_stopping.maximize(task.greater_is_better),
@@ -94,7 +97,7 @@ def train(
             min_delta=cfg.early_stopping.min_delta, restore_best=cfg.early_stopping.restore_best,
             label_smoothing=cfg.regularization.label_smoothing, rdrop=cfg.regularization.rdrop,
             weight_decay=cfg.regularization.weight_decay, max_grad_norm=cfg.regularization.max_grad_norm,
-            batch_examples=augmentation, train_sample=[encoded["train"][i] for i in sample] or None,
+            batch_examples=batch_examples, train_sample=[encoded["train"][i] for i in sample] or None,
         )
         state = fit(accelerator, model, inputs, cfg.train)
         final = _finish(accelerator, model, tokenizer, task, strategy, cfg, encoded, state, run_dir, cache_info)
@@ -139,8 +142,29 @@ def train_sample_indices(n_train: int, size: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_train), min(size, n_train)))
 
 
-def _augmentation(cfg: RunConfig, task: Any, table: Table, examples: list[dict], tokenizer: Any) -> Any:
-    """The per-epoch batch builder for augmented training text, or None when augmentation is off."""
+def _model_source(cfg: RunConfig, train: Table, run_dir: Path) -> str:
+    """What ``from_pretrained`` loads: the resolved ``model:``, or for ``scratch:SIZE`` the run's ``base``
+    folder (config and a tokenizer trained on the training text, made once)."""
+    from lmtune import scratch
+
+    if not scratch.is_scratch(cfg.model):
+        return resolve_model(cfg.model)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LmtuneError(f"output: cannot create {run_dir} ({err.strerror or err})") from None
+    base = scratch.prepare_base(cfg.model, train.texts(cfg.data.text), cfg.lm.vocab_size, cfg.train.max_length,
+                                run_dir / scratch.BASE)
+    return str(base)
+
+
+def _batch_examples(cfg: RunConfig, task: Any, table: Table, examples: list[dict], tokenizer: Any) -> Any:
+    """The per-epoch batch builder when training inputs change every epoch (augmentation, masked-LM
+    masking), else None."""
+    if hasattr(task, "training_batches"):
+        if cfg.augmentation.methods:
+            raise LmtuneError(f"augmentation.methods: task {cfg.task!r} does not support text augmentation")
+        return task.training_batches(examples, tokenizer, cfg.train.seed)
     if not cfg.augmentation.methods:
         return None
     if not getattr(task, "augmentable", False):
@@ -225,6 +249,8 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: A
         "precision": accelerator.mixed_precision, "trainable_parameters": trainable, "parameters": total,
         **cache_info,
     })
+    if hasattr(task, "training_examples"):  # packed blocks of max_length tokens
+        results["train_tokens_per_s"] = round(results["train_samples_per_s"] * cfg.train.max_length, 1)
     if accelerator.is_main_process:
 
         def save(out: Path) -> None:
@@ -242,11 +268,12 @@ def _finish(accelerator: Any, model: Any, tokenizer: Any, task: Any, strategy: A
 
 def load_tables(data: DataConfig, task: Any) -> dict[str, Table]:
     """Read train/validation/test, carving a seeded validation split from train when none is given."""
-    train = read_table(data.train, "train").head(data.max_train_samples)
+    read = getattr(task, "reader", read_table)  # language models read plain text as documents
+    train = read(data.train, "train").head(data.max_train_samples)
     task.fit(train, data)
     tables = {"train": train}
     if data.validation:
-        tables["validation"] = read_table(data.validation, "validation").head(data.max_eval_samples)
+        tables["validation"] = read(data.validation, "validation").head(data.max_eval_samples)
     else:
         order = list(range(len(train)))
         random.Random(data.split_seed).shuffle(order)
@@ -263,7 +290,7 @@ def load_tables(data: DataConfig, task: Any) -> dict[str, Table]:
         keep = max(1, round(len(order) * data.train_fraction))
         tables["train"] = tables["train"].take(sorted(order[:keep]))
     if data.test:
-        tables["test"] = read_table(data.test, "test").head(data.max_eval_samples)
+        tables["test"] = read(data.test, "test").head(data.max_eval_samples)
     return tables
 
 
@@ -281,6 +308,8 @@ class Run:
         """Predictions for raw texts (or (text, pair) tuples), in input order."""
         data = self.config.data
         table = _input_table(texts, data) if isinstance(texts, Table) else _texts_table(texts, data)
+        if hasattr(self.task, "prompt_ids"):  # language models continue (or answer) each input
+            return [{"generated": self.generate(prompt)} for prompt in self.task.prompts(table, data)]
         examples = self.task.encode(table, self.tokenizer, _unlabelled(self.config.data),
                                     self.config.train.max_length)
         device = next(self.model.parameters()).device
@@ -295,10 +324,31 @@ class Run:
         by_index = dict(zip(indices, self.task.predictions(logits), strict=True))
         return [by_index[i] for i in range(len(examples))]
 
+    def generate(self, prompt: str | dict, settings: Any = None, on_text: Callable[[str], None] | None = None,
+                 **options: Any) -> str:
+        """A language model's continuation of ``prompt`` (sft: its response to an instruction).
+
+        Args:
+            prompt: text; for sft also a row (``instruction``/``input``, or chat ``messages``).
+            settings: a `lmtune.generation.GenerationSettings`; or give its fields as ``options``
+                (max_new_tokens, temperature (0: greedy), top_k, top_p, repetition_penalty, seed).
+            on_text: called with each new piece of text as it is generated (streaming).
+        """
+        from lmtune.generation import GenerationSettings, generate
+
+        if not hasattr(self.task, "prompt_ids"):
+            raise LmtuneError(f"{self.run_dir}: task {self.config.task!r} does not generate text; "
+                              "generation needs a causal_lm or sft run")
+        settings = settings or GenerationSettings(**options)
+        ids = self.task.prompt_ids(prompt, self.tokenizer)
+        return generate(self.model, self.tokenizer, ids, settings, on_text)
+
     def evaluate(self, data: str | Table, max_samples: int | None = None) -> dict[str, Any]:
         """Loss and task metrics on labelled data (a file path or a Table)."""
-        table = (data if isinstance(data, Table) else read_table(data, "test")).head(max_samples)
-        table.require(self.config.data.label)
+        read = getattr(self.task, "reader", read_table)
+        table = (data if isinstance(data, Table) else read(data, "test")).head(max_samples)
+        if getattr(self.task, "labelled", True):
+            table.require(self.config.data.label)
         examples = self.task.encode(table, self.tokenizer, self.config.data, self.config.train.max_length)
         return evaluate_examples(self.model, examples, self.task, self.config.train.eval_batch,
                                  self.tokenizer.pad_token_id, autocast=self._autocast())

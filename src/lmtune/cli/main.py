@@ -59,6 +59,32 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from lmtune import runs
+    from lmtune.generation import GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                                  seed=args.seed)
+    run = runs.load(args.run)
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    text = run.generate(args.prompt, settings, on_text=None if args.no_stream else show)
+    sys.stdout.write(("" if not args.no_stream else text) + "\n")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from lmtune.llama2c import import_llama2c
+
+    out = import_llama2c(args.path, args.out)
+    sys.stderr.write(f"lmtune: imported {args.path} into {out}\n")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from lmtune import runs
 
@@ -207,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-base", action="store_true", help="skip the before/after comparison with the base model")
     p.add_argument("--no-png", action="store_true", help="write explain.html and explain.json only")
     p.set_defaults(func=_explain)
+
+    p = sub.add_parser("generate", help="continue a prompt with a causal_lm run, or answer one with an sft run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--prompt", required=True, help="the text to continue (sft: the instruction)")
+    p.add_argument("--max-new-tokens", type=_positive, default=128, help="generate at most this many tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
+    p.add_argument("--top-k", type=_positive, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the tokens holding probability p")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampling")
+    p.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("import", help="convert a foreign checkpoint into a run directory")
+    p.add_argument("format", choices=["llama2c"], help="checkpoint format")
+    p.add_argument("path", help="llama2.c: the checkpoint .bin, or the folder holding it and its tok*.bin")
+    p.add_argument("out", help="run directory to create")
+    p.set_defaults(func=_import)
 
     p = sub.add_parser("export", help="write a run's model as plain transformers weights")
     p.add_argument("run", help="run directory")

@@ -70,10 +70,14 @@ def _plain(value: Any) -> Any:
 
 
 def _resolve_lr(config: RunConfig) -> RunConfig:
-    """No learning rate given: use the strategy's default, so that it is explicit in the saved config."""
+    """No learning rate given: use the strategy's default (a scratch model's own), so that it is explicit in
+    the saved config."""
     if config.train.lr is not None:
         return config
-    lr = config.strategy.build().default_lr
+    from lmtune import scratch
+
+    # new weights learn from nothing: 10-100x the fine-tuning rates
+    lr = scratch.SCRATCH_LR if scratch.is_scratch(config.model) else config.strategy.build().default_lr
     return dataclasses.replace(config, train=dataclasses.replace(config.train, lr=lr))
 
 

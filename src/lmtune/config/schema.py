@@ -265,6 +265,30 @@ class SummarizationConfig:
         return problems
 
 
+@dataclass(frozen=True)
+class LanguageModelingConfig:
+    vocab_size: int = 8192
+    """causal_lm from scratch: size of the byte-level BPE vocabulary lmtune trains on the training text."""
+    mlm_probability: float = 0.15
+    """masked_lm: fraction of tokens (or of words, with whole_word_mask) masked in each example."""
+    whole_word_mask: bool = False
+    """masked_lm: mask every piece of a chosen word together, not single word pieces."""
+    pseudo_perplexity_samples: int = 64
+    """masked_lm: validation examples scored by pseudo-perplexity (one forward pass per token); 0: off."""
+    chat_template: str | None = None
+    """sft: a Jinja chat template; default: the tokenizer's own, else lmtune's "### Instruction / ### Response"."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.vocab_size < 300:
+            problems.append(f"lm.vocab_size: {self.vocab_size} is too small; expected >= 300 (256 bytes + merges)")
+        if not 0 < self.mlm_probability < 1:
+            problems.append(f"lm.mlm_probability: {self.mlm_probability} is not in (0, 1)")
+        if self.pseudo_perplexity_samples < 0:
+            problems.append(f"lm.pseudo_perplexity_samples: {self.pseudo_perplexity_samples} must be >= 0")
+        return problems
+
+
 AUGMENTATIONS = ("delete", "swap", "insert", "mlm")
 
 
@@ -331,9 +355,10 @@ class EarlyStoppingConfig:
 @dataclass(frozen=True)
 class RunConfig:
     task: str = "classification"
-    """What is learned: classification | qa | summarization (see `lmtune.tasks`)."""
+    """What is learned: classification | qa | summarization | causal_lm | masked_lm | sft (see `lmtune.tasks`)."""
     model: str = "bundled:minilm"
-    """bundled:minilm, a local model directory, a run directory, or a Hugging Face Hub id."""
+    """bundled:minilm, scratch:tiny|mini|small (causal_lm: a new decoder and tokenizer), a local model
+    directory, a run directory, or a Hugging Face Hub id."""
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -342,6 +367,7 @@ class RunConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     qa: QAConfig = field(default_factory=QAConfig)
     summarization: SummarizationConfig = field(default_factory=SummarizationConfig)
+    lm: LanguageModelingConfig = field(default_factory=LanguageModelingConfig)
     output: str = "runs/run"
     """Run directory: config, checkpoints, metrics and the final model are written here."""
 
@@ -350,6 +376,15 @@ class RunConfig:
 
         problem = TASKS.check(self.task)
         problems = [f"task: {problem}"] if problem else []
+        if self.model.startswith("scratch:"):
+            from lmtune.scratch import SIZES
+
+            if self.task != "causal_lm":
+                problems.append(f"model: {self.model} (a new decoder) is for task causal_lm, not {self.task!r}; "
+                                "pretrain it first, then use its run directory as model:")
+            if self.model.removeprefix("scratch:") not in SIZES:
+                problems.append(f"model: unknown scratch size {self.model.removeprefix('scratch:')!r}; "
+                                f"available: {', '.join(SIZES)}")
         if self.augmentation.methods and self.strategy.cache in ("memory", "disk"):
             problems.append(f"strategy.cache: {self.strategy.cache!r} cannot be used with augmentation "
                             "(augmented inputs change every epoch); use auto or off")

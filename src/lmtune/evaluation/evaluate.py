@@ -88,7 +88,7 @@ def evaluate_examples(
     if hasattr(task, "evaluate_model"):  # generation tasks: teacher-forced loss, then generated text
         unwrapped = accelerator.unwrap_model(model) if accelerator else model
         return task.evaluate_model(unwrapped, examples, batch_size, pad_id, device, autocast,
-                                   example_losses=example_losses)
+                                   example_losses=example_losses, shard=(rank, world))
     if hasattr(task, "evaluate_outputs"):  # span tasks: scores per token, post-processed per question
         return task.evaluate_outputs(*_all_scores(model, examples, task, batch_size, pad_id, device, autocast,
                                                    rank, world), example_losses=example_losses)

@@ -184,8 +184,10 @@ class Summarization:
 
     @torch.no_grad()
     def evaluate_model(self, model: Any, examples: list[dict], batch_size: int, pad_id: int, device: Any,
-                       autocast: Any, example_losses: bool = False) -> dict[str, Any]:
-        """Teacher-forced loss over all examples, and ROUGE over (up to ``eval_generate``) generated ones."""
+                       autocast: Any, example_losses: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+        """Teacher-forced loss over all examples, and ROUGE over (up to ``eval_generate``) generated ones.
+
+        Not sharded: every process evaluates everything (``shard`` is accepted for the common signature)."""
         from contextlib import nullcontext
 
         from lmtune.data import collate
