@@ -307,9 +307,10 @@ class Run:
     def predict(self, texts: list[str] | list[tuple[str, str]] | Table, batch_size: int = 64) -> list[dict]:
         """Predictions for raw texts (or (text, pair) tuples), in input order."""
         data = self.config.data
-        table = _input_table(texts, data) if isinstance(texts, Table) else _texts_table(texts, data)
         if hasattr(self.task, "prompt_ids"):  # language models continue (or answer) each input
+            table = texts if isinstance(texts, Table) else _texts_table(texts, data)
             return [{"generated": self.generate(prompt)} for prompt in self.task.prompts(table, data)]
+        table = _input_table(texts, data) if isinstance(texts, Table) else _texts_table(texts, data)
         examples = self.task.encode(table, self.tokenizer, _unlabelled(self.config.data),
                                     self.config.train.max_length)
         device = next(self.model.parameters()).device

@@ -67,7 +67,9 @@ def prepare_base(spec: str, texts: Iterable[str], vocab_size: int, block_size: i
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
     tokenizer = train_tokenizer(texts, vocab_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".base-", dir=out.parent))
+    tmp.chmod(0o755)
     try:
         tokenizer.save_pretrained(tmp)
         model_config(size, tokenizer).save_pretrained(tmp)

@@ -21,6 +21,7 @@ from lmtune.data import Table
 from lmtune.data.corpus import document_ids, document_windows, pack, read_corpus
 from lmtune.errors import DataError
 from lmtune.tasks.base import TASKS
+from lmtune.training.losses import cross_entropy
 
 IGNORE = -100
 
@@ -34,6 +35,8 @@ class TokenTask:
     greater_is_better = False
     labelled = False
     """Evaluation data needs no label column: the targets are the text itself."""
+    low_precision_logits = True
+    """The training loop may hand the loss bf16 logits: `cross_entropy` upcasts them chunk by chunk."""
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TokenTask:
@@ -53,17 +56,24 @@ class TokenTask:
         return logits, labels
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
-        logits, labels = self.aligned(outputs.logits, batch["labels"])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                               ignore_index=IGNORE, label_smoothing=label_smoothing)
+        """Mean NLL per target token. Causal: the labels move one step left (cheaper than slicing the logits)."""
+        logits, labels = outputs.logits, batch["labels"]
+        if self.shift:
+            labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), label_smoothing)
 
-    def token_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(summed NLL, target count, correct top-1 count), each (batch,)."""
         logits, labels = self.aligned(outputs.logits, batch["labels"])
-        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
         targets = labels != IGNORE
-        correct = (logits.argmax(-1) == labels) & targets
-        return nll.sum(-1), targets.sum(-1), correct.sum(-1)
+        chosen = logits[targets].float()
+        nll = F.cross_entropy(chosen, labels[targets], reduction="none")
+        correct = (chosen.argmax(-1) == labels[targets]).double()
+        rows = targets.nonzero()[:, 0]
+        n = labels.shape[0]
+        total = torch.zeros(n, dtype=torch.float64, device=nll.device).index_add_(0, rows, nll.double())
+        right = torch.zeros(n, dtype=torch.float64, device=nll.device).index_add_(0, rows, correct)
+        return total, targets.sum(-1), right
 
     def example_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         total, count, _ = self.token_losses(outputs, batch)
@@ -160,7 +170,7 @@ class CausalLM(TokenTask):
 
     def prompts(self, table: Table, data: DataConfig) -> list[str]:
         """The inputs of ``lmtune predict``: each row's text, to be continued."""
-        return table.texts(data.text)
+        return table.texts(data.text if data.text in table.columns else "text")
 
     def prompt_ids(self, text: str, tokenizer: Any) -> list[int]:
         """A prompt as the model saw documents in training: BOS, then the text."""

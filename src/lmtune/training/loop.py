@@ -79,6 +79,8 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, inputs.lr_scales)
     scheduler = build_scheduler(optimizer, cfg, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if getattr(inputs.task, "low_precision_logits", False):
+        _keep_output_precision(model)
     state = TrainState()
     resume_from = latest_checkpoint(inputs.run_dir)
     if resume_from is not None:
@@ -164,6 +166,24 @@ def _log_epoch(tracker: Tracker, state: TrainState) -> None:
     """Training time of the epoch that just ended (for per-epoch costs, e.g. of frozen-layer caching)."""
     tracker.log({"step": state.step, "epoch": state.epoch + 1, "split": "epoch",
                  "train_seconds": round(state.train_seconds - state.epoch_start_seconds, 3)})
+
+
+def _keep_output_precision(model: Any) -> None:
+    """Undo accelerate's cast of every forward output to fp32 under mixed precision (autocast stays).
+
+    For a language model the logits are (tokens × vocabulary): copying them to fp32 and back through
+    autograd took about a tenth of a training step. Token tasks' losses upcast chunk by chunk instead.
+    """
+    from types import MethodType
+
+    from accelerate.utils.operations import ConvertOutputsToFp32
+
+    inner = getattr(model, "module", model)  # DDP
+    forward = inner.forward
+    wrapper = getattr(getattr(forward, "__func__", forward), "__wrapped__", None)
+    if isinstance(wrapper, ConvertOutputsToFp32):
+        bare = wrapper.model_forward
+        inner.forward = MethodType(bare, inner) if hasattr(forward, "__func__") else bare
 
 
 def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None) -> None:
