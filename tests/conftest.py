@@ -138,3 +138,55 @@ def trained_run(sst2_slice, tmp_path_factory):
                             timeout=600)
     assert result.returncode == 0, result.stderr
     return out, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+STORIES260K = SHARED_DATA / "models" / "stories260K"
+TINYSTORIES = SHARED_DATA / "corpus" / "tinystories_train_first2MiB.txt"
+
+
+@pytest.fixture(scope="session")
+def stories260k(tmp_path_factory) -> Path:
+    """The real pretrained stories260K (llama2.c), imported as a run directory by `lmtune import`."""
+    if not STORIES260K.is_dir():
+        pytest.skip(f"shared model not found at {STORIES260K}")
+    out = tmp_path_factory.mktemp("imported") / "stories260K"
+    result = subprocess.run(lmtune_command("import", "llama2c", str(STORIES260K), str(out)),
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def stories_slice(tmp_path_factory) -> dict[str, Path]:
+    """The first 60 TinyStories (train) and the next 12 (validation), as plain-text corpora."""
+    if not TINYSTORIES.is_file():
+        pytest.skip(f"shared data not found at {TINYSTORIES}")
+    from lmtune.data.corpus import DOCUMENT_SEPARATOR, split_documents
+
+    stories = split_documents(TINYSTORIES.read_text(encoding="utf-8"))[0]
+    out = tmp_path_factory.mktemp("stories")
+    paths = {}
+    for name, part in (("train", stories[:60]), ("validation", stories[60:72])):
+        paths[name] = out / f"{name}.txt"
+        paths[name].write_text("".join(f"{s}\n{DOCUMENT_SEPARATOR}\n" for s in part), encoding="utf-8")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def instructions(tmp_path_factory) -> Path:
+    """An instruction-tuning JSONL made from real SST-2 rows: half Alpaca-style, half chat messages."""
+    if not SST2.is_dir():
+        pytest.skip(f"shared data not found at {SST2}")
+    out = tmp_path_factory.mktemp("sft") / "reviews.jsonl"
+    lines = []
+    for i, row in enumerate(read_tsv(SST2 / "train.tsv")[:120]):
+        answer = "positive" if row["label"] == "1" else "negative"
+        if i % 2:
+            lines.append({"instruction": "Is this movie review positive or negative?", "input": row["sentence"],
+                          "output": answer})
+        else:
+            lines.append({"messages": [{"role": "system", "content": "You rate movie reviews."},
+                                       {"role": "user", "content": f"Review: {row['sentence']}"},
+                                       {"role": "assistant", "content": answer}]})
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return out

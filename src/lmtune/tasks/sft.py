@@ -29,9 +29,10 @@ INPUT = "input"
 ROLES = ("system", "user", "assistant")
 DEFAULT_TEMPLATE = (
     "{% for message in messages %}"
+    "{% if loop.index0 > 0 and messages[loop.index0 - 1]['role'] == 'assistant' %}\n\n{% endif %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
     "{% elif message['role'] == 'user' %}### Instruction:\n{{ message['content'] }}\n\n"
-    "{% else %}### Response:\n{{ message['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% else %}### Response:\n{{ message['content'] }}{{ eos_token }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}### Response:\n{% endif %}"
 )

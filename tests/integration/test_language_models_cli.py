@@ -1,0 +1,162 @@
+"""The language-model tasks end to end through the CLI, on real data: pretraining from scratch, the
+imported stories260K, instruction tuning, masked-LM domain adaptation, generation and their errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO, TINYSTORIES, kill_at_checkpoint, lmtune_command
+
+
+def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(lmtune_command(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def write_config(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_stories260k_import_generates_the_reference_story_and_reproduces_its_loss(stories260k):
+    # llama2.c's doc/stories260K.md greedy sample from BOS
+    result = run("generate", str(stories260k), "--prompt", "", "--max-new-tokens", "60")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Once upon a time, there was a little girl named Lily. She loved to play "
+                                    "outside in the park. One day, she saw a big, red ball.")
+    # the reference figure: about 1.35 nats/token over the file's first 5 stories
+    result = run("eval", str(stories260k), "--data", str(TINYSTORIES), "--max-samples", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert abs(metrics["loss"] - 1.35) / 1.35 < 0.05, metrics
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-3)
+
+
+def test_generation_settings_sample_reproducibly_and_reject_nonsense(stories260k):
+    args = ["generate", str(stories260k), "--prompt", "Tom had a dog", "--max-new-tokens", "20",
+            "--temperature", "0.8", "--top-k", "40", "--top-p", "0.9", "--repetition-penalty", "1.2", "--seed", "3"]
+    first, second = run(*args), run(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.strip()
+    bad = run("generate", str(stories260k), "--prompt", "x", "--top-k", "5")
+    assert bad.returncode == 2 and "set a temperature > 0" in bad.stderr
+
+
+def test_pretrain_from_scratch_evaluates_generates_and_resumes(stories_slice, tmp_path):
+    config = write_config(tmp_path / "pretrain.yaml", f"""
+task: causal_lm
+model: scratch:tiny
+data:
+  train: {stories_slice['train']}
+  validation: {stories_slice['validation']}
+lm:
+  vocab_size: 600
+train:
+  max_steps: 24
+  batch_size: 8
+  max_length: 64
+  eval_every: 8
+  eval_train_samples: 16
+""")
+    out = tmp_path / "run"
+    command = lmtune_command("train", str(config), f"output={out}")
+    kill_at_checkpoint(command, out, 8)
+    tokenizer = hashlib.sha1((out / "base" / "tokenizer.json").read_bytes()).hexdigest()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from step-8" in result.stderr
+    assert hashlib.sha1((out / "base" / "tokenizer.json").read_bytes()).hexdigest() == tokenizer
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["step"] == 24 and final["train_tokens_per_s"] > 0
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line).get("split") == "validation"]
+    assert losses[-1] < losses[0] < math.log(600) + 0.5  # it learned from ~uniform over the vocabulary
+
+    from transformers import AutoModelForCausalLM  # the result loads with plain transformers
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.model_type == "llama"
+    result = run("eval", str(out), "--data", str(stories_slice["validation"]), "--json")
+    metrics = json.loads(result.stdout)
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-3)
+    result = run("generate", str(out), "--prompt", "Once upon a time", "--max-new-tokens", "8")
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
+    assert (out / "diagnosis.json").is_file()
+    assert run("report", str(out)).returncode == 0
+
+
+def test_instruction_tuning_with_lora_then_predict(stories260k, instructions, tmp_path):
+    config = write_config(tmp_path / "sft.yaml", f"""
+task: sft
+model: {stories260k}
+data:
+  train: {instructions}
+strategy:
+  name: lora
+train:
+  max_steps: 6
+  batch_size: 8
+  max_length: 128
+  eval_train_samples: 8
+""")
+    out = tmp_path / "run"
+    result = run("train", str(config), f"output={out}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["validation_loss"] > 0
+    assert json.loads((out / "task.json").read_text())["chat_template"]  # saved: prompts render the same later
+    inputs = tmp_path / "ask.jsonl"
+    inputs.write_text(json.dumps({"instruction": "Is this movie review positive or negative?",
+                                  "input": "a gorgeous , witty film"}) + "\n", encoding="utf-8")
+    result = run("predict", str(out), "--input", str(inputs))
+    assert result.returncode == 0, result.stderr
+    assert "generated" in json.loads(result.stdout)
+
+
+def test_masked_lm_adaptation_then_classification(sst2_slice, tmp_path):
+    mlm = write_config(tmp_path / "mlm.yaml", f"""
+task: masked_lm
+model: bundled:minilm
+data:
+  train: {sst2_slice['train']}
+  text: sentence
+train:
+  max_steps: 4
+  batch_size: 16
+  max_length: 48
+  eval_train_samples: 8
+lm:
+  whole_word_mask: true
+  pseudo_perplexity_samples: 4
+""")
+    adapted = tmp_path / "mlm"
+    result = run("train", str(mlm), f"output={adapted}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["validation_pseudo_perplexity"] > 1 and 0 <= metrics["validation_accuracy"] <= 100
+    result = run("train", str(REPO / "examples" / "sst2.yaml"), f"model={adapted}",
+                 f"data.train={sst2_slice['train']}", f"data.validation={sst2_slice['dev']}",
+                 f"output={tmp_path / 'cls'}", "train.max_steps=3", "train.eval_train_samples=0")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=scratch:tiny"], "is for task causal_lm"),
+    (["task=causal_lm", "model=scratch:huge"], "unknown scratch size 'huge'"),
+])
+def test_scratch_config_errors(sst2_slice, tmp_path, args, message):
+    result = run("train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+                 f"output={tmp_path / 'run'}", *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_import_and_generate_errors(tmp_path, trained_run):
+    result = run("import", "llama2c", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert result.returncode == 2 and "missing: not found" in result.stderr
+    assert not (tmp_path / "out").exists()
+    run_dir, _ = trained_run
+    result = run("generate", str(run_dir), "--prompt", "hello")
+    assert result.returncode == 2 and "does not generate text" in result.stderr

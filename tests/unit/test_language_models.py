@@ -1,0 +1,81 @@
+"""Language-model parts: corpus splitting and packing, MLM masking, the chunked cross-entropy, SFT's
+response-only loss, and llama2.c's tokenizer and weight layout."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmtune.data import Table
+from lmtune.data.corpus import DOCUMENT_SEPARATOR, document_windows, pack, split_documents
+from lmtune.data.masking import IGNORE, example_rng, mask_example
+from lmtune.training.losses import cross_entropy
+
+
+def test_documents_split_on_separator_lines_else_blank_lines_else_lines():
+    docs, lines = split_documents(f"One day.\nThe end.\n{DOCUMENT_SEPARATOR}\nNext story.\n{DOCUMENT_SEPARATOR}\n")
+    assert docs == ["One day.\nThe end.", "Next story."] and lines == [1, 4]
+    docs, lines = split_documents("First:\nspeech one\n\nSecond:\nspeech two\n")
+    assert docs == ["First:\nspeech one", "Second:\nspeech two"] and lines == [1, 4]
+    assert split_documents(" = Title = \nA paragraph.\n")[0] == ["= Title =", "A paragraph."]
+
+
+def test_windows_keep_documents_apart_and_pack_loses_no_token():
+    documents = [[1, 10, 11, 12], [1, 20], [1, 30, 31, 32, 33, 34]]
+    windows = document_windows(documents, 4)
+    assert [w["input_ids"] for w in windows] == [[1, 10, 11, 12], [1, 20], [1, 30, 31, 32], [33, 34]]
+    assert [w["row"] for w in windows] == [0, 1, 2, 2]
+    blocks = pack(windows, 5)
+    assert [b["input_ids"] for b in blocks] == [[1, 10, 11, 12, 1], [20, 1, 30, 31, 32], [33, 34]]
+    assert [b["row"] for b in blocks] == [0, 1, 2]  # the document each block starts in
+    assert sum(len(b["input_ids"]) for b in blocks) == sum(map(len, documents))
+
+
+def _example():
+    # [CLS] un ##believ ##able film [SEP]: word 0 has three pieces
+    return {"tokens": [101, 5, 6, 7, 8, 102], "words": [None, 0, 0, 0, 1, None]}
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word_and_only_targets_are_labelled():
+    for seed in range(20):
+        out = mask_example(_example(), random.Random(seed), 0.5, True, mask_id=103, vocab_size=200,
+                           special_ids={101, 102, 103})
+        masked = [i for i, label in enumerate(out["labels"]) if label != IGNORE]
+        assert masked in ([1, 2, 3], [4])  # a whole word, never part of one, never [CLS]/[SEP]
+        assert all(out["labels"][i] == _example()["tokens"][i] for i in masked)
+        assert all(out["input_ids"][i] == _example()["tokens"][i] for i in range(6) if i not in masked)
+
+
+def test_masking_is_seeded_per_epoch_and_example():
+    def mask(epoch):
+        return mask_example(_example(), example_rng(7, epoch, 3), 0.3, False, 103, 200, {101, 102, 103})["labels"]
+
+    assert mask(1) == mask(1)
+    assert len({tuple(mask(epoch)) for epoch in range(10)}) > 1  # each epoch masks afresh
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_chunked_cross_entropy_matches_pytorch(dtype, smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(1300, 97, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, 97, (1300,))
+    targets[::5] = -100
+    ours = cross_entropy(logits, targets, smoothing)
+    ours.backward()
+    grad, logits.grad = logits.grad.clone(), None
+    reference = F.cross_entropy(logits.float(), targets, ignore_index=-100, label_smoothing=smoothing)
+    reference.backward()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.allclose(grad.float(), logits.grad.float(), atol=1e-6)
+
+
+def test_sparse_targets_are_scored_alone():
+    logits = torch.randn(100, 11, requires_grad=True)
+    targets = torch.full((100,), -100)
+    targets[[3, 50]] = torch.tensor([1, 2])
+    expected = F.cross_entropy(logits[[3, 50]], targets[[3, 50]])
+    assert cross_entropy(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
