@@ -68,21 +68,24 @@ def main() -> None:
             "lm": {"whole_word_mask": True, "pseudo_perplexity_samples": 64},
             "output": str(out / "mlm"),
         }, show_diagnosis=False)
-        curve = [line for line in (out / "mlm" / "metrics.jsonl").read_text().splitlines() if '"validation"' in line]
+        log = (out / "mlm" / "metrics.jsonl").read_text().splitlines()
+        curve = [line for line in log if '"validation"' in line]
         results = {"plain": [], "dapt": []}
         for seed in range(args.seeds):
             results["plain"].append(fine_tune("bundled:minilm", labelled, seed, args, out / f"plain-{seed}"))
             results["dapt"].append(fine_tune(str(out / "mlm"), labelled, seed, args, out / f"dapt-{seed}"))
     write = sys.stdout.write
+    after = mlm["validation"]
     write(f"masked-LM adaptation: {args.mlm_steps} steps x 32 on {args.unlabelled} unlabelled SST-2 sentences "
-          f"(whole-word masking, lr {args.mlm_lr}); validation after: loss {mlm['validation']['loss']:.3f}, "
-          f"accuracy {mlm['validation']['accuracy']:.1f}%, pseudo-perplexity {mlm['validation']['pseudo_perplexity']:.1f}\n")
+          f"(whole-word masking, lr {args.mlm_lr}); validation after: loss {after['loss']:.3f}, "
+          f"accuracy {after['accuracy']:.1f}%, pseudo-perplexity {after['pseudo_perplexity']:.1f}\n")
     write(f"  {len(curve)} evaluations: " + " | ".join(curve) + "\n")
-    write(f"fine-tuning: {args.labelled} labelled rows x {args.epochs} epochs, lr {args.lr}, seeds 0..{args.seeds - 1}; "
-          "dev accuracy (872)\n")
+    write(f"fine-tuning: {args.labelled} labelled rows x {args.epochs} epochs, lr {args.lr}, "
+          f"seeds 0..{args.seeds - 1}; dev accuracy (872)\n")
     for name, values in results.items():
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        write(f"  {name:>5}: {statistics.mean(values):.2f}% ± {spread:.2f}  ({', '.join(f'{v:.2f}' for v in values)})\n")
+        each = ", ".join(f"{v:.2f}" for v in values)
+        write(f"  {name:>5}: {statistics.mean(values):.2f}% ± {spread:.2f}  ({each})\n")
     gain = statistics.mean(results["dapt"]) - statistics.mean(results["plain"])
     write(f"domain-adaptive pretraining changes dev accuracy by {gain:+.2f} points\n")
 

@@ -122,7 +122,8 @@ def main() -> None:
     results = {name: run_side(__file__, name, sys.argv[1:]) for name in ("trainer", "lmtune")}
     out = sys.stdout
     out.write(f"causal-LM pretraining from scratch (scratch:tiny, 8K BPE) on TinyStories: {args.steps} steps x "
-              f"{args.batch_size} blocks x {args.block} tokens, lr {args.lr}, {args.precision}, {args.threads} threads\n")
+              f"{args.batch_size} blocks x {args.block} tokens, lr {args.lr}, {args.precision}, "
+              f"{args.threads} threads\n")
     out.write(f"{'':>8} {'tokens/s':>9} {'train s':>8} {'wall s':>7} {'RSS MiB':>8} {'val loss':>9} {'ppl':>8}\n")
     for name, r in results.items():
         out.write(f"{name:>8} {r['tokens_per_s']:>9.0f} {r['train_seconds']:>8.1f} {r['wall_seconds']:>7.1f} "

@@ -23,6 +23,19 @@ def load(run_dir):
     return runs.load(run_dir)
 
 
+def generate(run_dir, prompt, on_text=None, **options):
+    """Continue ``prompt`` with a causal_lm run (sft: answer it); options: max_new_tokens, temperature
+    (0: greedy), top_k, top_p, repetition_penalty, seed. ``on_text`` receives the text as it streams."""
+    return load(run_dir).generate(prompt, on_text=on_text, **options)
+
+
+def import_llama2c(path, out):
+    """Convert a llama2.c checkpoint (its .bin, or the folder with its tok*.bin) into run directory ``out``."""
+    from lmtune.llama2c import import_llama2c as convert
+
+    return convert(path, out)
+
+
 def compare(config, strategies, overrides=(), **options):
     """Compare strategies on ``config`` (a RunConfig, YAML path or dict); see `lmtune.selection.compare`.
 
@@ -70,4 +83,4 @@ def report(run_dir, out=None):
 
 
 __all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "compare", "export", "load", "load_config",
-           "train", "diagnose", "explain", "report"]
+           "train", "diagnose", "explain", "report", "generate", "import_llama2c"]

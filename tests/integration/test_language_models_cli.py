@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, TINYSTORIES, kill_at_checkpoint, lmtune_command
+from tests.conftest import REPO, TINYSTORIES, kill_at_checkpoint, lmtune_command, rendered_dom
 
 
 def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -86,16 +86,19 @@ train:
     assert result.returncode == 0 and result.stdout.strip(), result.stderr
     assert (out / "diagnosis.json").is_file()
     assert run("report", str(out)).returncode == 0
+    dom = rendered_dom(out / "report.html", tmp_path)
+    assert "Perplexity" in dom  # the second curve: a language model's perplexity
 
 
-def test_instruction_tuning_with_lora_then_predict(stories260k, instructions, tmp_path):
+@pytest.mark.parametrize("strategy", ["lora", "freeze"])
+def test_instruction_tuning_then_predict(stories260k, instructions, tmp_path, strategy):
     config = write_config(tmp_path / "sft.yaml", f"""
 task: sft
 model: {stories260k}
 data:
   train: {instructions}
 strategy:
-  name: lora
+  name: {strategy}
 train:
   max_steps: 6
   batch_size: 8
@@ -113,6 +116,11 @@ train:
     result = run("predict", str(out), "--input", str(inputs))
     assert result.returncode == 0, result.stderr
     assert "generated" in json.loads(result.stdout)
+    import lmtune  # the Python API answers the same instruction the same way (greedy)
+
+    answer = lmtune.generate(out, {"instruction": "Is this movie review positive or negative?",
+                                   "input": "a gorgeous , witty film"}, max_new_tokens=128)
+    assert answer == json.loads(result.stdout)["generated"]
 
 
 def test_masked_lm_adaptation_then_classification(sst2_slice, tmp_path):

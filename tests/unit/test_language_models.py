@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmtune.data import Table
 from lmtune.data.corpus import DOCUMENT_SEPARATOR, document_windows, pack, split_documents
 from lmtune.data.masking import IGNORE, example_rng, mask_example
 from lmtune.training.losses import cross_entropy

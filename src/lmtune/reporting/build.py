@@ -110,13 +110,22 @@ def _curves(c: Context) -> str:
                        "training sample": series("train_sample", "loss"),
                        "validation": series("validation", "loss")},
                       "Loss", "optimizer step", "loss", markers)
-    metric = line_chart({"training sample": series("train_sample", c.watch),
-                         "validation": series("validation", c.watch)},
-                        c.watch.replace("_", " ").capitalize(), "optimizer step", c.watch, markers)
+    shown = _second_metric(c, series)
+    metric = line_chart({"training sample": series("train_sample", shown),
+                         "validation": series("validation", shown)},
+                        shown.replace("_", " ").capitalize(), "optimizer step", shown, markers)
     note = ("<p>The training sample is a fixed set of training examples scored like validation (eval mode, no "
             "augmentation) at each evaluation: the distance between the two lines is the real train/validation "
             "gap.</p>")
     return f'<div class="charts">{loss}{metric}</div>{note}'
+
+
+def _second_metric(c: Context, series: Any) -> str:
+    """The watched metric; when that is the loss (already charted), the task's next logged metric
+    (language models: perplexity)."""
+    if c.watch != "loss":
+        return c.watch
+    return next((m for m in c.task.metric_names if m != "loss" and series("validation", m)), c.watch)
 
 
 def _diagnosis(c: Context) -> str:
