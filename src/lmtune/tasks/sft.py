@@ -133,13 +133,10 @@ class InstructionTuning(TokenTask):
         return [bos] if bos is not None and not text.startswith(tokenizer.bos_token or "\0") else []
 
     def encode(self, table: Table, tokenizer: Any, data: DataConfig, max_length: int) -> list[dict]:
-        labelled = all(MESSAGES in row or data.label in row for row in table.rows)
+        """Training and evaluation rows (with responses); prediction inputs go through `prompt_ids`."""
         examples, dropped = [], 0
         for i in range(len(table)):
-            messages = self.conversation(table, i, data, with_response=labelled)
-            if not labelled:  # prediction inputs: the prompt only
-                examples.append({"input_ids": self.prompt_ids(messages, tokenizer), "row": i})
-                continue
+            messages = self.conversation(table, i, data, with_response=True)
             pieces = self.pieces(messages, tokenizer)
             ids = self._start(tokenizer, pieces[0][0])
             labels = [IGNORE] * len(ids)
