@@ -41,7 +41,7 @@ def fine_tune(model: str, labelled: Path, seed: int, args: argparse.Namespace, o
                   "eval_train_samples": 0},
         "output": str(out),
     }, show_diagnosis=False)
-    return metrics["validation"]["accuracy"]
+    return 100 * metrics["validation"]["accuracy"]  # a fraction in metrics.json
 
 
 def main() -> None:

@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
 def _quiet_libraries() -> None:
     """Library chatter (weight-loading reports, advisory warnings) hides lmtune's own output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")  # deprecations
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

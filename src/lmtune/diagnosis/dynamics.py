@@ -223,8 +223,9 @@ def _healthy(f: _Facts, final: dict[str, Any]) -> Finding:
     if gap is not None:
         evidence.append(f"train/validation gap {gap * f.scale:.4f} (training sample {f.sample(f.used):.4f})")
     if f.best < last:
-        evidence.append(f"after the best evaluation validation moved by at most "
-                        f"{f.worse_by(f.best, last) * f.scale:.4f}")
+        worse = f.worse_by(f.best, last)  # absolute for metrics, relative for losses
+        evidence.append("after the best evaluation validation got worse by at most "
+                        + (f"{worse * f.scale:.4f}" if f.sign > 0 else f"{100 * worse:.1f}%"))
     if gap is not None and gap > GAP:
         return Finding("healthy", f"healthy, with a gap: validation held up, but training examples score "
                        f"{gap * f.scale:.2f} "
