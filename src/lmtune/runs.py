@@ -71,7 +71,9 @@ def train(
 
     use_cuda = torch.cuda.is_available()
     precision = resolve_precision(cfg.train.precision, use_cuda)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
+    # the scheduler is built in optimizer steps of one process; accelerate would otherwise step it once per
+    # process at each optimizer step, and a 2-process run's learning rate reached 0 halfway through
+    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda, step_scheduler_with_optimizer=False)
     try:
         torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
         set_seed(cfg.train.seed)

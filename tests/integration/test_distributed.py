@@ -32,6 +32,20 @@ def test_torchrun_two_cpu_processes(sst2_slice, tmp_path):
     counts = Counter((x["split"], x["step"]) for x in lines)
     assert counts and max(counts.values()) == 1  # written by the main process only
     assert [x["step"] for x in lines if x["split"] == "validation"] == [3, 6, 7]
+    # the learning rate follows the schedule of 7 optimizer steps, as in one process (not one step per process)
+    import torch
+
+    from lmtune.config import load_config
+    from lmtune.training.optim import build_scheduler
+
+    cfg = load_config(REPO / "examples" / "sst2.yaml", ["train.epochs=1"]).train
+    scheduler = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr), cfg, 7)
+    expected = []
+    for _ in range(7):
+        scheduler.step()
+        expected.append(scheduler.get_last_lr()[0])
+    logged = [x["lr"] for x in lines if x["split"] == "train"]
+    assert logged == pytest.approx(expected) and logged[-2] > 0
     assert {p.name for p in (out / "checkpoints" / "step-7").iterdir()} >= {"random_states_0.pkl",
                                                                              "random_states_1.pkl"}
     assert (out / "model" / "model.safetensors").is_file()
