@@ -57,7 +57,15 @@ class MaskedLM(TokenTask):
     def build_model(self, source: str | Path, **kwargs: Any) -> torch.nn.Module:
         from transformers import AutoModelForMaskedLM
 
-        return AutoModelForMaskedLM.from_pretrained(source, **kwargs)
+        model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True, **kwargs)
+        new_head = [k for k in info.get("missing_keys", ()) if not k.startswith(model.base_model_prefix + ".")]
+        if new_head:
+            import logging
+
+            logging.getLogger("lmtune").warning(
+                "model: %s has no masked-LM head (%d new tensors, e.g. %s); it starts random, so expect a "
+                "validation loss near ln(vocabulary) at first", source, len(new_head), sorted(new_head)[0])
+        return model
 
     def fit(self, train: Table, data: DataConfig) -> None:
         train.require(data.text)
