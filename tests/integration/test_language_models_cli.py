@@ -168,3 +168,23 @@ def test_import_and_generate_errors(tmp_path, trained_run):
     run_dir, _ = trained_run
     result = run("generate", str(run_dir), "--prompt", "hello")
     assert result.returncode == 2 and "does not generate text" in result.stderr
+
+
+def test_continued_pretraining_starts_from_the_imported_weights(stories260k, stories_slice, tmp_path):
+    config = write_config(tmp_path / "continue.yaml", f"""
+task: causal_lm
+model: {stories260k}
+data:
+  train: {stories_slice['train']}
+  validation: {stories_slice['validation']}
+train:
+  max_steps: 3
+  batch_size: 8
+  max_length: 256
+  lr: 1e-4
+  eval_train_samples: 8
+""")
+    result = run("train", str(config), f"output={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    loss = json.loads(result.stdout.strip().splitlines()[-1])["validation_loss"]
+    assert loss < 2.0 < math.log(512)  # pretrained (about 1.3-1.6 on these stories), not a fresh model (6.2)
