@@ -31,7 +31,9 @@ def _eval(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
         for key, value in metrics.items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, int) and not isinstance(value, bool):  # counts (e.g. tokens)
+                sys.stdout.write(f"{key:>12}  {value}\n")
+            elif isinstance(value, float):
                 sys.stdout.write(f"{key:>12}  {value:.4f}\n")
     return 0
 
