@@ -149,7 +149,7 @@ def read_pieces(path: Path, vocab_size: int) -> list[tuple[str, float]]:
 
 def build_tokenizer(pieces: list[tuple[str, float]]):
     """A fast tokenizer that encodes and decodes as llama2.c does (ids 0, 1, 2: unk, BOS, EOS)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     names = [UNK, BOS, EOS] + [piece.replace(" ", SPACE) for piece, _ in pieces[3:]]
@@ -167,6 +167,10 @@ def build_tokenizer(pieces: list[tuple[str, float]]):
     core = Tokenizer(models.BPE(vocab=vocab, merges=[(m[2], m[3]) for m in merges], unk_token=UNK,
                                 byte_fallback=True, fuse_unk=True))
     core.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
+    # words for explanations: split before each SPACE. No piece holds a SPACE past its first character, so
+    # no merge crosses these splits and the encoding is llama2.c's
+    if not any(SPACE in name[1:] for name in names):
+        core.pre_tokenizer = pre_tokenizers.Split(Regex(SPACE), behavior="merged_with_next")
     core.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
                                       decoders.Strip(" ", 1, 0)])
     core.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",

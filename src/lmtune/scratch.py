@@ -85,7 +85,7 @@ def prepare_base(spec: str, texts: Iterable[str], vocab_size: int, block_size: i
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A byte-level BPE tokenizer (GPT-2's scheme: any text encodes, nothing is unknown) learned from ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
@@ -94,6 +94,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[SPECIAL], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(texts, trainer=trainer)
+    # like Llama's, the tokenizer puts BOS in front of a text by default (lmtune's own encoding adds it itself)
+    core.post_processor = processors.TemplateProcessing(single=f"{SPECIAL} $A", special_tokens=[
+        (SPECIAL, core.token_to_id(SPECIAL))])
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=SPECIAL, eos_token=SPECIAL,
                                    pad_token=SPECIAL, unk_token=SPECIAL, model_max_length=10**6)
 

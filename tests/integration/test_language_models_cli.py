@@ -188,3 +188,24 @@ train:
     assert result.returncode == 0, result.stderr
     loss = json.loads(result.stdout.strip().splitlines()[-1])["validation_loss"]
     assert loss < 2.0 < math.log(512)  # pretrained (about 1.3-1.6 on these stories), not a fresh model (6.2)
+
+
+def test_explain_a_causal_lm_next_token(stories260k, tmp_path):
+    out = tmp_path / "explain"
+    text = "Once upon a time, there was a little girl named Lily. She loved to play with her"
+    result = run("explain", str(stories260k), "--text", text, "--out", str(out), "--steps", "32")
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.splitlines()[0])
+    assert line["target"].startswith("next token") and 0 < line["probability"] <= 1
+    [scores] = json.loads((out / "explain.json").read_text())
+    assert len(scores["attention"]) == 5 and len(scores["attention"][0]) == 8  # stories260K: 5 layers, 8 heads
+    assert "Lily." in scores["words"]
+    assert abs(scores["attributions"]["ig"]["convergence_delta"]) < 0.05
+    assert "base_model" not in scores or not scores["base_model"]  # an imported checkpoint has no base to load
+    dom = rendered_dom(out / "explain.html", tmp_path)
+    assert 'data-ready="1"' in dom
+    chosen = run("explain", str(stories260k), "--text", text, "--target", "\u2581the", "--no-checks", "--no-png",
+                 "--out", str(tmp_path / "toys"))
+    assert chosen.returncode == 0 and json.loads(chosen.stdout.splitlines()[0])["target"] == "next token '\u2581the'"
+    bad = run("explain", str(stories260k), "--text", text, "--target", "no such token", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "not a token of this model's vocabulary" in bad.stderr

@@ -41,11 +41,12 @@ def test_imported_tokenizer_encodes_and_decodes_as_llama2c(tokenizer):
 
     pieces = read_pieces(STORIES260K / "tok512.bin", 512)
     stories = split_documents(TINYSTORIES.read_text(encoding="utf-8"))[0][:40]
-    odd = 'Tom said: "Wow — 3½ cakes!" 😀\nThe end.'
-    for text in [*stories, odd]:
+    odd = ['Tom said: "Wow — 3½ cakes!" 😀\nThe end.', "  two  spaces\n new line"]
+    for text in [*stories, *odd]:
         ids = tokenizer(text)["input_ids"]
         assert ids == _llama2c_encode(text, pieces)
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert tokenizer("Tom had a dog.").word_ids() == [None, 0, 0, 1, 2, 3, 3, 3]  # words, for explanations
 
 
 def test_sft_targets_are_the_responses_only(tokenizer):

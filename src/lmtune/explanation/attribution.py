@@ -60,7 +60,8 @@ def encode(tokenizer: Any, text: str, max_length: int, pair: str | None = None) 
     for index, positions in spans.items():
         source = text if sequence[positions[0]] == 0 else pair
         start, end = offsets[positions[0]][0], offsets[positions[-1]][1]
-        words[index] = source[start:end]
+        span = source[start:end]
+        words[index] = span.strip() or span  # sentencepiece/byte-level pieces carry the space before a word
     tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"][0].tolist())
     return Example(text, dict(encoded), tokens, word_of, words, sequence)
 

@@ -85,7 +85,7 @@ class Explainer:
         self._targets_for = TARGETS.get(run.config.task)
         self._random_model = None
         self._base_model = None
-        self.compare_base = compare_base
+        self.compare_base = compare_base and self._base_source() is not None
 
     def explain(self, text: str, pair: str | None = None, target: str | None = None) -> Explanation:
         """The explanation of the prediction for ``text`` (the first one, for tasks that explain several)."""
@@ -100,7 +100,7 @@ class Explainer:
         attention = attention_weights(self.model, example.features).cpu()
         flow = rollout(attention)
         results = []
-        for chosen in self._targets_for(self.run.task, outputs, target, example):
+        for chosen in self._targets_for(self.run.task, outputs, target, example, self.run.tokenizer):
             result = Explanation(text, example.tokens, example.words, example.word_of, chosen.predicted, chosen.name,
                                  float(chosen.score(outputs)[0]), attention, flow)
             for method in self.methods:
@@ -133,13 +133,28 @@ class Explainer:
     def base_model(self) -> Any:
         """The model the run started from, with a freshly initialised (seeded) task head."""
         if self._base_model is None:
-            from lmtune.models import from_hub_or_local, resolve_model
+            from lmtune.models import from_hub_or_local
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.run.config.train.seed)
-                model = from_hub_or_local(self.run.task.build_model, resolve_model(self.run.config.model))
+                model = from_hub_or_local(self.run.task.build_model, self._base_source())
             self._base_model = model.float().eval().to(self._device)
         return self._base_model
+
+    def _base_source(self) -> str | None:
+        """Where the run's starting model loads from (a scratch model: its config, so a seeded random
+        initialisation); None when it cannot be loaded (an imported checkpoint)."""
+        from lmtune import scratch
+        from lmtune.errors import LmtuneError
+        from lmtune.models import resolve_model
+
+        if scratch.is_scratch(self.run.config.model):
+            base = self.run.run_dir / scratch.BASE
+            return str(base) if base.is_dir() else None
+        try:
+            return resolve_model(self.run.config.model)
+        except LmtuneError:
+            return None
 
     def _before_after(self, example: Example, target: Any, attention: torch.Tensor,
                       attributions: dict[str, list[float]]) -> dict[str, Any]:
@@ -154,7 +169,9 @@ class Explainer:
         return {"probability": round(probability, 6),
                 "attention_change_per_layer": [round(float(c), 4) for c in change],
                 "attribution_rank_correlation": correlations,
-                "note": "the base model's classification head is untrained (freshly initialised, seeded)"}
+                "note": "the base model's classification head is untrained (freshly initialised, seeded)"
+                if self.run.config.task == "classification" else
+                "the model the run started from (a scratch model: its seeded random initialisation)"}
 
 
 def _content_correlation(example: Example, a: list[float], b: list[float]) -> float:

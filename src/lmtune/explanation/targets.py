@@ -1,9 +1,9 @@
 """What is explained, per task: the scalar outputs attributions are taken with respect to.
 
 Classification explains a class probability; QA explains the probability of the answer's start
-token and, separately, of its end token. Other tasks plug in here (causal LM: the next token's
-probability) without touching the attribution or attention code. A target function returns the
-targets of one input, given the model's output for it.
+token and, separately, of its end token; a causal LM, the probability of the token it puts next.
+Other tasks plug in here without touching the attribution or attention code. A target function returns the
+targets of one input, given the model's output for it (and the tokenizer, to name tokens).
 """
 
 from __future__ import annotations
@@ -46,7 +46,38 @@ class PositionProbability:
         return logits.float().softmax(-1)[:, self.index]
 
 
-def classification_targets(task: Any, outputs: Any, label: str | None, example: Any) -> list[ClassProbability]:
+@dataclass
+class NextTokenProbability:
+    """A causal LM's probability of one token coming next, after the whole input."""
+
+    index: int
+    name: str
+    predicted: str
+    deletable: bool = True
+
+    def score(self, outputs: Any) -> torch.Tensor:
+        return outputs.logits[:, -1].float().softmax(-1)[:, self.index]
+
+
+def next_token_targets(task: Any, outputs: Any, label: str | None, example: Any,
+                       tokenizer: Any) -> list[NextTokenProbability]:
+    """The next token: the most likely one, or ``label`` (one token as the tokenizer writes it, e.g. "▁girl")."""
+    best = int(outputs.logits[0, -1].argmax())
+    predicted = tokenizer.convert_ids_to_tokens(best)
+    if label is None:
+        index = best
+    elif label in tokenizer.get_vocab():
+        index = tokenizer.get_vocab()[label]
+    else:
+        from lmtune.errors import LmtuneError
+
+        raise LmtuneError(f"--target: {label!r} is not a token of this model's vocabulary; give one token as the "
+                          "tokenizer writes it (with its leading-space marker, e.g. ▁girl or Ġgirl)")
+    return [NextTokenProbability(index, f"next token {tokenizer.convert_ids_to_tokens(index)!r}", predicted)]
+
+
+def classification_targets(task: Any, outputs: Any, label: str | None, example: Any,
+                           tokenizer: Any = None) -> list[ClassProbability]:
     """The class to explain: ``label`` when given, else the predicted one."""
     logits = outputs.logits
     names = [str(x) for x in task.labels]
@@ -62,7 +93,8 @@ def classification_targets(task: Any, outputs: Any, label: str | None, example: 
     return [ClassProbability(index, names[index], predicted)]
 
 
-def qa_targets(task: Any, outputs: Any, label: str | None, example: Any) -> list[PositionProbability]:
+def qa_targets(task: Any, outputs: Any, label: str | None, example: Any,
+               tokenizer: Any = None) -> list[PositionProbability]:
     """The predicted answer's start and end tokens (best valid span in the context), each explained."""
     context = [i for i, s in enumerate(example.sequence) if s == 1]
     start_logits, end_logits = outputs.start_logits[0].float(), outputs.end_logits[0].float()
@@ -81,3 +113,4 @@ def qa_targets(task: Any, outputs: Any, label: str | None, example: Any) -> list
 TARGETS: Registry = Registry("explainable task")
 TARGETS.register("classification")(classification_targets)
 TARGETS.register("qa")(qa_targets)
+TARGETS.register("causal_lm")(next_token_targets)
