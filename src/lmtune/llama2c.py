@@ -14,7 +14,10 @@ score of the merged piece, with byte fallback; that is BPE with merges ranked by
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,10 +189,6 @@ def import_llama2c(path: str | Path, out: str | Path) -> Path:
     The run directory is a finished ``causal_lm`` run: ``eval``, ``generate`` and a config's ``model:``
     accept it. It is written to a temporary folder and renamed, so a failed import leaves nothing.
     """
-    import os
-    import shutil
-    import tempfile
-
     from lmtune import rundir
     from lmtune.config import RunConfig
     from lmtune.config.schema import DataConfig, TrainConfig

@@ -166,7 +166,7 @@ def _batch_examples(cfg: RunConfig, task: Any, table: Table, examples: list[dict
     if hasattr(task, "training_batches"):
         if cfg.augmentation.methods:
             raise LmtuneError(f"augmentation.methods: task {cfg.task!r} does not support text augmentation")
-        return task.training_batches(examples, tokenizer, cfg.train.seed)
+        return task.training_batches(examples, tokenizer)
     if not cfg.augmentation.methods:
         return None
     if not getattr(task, "augmentable", False):

@@ -46,14 +46,8 @@ class PositionProbability:
         return logits.float().softmax(-1)[:, self.index]
 
 
-@dataclass
-class NextTokenProbability:
-    """A causal LM's probability of one token coming next, after the whole input."""
-
-    index: int
-    name: str
-    predicted: str
-    deletable: bool = True
+class NextTokenProbability(ClassProbability):
+    """A causal LM's probability of one token (its "class") coming next, after the whole input."""
 
     def score(self, outputs: Any) -> torch.Tensor:
         return outputs.logits[:, -1].float().softmax(-1)[:, self.index]

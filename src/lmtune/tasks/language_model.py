@@ -50,21 +50,19 @@ class TokenTask:
     def state(self) -> dict[str, Any]:
         return {}
 
-    def aligned(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.shift:
-            return logits[:, :-1], labels[:, 1:]
-        return logits, labels
+    def targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """The token each position must predict (IGNORE: none). Causal: the labels move one step left, which is
+        cheaper than slicing the (tokens × vocabulary) logits."""
+        return F.pad(labels[:, 1:], (0, 1), value=IGNORE) if self.shift else labels
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
-        """Mean NLL per target token. Causal: the labels move one step left (cheaper than slicing the logits)."""
-        logits, labels = outputs.logits, batch["labels"]
-        if self.shift:
-            labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        """Mean NLL per target token."""
+        logits, labels = outputs.logits, self.targets(batch["labels"])
         return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), label_smoothing)
 
     def token_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(summed NLL, target count, correct top-1 count), each (batch,)."""
-        logits, labels = self.aligned(outputs.logits, batch["labels"])
+        logits, labels = outputs.logits, self.targets(batch["labels"])
         targets = labels != IGNORE
         chosen = logits[targets].float()
         nll = F.cross_entropy(chosen, labels[targets], reduction="none")

@@ -8,6 +8,7 @@ given all the others) on up to ``lm.pseudo_perplexity_samples`` validation examp
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from lmtune.errors import DataError, LmtuneError
 from lmtune.tasks.base import TASKS
 from lmtune.tasks.language_model import TokenTask
 
+log = logging.getLogger("lmtune")
 VALIDATION_EPOCH = -1
 """The masking 'epoch' of encoded examples: fixed, for validation and the training sample."""
 
@@ -60,9 +62,7 @@ class MaskedLM(TokenTask):
         model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True, **kwargs)
         new_head = [k for k in info.get("missing_keys", ()) if not k.startswith(model.base_model_prefix + ".")]
         if new_head:
-            import logging
-
-            logging.getLogger("lmtune").warning(
+            log.warning(
                 "model: %s has no masked-LM head (%d new tensors, e.g. %s); it starts random, so expect a "
                 "validation loss near ln(vocabulary) at first", source, len(new_head), sorted(new_head)[0])
         return model
@@ -101,7 +101,7 @@ class MaskedLM(TokenTask):
 
         return masked
 
-    def training_batches(self, examples: list[dict], tokenizer: Any, seed: int) -> Callable[[int, list[int]], list]:
+    def training_batches(self, examples: list[dict], tokenizer: Any) -> Callable[[int, list[int]], list]:
         """(epoch, indices) → the batch's examples, masked afresh for this epoch."""
         masked = self._masker(tokenizer)
         return lambda epoch, indices: [masked(examples[i], epoch, i) for i in indices]

@@ -12,6 +12,7 @@ tokens of a prompt at prediction time are exactly the context tokens seen in tra
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from lmtune.errors import DataError, LmtuneError
 from lmtune.tasks.base import TASKS
 from lmtune.tasks.language_model import IGNORE, TokenTask, load_causal_lm
 
+log = logging.getLogger("lmtune")
 MESSAGES = "messages"
 INPUT = "input"
 """Optional column of extra input appended to the instruction (Alpaca's layout)."""
@@ -150,9 +152,7 @@ class InstructionTuning(TokenTask):
                 continue
             examples.append({"input_ids": ids, "labels": labels, "row": i})
         if dropped:
-            import logging
-
-            logging.getLogger("lmtune").warning("%s: %d rows have no response left within train.max_length=%d; "
+            log.warning("%s: %d rows have no response left within train.max_length=%d; "
                                                 "they are skipped", table.source, dropped, max_length)
         if not examples:
             raise DataError(f"{table.source}: no row has response tokens within train.max_length={max_length}")
