@@ -20,3 +20,17 @@ class ConfigError(LmtuneError):
 
 class DataError(LmtuneError):
     """A data file is missing, unreadable or does not have the expected shape."""
+
+
+class Stopped(LmtuneError):
+    """Training stopped on a signal (SIGTERM) after writing a checkpoint; the same command resumes it.
+
+    The CLI exits with 128 + the signal number, as a process killed by it would.
+    """
+
+    def __init__(self, signum: int, step: int):
+        import signal
+
+        self.signum, self.step = signum, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step} (checkpoint step-{step} "
+                         "written); run the same command again to resume")

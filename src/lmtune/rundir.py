@@ -13,13 +13,16 @@ from typing import Any
 import yaml
 
 from lmtune.config import RunConfig, config_to_dict, load_config
-from lmtune.errors import LmtuneError
+from lmtune.errors import ConfigError, LmtuneError
+from lmtune.integrity import FileCheckError, check_model_dir, read_json_object, read_yaml
+from lmtune.runlock import LOCK_FILE
 
 CONFIG = "config.yaml"
 TASK = "task.json"
 VERSIONS = "versions.json"
 FINAL_METRICS = "metrics.json"
 MODEL = "model"
+_MODEL_TMP = ".model-"
 
 RESUMABLE_CHANGES = {"train.threads", "train.log_every", "train.eval_batch_size", "output"}
 """Keys that may differ when a run is resumed: they change speed or logging, not the result."""
@@ -34,16 +37,23 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[Path, bool]:
     Raises:
         LmtuneError: not writable, not an lmtune run, or a run of an incompatible config.
     """
-    run_dir = Path(cfg.output)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise LmtuneError(f"output: {run_dir} exists and is not a directory")
+    run_dir = check_output(cfg)
     if (run_dir / CONFIG).is_file():
         _check_compatible(run_dir, cfg)
         return run_dir, (run_dir / FINAL_METRICS).is_file() and (run_dir / MODEL).is_dir()
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise LmtuneError(f"output: {run_dir} is not empty and is not an lmtune run directory; choose another output")
-    _check_writable(run_dir)
     return run_dir, False
+
+
+def check_output(cfg: RunConfig) -> Path:
+    """The run directory, once it is known that it is (or can be created as) a directory."""
+    run_dir = Path(cfg.output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LmtuneError(f"output: {run_dir} exists and is not a directory")
+    if not run_dir.exists():
+        _check_writable(run_dir)
+    return run_dir
 
 
 def write_header(run_dir: Path, cfg: RunConfig, task_state: dict[str, Any]) -> None:
@@ -60,20 +70,30 @@ def write_header(run_dir: Path, cfg: RunConfig, task_state: dict[str, Any]) -> N
 def read_run(run_dir: str | Path, finished: bool = True) -> tuple[Path, RunConfig, dict[str, Any]]:
     """(run directory, its config, its task state) for a (``finished``) run; a clear error otherwise."""
     path = Path(run_dir)
-    if not (path / CONFIG).is_file() or not (path / TASK).is_file():
+    if not path.is_dir() or not (path / CONFIG).exists():
         raise LmtuneError(f"{path}: not an lmtune run directory (no {CONFIG})")
-    if finished and not any((path / MODEL / name).is_file() for name in ("config.json", "adapter_config.json")):
+    saved = read_yaml(path / CONFIG, "the run's resolved config")
+    task_state = read_json_object(path / TASK, "the run's task state")
+    if finished and not (path / MODEL).exists():
         raise LmtuneError(f"{path}: the run has no final model yet ({MODEL}/); finish it with `lmtune train`")
-    cfg = load_config(_upgrade(yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))))
-    task_state = json.loads((path / TASK).read_text(encoding="utf-8"))
+    if finished:
+        check_model_dir(path / MODEL, "run's model")
+    try:
+        cfg = load_config(_upgrade(saved))
+    except ConfigError as err:
+        raise FileCheckError(path / CONFIG, f"not a valid run config ({'; '.join(err.problems)})") from None
     return path, cfg, task_state
 
 
 def save_model_atomic(run_dir: Path, save: Any) -> Path:
     """Call ``save(tmp_dir)`` and publish the result as ``RUN/model`` in one rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=_MODEL_TMP, dir=run_dir))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model is as readable as the rest of the run
-    save(tmp)
+    try:
+        save(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final = run_dir / MODEL
     if final.exists():
         shutil.rmtree(final)
@@ -81,10 +101,26 @@ def save_model_atomic(run_dir: Path, save: Any) -> Path:
     return final
 
 
+def remove_partial_model(run_dir: Path) -> None:
+    """Delete final-model folders a killed process left half-written (never published, never read)."""
+    for path in run_dir.glob(f"{_MODEL_TMP}*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Replace ``path`` in one rename: a reader sees the old file or the new one, never a part (the
+    temporary name is unique, so two writers of one file cannot mix their halves)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def library_versions() -> dict[str, str]:
@@ -100,10 +136,7 @@ def library_versions() -> dict[str, str]:
 
 
 def _check_compatible(run_dir: Path, cfg: RunConfig) -> None:
-    try:
-        saved = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise LmtuneError(f"{run_dir / CONFIG}: unreadable ({err}); choose another output") from None
+    saved = read_yaml(run_dir / CONFIG, "the run's resolved config")
     diffs = [
         f"{key}: {old!r} → {new!r}"
         for key, old, new in _diff(_upgrade(saved), config_to_dict(cfg))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from lmtune.config import DataConfig, RunConfig, load_config
 from lmtune.data import Table, read_table
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import evaluate_examples, forward_all
+from lmtune.integrity import read_json_object
 from lmtune.models import from_hub_or_local, load_tokenizer, resolve_model
+from lmtune.runlock import RunLock
 from lmtune.strategies import anatomy, directory_size, trainable_parameters
 from lmtune.strategies.lora import is_adapter_dir, load_adapter_model, merge_adapter
 from lmtune.tasks import TASKS
@@ -46,10 +49,19 @@ def train(
         show_diagnosis: log the run's diagnosis at the end (it is written to RUN/diagnosis.json either way).
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    run_dir = rundir.check_output(cfg)
+    # one writer per run directory; under torchrun the first process holds the lock for the whole job
+    with RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+        return _train_locked(cfg, on_eval, show_diagnosis)
+
+
+def _train_locked(cfg: RunConfig, on_eval: Callable[[int, dict], None] | None,
+                  show_diagnosis: bool) -> dict[str, Any]:
     run_dir, finished = rundir.prepare_run_dir(cfg)
     if finished:
         log.info("%s already holds this finished run; nothing to do", run_dir)
-        return json.loads((run_dir / rundir.FINAL_METRICS).read_text())
+        return read_json_object(run_dir / rundir.FINAL_METRICS, "the run's final metrics")
+    rundir.remove_partial_model(run_dir)
     task = make_task(cfg)
     watch = watched_metric(cfg, task)
     if watch not in task.metric_names:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.errors import LmtuneError
+from lmtune.integrity import check_model_dir
 
 PREFIX = "scratch:"
 BASE = "base"
@@ -64,7 +65,8 @@ def prepare_base(spec: str, texts: Iterable[str], vocab_size: int, block_size: i
     size = size_of(spec)
     if block_size > size.context:
         raise LmtuneError(f"train.max_length: {block_size} is longer than the context of {spec} ({size.context})")
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+    if out.exists():  # a resumed run keeps the tokenizer its checkpoints were trained with
+        check_model_dir(out, "scratch model's base (config and tokenizer)", needs_weights=False)
         return out
     tokenizer = train_tokenizer(texts, vocab_size)
     out.parent.mkdir(parents=True, exist_ok=True)

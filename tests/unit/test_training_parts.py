@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -60,13 +61,24 @@ def test_warmup_then_linear_decay_to_zero():
     assert scheduler.get_last_lr()[0] == 0.0
 
 
-def test_latest_checkpoint_ignores_partial_writes_and_rotation_keeps_best(tmp_path):
+def test_resume_point_ignores_partial_writes_skips_damage_and_rotation_keeps_best(tmp_path):
+    from lmtune.integrity import write_manifest
+    from lmtune.training.checkpoint import remove_partial, resume_point
+
     root = tmp_path / "checkpoints"
     for step in (10, 20, 30, 40):
         (root / f"step-{step}").mkdir(parents=True)
         (root / f"step-{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+        write_manifest(root / f"step-{step}")
     (root / ".tmp-step-50").mkdir()  # killed mid-write
-    (root / "step-60").mkdir()  # no state file: incomplete
+    (root / "step-60").mkdir()  # published, then its files were lost
+    warnings = []
+    assert resume_point(tmp_path, warnings.append).name == "step-40"
+    assert warnings == [f"checkpoint step-60 is damaged ({root / 'step-60' / STATE_FILE}: missing from the "
+                        "checkpoint); skipping it"]
+    remove_partial(tmp_path)
+    assert not (root / ".tmp-step-50").exists()
+    shutil.rmtree(root / "step-60")
     assert latest_checkpoint(tmp_path).name == "step-40"
     _rotate(tmp_path, keep=2, best_step=10)
     assert sorted(p.name for p in root.glob("step-*") if (p / STATE_FILE).exists()) == ["step-10", "step-30", "step-40"]

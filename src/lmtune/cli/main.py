@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-from lmtune.errors import LmtuneError
+from lmtune.errors import LmtuneError, Stopped
 
 EXIT_USAGE = 2
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
+"""Write failures the user must fix (disk full, quota, read-only, permissions): one line, not a traceback."""
 
 
 def _train(args: argparse.Namespace) -> int:
     from lmtune import runs
+    from lmtune.training import interrupt
 
+    interrupt.install()
     metrics = runs.train(args.config, args.overrides)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary line, not one per process
         sys.stdout.write(json.dumps(_headline(metrics)) + "\n")
@@ -268,10 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="lmtune: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
+    except Stopped as stop:  # SIGTERM during training, checkpoint written
+        sys.stderr.write(f"lmtune: {stop}\n")
+        return 128 + stop.signum
     except LmtuneError as err:
         if args.debug:
             raise
         sys.stderr.write(f"lmtune: error: {err}\n")
+        return EXIT_USAGE
+    except OSError as err:
+        if args.debug or err.errno not in _DISK_ERRORS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        sys.stderr.write(f"lmtune: error: {where}{err.strerror}; fix that and run the same command again "
+                         "(a training run resumes from its last checkpoint)\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("lmtune: interrupted; run the same command again to resume\n")

@@ -29,11 +29,10 @@ def tokenize_table(
     key = _cache_key(table, tokenizer, text, text_pair, max_length)
     path = cache_dir() / "tokenized" / f"{key}.pkl"
     if path.is_file():
-        try:
-            with path.open("rb") as handle:
-                return pickle.load(handle)
-        except (OSError, pickle.UnpicklingError, EOFError):
-            pass  # a damaged cache entry is rebuilt below
+        cached = _read_cached(path)
+        if isinstance(cached, dict) and len(cached.get("input_ids", ())) == len(table):
+            return cached
+        # a damaged cache entry is rebuilt below
     firsts = table.texts(text)
     seconds = table.texts(text_pair) if text_pair else None
     encoded = tokenizer(firsts, seconds, truncation=True, max_length=max_length)
@@ -42,6 +41,16 @@ def tokenize_table(
         result["token_type_ids"] = encoded["token_type_ids"]
     _write_atomic(path, result)
     return result
+
+
+def _read_cached(path: Path) -> Any:
+    """The cached value, or None when the entry cannot be read (unpickling damaged bytes raises almost any
+    exception type, and a cache must never fail a run)."""
+    try:
+        with path.open("rb") as handle:
+            return pickle.load(handle)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _cache_key(table: Table, tokenizer: Any, text: str, text_pair: str | None, max_length: int) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from lmtune.config import RunConfig
 from lmtune.data import Table
 from lmtune.diagnosis.findings import Finding, Suggestion
+from lmtune.integrity import read_json_object
 
 IMBALANCE_RATIO = 4.0
 """The most frequent class this many times the least frequent one is an imbalance worth naming."""
@@ -122,7 +122,7 @@ def _label_noise(run_dir: Path, train: Table, text: str, label: str) -> Finding 
     sample_file = run_dir / "train_sample.json"
     if len(losses) < 2 or not sample_file.is_file():
         return None
-    indices = json.loads(sample_file.read_text())["indices"]
+    indices = read_json_object(sample_file, "the training sample's indices", ["indices"])["indices"]
     later = losses[len(losses) // 2:]
     if any(len(row) != len(indices) for row in later):
         return None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune import rundir
+from lmtune.integrity import read_json_object
 
 FRACTIONS = (0.1, 0.3, 1.0)
 STILL_HELPS = 0.005
@@ -64,7 +65,7 @@ def data_curve(run_dir: str | Path, fractions: tuple[float, ...] = FRACTIONS) ->
     points = []
     for fraction in sorted(set(fractions)):
         if fraction >= 1.0 and cfg.data.train_fraction == 1.0:
-            out, metrics = path, json.loads((path / rundir.FINAL_METRICS).read_text(encoding="utf-8"))
+            out, metrics = path, read_json_object(path / rundir.FINAL_METRICS, "the run's final metrics")
         else:
             out = path / "data-curve" / f"p{round(fraction * 100):02d}"
             data = dataclasses.replace(cfg.data, train_fraction=fraction * cfg.data.train_fraction)

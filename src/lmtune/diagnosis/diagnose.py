@@ -10,6 +10,7 @@ from lmtune.diagnosis.data_checks import data_findings
 from lmtune.diagnosis.dynamics import Curves, assess
 from lmtune.diagnosis.findings import Diagnosis, Finding
 from lmtune.errors import LmtuneError
+from lmtune.integrity import read_json_object
 from lmtune.tasks import TASKS
 from lmtune.training.tracking import read_log
 
@@ -27,7 +28,7 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
     path, cfg, task_state = rundir.read_run(run_dir, finished=False)
     task = TASKS.get(cfg.task).from_state(task_state)
     final_file = path / rundir.FINAL_METRICS
-    final = json.loads(final_file.read_text(encoding="utf-8")) if final_file.is_file() else None
+    final = read_json_object(final_file, "the run's final metrics") if final_file.exists() else None
     watch = watched_metric(cfg, task)
     state = assess(Curves.from_log(read_log(path)), cfg, watch, cfg.early_stopping.maximize(task.greater_is_better),
                    final)

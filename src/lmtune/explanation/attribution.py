@@ -87,13 +87,11 @@ def integrated_gradients(model: Any, example: Example, score: Score, baseline_id
     The delta is how far the scores' sum is from score(input) - score(baseline): near 0 means the
     path integral was approximated well enough (more ``steps`` otherwise).
     """
-    try:
-        from captum.attr import LayerIntegratedGradients
-    except ImportError:
-        from lmtune.errors import LmtuneError
+    from lmtune.extras import require
 
-        raise LmtuneError("--method ig: Integrated Gradients needs Captum: pip install 'lmtune[explain]' "
-                          "(gradxinput and occlusion work without it)") from None
+    require("captum", "--method ig: Integrated Gradients (gradxinput and occlusion work without it)",
+            extra="explain")
+    from captum.attr import LayerIntegratedGradients
 
     features = example.features
     ids = features["input_ids"]

@@ -31,12 +31,11 @@ def plot_window(explanation: Explanation) -> list[int]:
 
 def write_pngs(explanation: Explanation, out: Path, stem: str) -> list[Path]:
     """heads grid, per-layer means + rollout, and attribution highlights, as PNG files under ``out``."""
-    try:
-        import matplotlib
-    except ImportError:
-        from lmtune.errors import LmtuneError
+    from lmtune.extras import require
 
-        raise LmtuneError("explain: PNG output needs matplotlib: pip install 'lmtune[explain]' (or --no-png)") from None
+    require("matplotlib", "explain: PNG pictures (or --no-png)", extra="explain")
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

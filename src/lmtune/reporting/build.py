@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Callable
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from lmtune import rundir
+from lmtune.integrity import FileCheckError, read_json, read_json_object
 from lmtune.reporting.svg import line_chart
 from lmtune.training.tracking import read_log
+
+log = logging.getLogger("lmtune")
 
 REPORT = "report.html"
 WORST_EXAMPLES = 10
@@ -35,6 +38,8 @@ class Context:
         self.final = _json(self.path / rundir.FINAL_METRICS) or {}
         self.versions = _json(self.path / rundir.VERSIONS) or {}
         self._run: Any = None
+        self.diagnosis: Any = None
+        """The run's `Diagnosis` (read or made by `write_report`)."""
         self._predictions: Any = False
 
     @property
@@ -74,8 +79,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     from lmtune.diagnosis import DIAGNOSIS, diagnose
 
     context = Context(Path(run_dir))
-    if not (context.path / DIAGNOSIS).is_file():
-        diagnose(context.path)
+    try:
+        context.diagnosis = _read_diagnosis(context.path / DIAGNOSIS)
+    except FileCheckError as err:  # derived from the run's own files, so made again rather than refused
+        if context.path.joinpath(DIAGNOSIS).exists():
+            log.warning("%s; diagnosing the run again", err)
+        context.diagnosis = diagnose(context.path)
     body = []
     for title, section in SECTIONS:
         html = section(context)
@@ -129,9 +138,7 @@ def _second_metric(c: Context, series: Any) -> str:
 
 
 def _diagnosis(c: Context) -> str:
-    from lmtune.diagnosis import DIAGNOSIS, Diagnosis
-
-    diagnosis = Diagnosis.from_dict(_json(c.path / DIAGNOSIS))
+    diagnosis = c.diagnosis
     parts = [f'<p class="state state-{diagnosis.state.replace(" ", "-")}">{escape(diagnosis.state)}</p>']
     for finding in diagnosis.findings:
         parts.append(f'<div class="finding"><h3>{escape(finding.title)}</h3>')
@@ -194,7 +201,7 @@ def _worst(c: Context) -> str | None:
 
 
 def _config(c: Context) -> str:
-    text = (c.path / rundir.CONFIG).read_text(encoding="utf-8")
+    text = (c.path / rundir.CONFIG).read_text(encoding="utf-8")  # checked when the run was read
     env = _table(["", ""], sorted(c.versions.items())) if c.versions else ""
     extra = [("processes", c.final.get("processes")), ("frozen-layer cache", c.final.get("cache"))]
     env += _table(["", ""], [(k, _fmt(v)) for k, v in extra if v is not None])
@@ -333,8 +340,15 @@ def _float(value: Any) -> float:
         return float("nan")
 
 
-def _json(path: Path) -> Any:
+def _read_diagnosis(path: Path) -> Any:
+    from lmtune.diagnosis import Diagnosis
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        return Diagnosis.from_dict(read_json_object(path, "a diagnosis", ["state", "findings"]))
+    except (KeyError, TypeError, AttributeError):
+        raise FileCheckError(path, "not a diagnosis written by lmtune") from None
+
+
+def _json(path: Path) -> Any:
+    """A JSON file of the run, or None when it is not there (yet); a damaged one is an error naming it."""
+    return read_json(path) if path.exists() else None

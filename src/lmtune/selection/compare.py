@@ -15,6 +15,7 @@ from typing import Any
 
 from lmtune.config import RunConfig, config_to_dict, load_config
 from lmtune.errors import LmtuneError
+from lmtune.extras import check_storage
 from lmtune.selection.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
 from lmtune.selection.space import TrialSpec, overrides_for, plan
 
@@ -51,6 +52,8 @@ def compare(
     """
     import optuna
 
+    if storage is not None:
+        check_storage(storage)  # a missing database driver is one line, before anything is written
     # heartbeats and stale-trial handling are marked experimental by Optuna; their warnings are noise here
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     root = Path(out_dir) if out_dir else Path(f"{config.output}-compare")

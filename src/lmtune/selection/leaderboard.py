@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmtune.integrity import read_json_object
 from lmtune.training.tracking import read_log
 
 NOISE_FLOOR = 0.005
@@ -153,7 +154,7 @@ def _metric_name(root: Path, rows: list[Row], rundir: Any) -> str:
 
     for row in rows:
         if row.run_dir and (Path(row.run_dir) / rundir.TASK).is_file():
-            task = json.loads((Path(row.run_dir) / rundir.TASK).read_text())["task"]
+            task = read_json_object(Path(row.run_dir) / rundir.TASK, "the run's task state", ["task"])["task"]
             return TASKS.get(task).primary_metric
     return "metric"
 

@@ -83,11 +83,12 @@ def is_adapter_dir(path: Path) -> bool:
 
 def load_adapter_model(path: Path, build_base: callable) -> torch.nn.Module:
     """The base model (built by ``build_base(base_path)``) with the saved adapter and head loaded."""
-    import json
-
     from peft import PeftModel
 
-    base_path = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    from lmtune.integrity import read_json_object
+
+    config = read_json_object(Path(path) / "adapter_config.json", "a PEFT adapter config", ["base_model_name_or_path"])
+    base_path = config["base_model_name_or_path"]
     return PeftModel.from_pretrained(build_base(base_path), str(path))
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from lmtune.config import DataConfig
 from lmtune.data import Table
 from lmtune.errors import DataError, LmtuneError
+from lmtune.extras import require
 from lmtune.tasks.base import TASKS
 
 IGNORE = -100
@@ -264,10 +265,9 @@ def _references(table: Table, index: int, data: DataConfig) -> list[str]:
 
 def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """ROUGE-1/2/L F-measure in percent (stemmed), each the best over a row's references, averaged."""
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError:
-        raise LmtuneError("summarization metrics need rouge-score: pip install rouge-score") from None
+    require("rouge_score", "summarization metrics (ROUGE)", "rouge-score")
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for prediction, refs in zip(predictions, references, strict=True):

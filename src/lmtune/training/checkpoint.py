@@ -10,11 +10,18 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmtune.errors import LmtuneError
+from lmtune.integrity import FileCheckError, check_checkpoint, read_json_object, write_manifest
+
 STATE_FILE = "trainer_state.json"
+TMP_PREFIX = ".tmp-step-"
+REQUIRED_FILES = (STATE_FILE, "optimizer.bin", "scheduler.bin", "random_states_0.pkl")
+"""Files every checkpoint has (checked on checkpoints written before manifests existed)."""
 
 
 @dataclass
@@ -69,38 +76,75 @@ def save_checkpoint(accelerator: Any, state: TrainState, run_dir: Path, keep: in
         extra_files: files copied in for reproducibility (resolved config, versions).
     """
     final = checkpoint_dir(run_dir) / f"step-{state.step}"
-    tmp = checkpoint_dir(run_dir) / f".tmp-step-{state.step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its own RNG state
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
-        for path in extra_files:
-            if path.is_file():
-                shutil.copy2(path, tmp / path.name)
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _rotate(run_dir, keep, state.best_step)
+    tmp = checkpoint_dir(run_dir) / f"{TMP_PREFIX}{state.step}"
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))  # every process writes its own RNG state
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
+            for path in extra_files:
+                if path.is_file():
+                    shutil.copy2(path, tmp / path.name)
+            write_manifest(tmp)  # last: a checkpoint whose files do not match it is damaged
+            _fsync_tree(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _rotate(run_dir, keep, state.best_step)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay as they were
+        last = latest_checkpoint(run_dir)
+        resume = f"resumes from {last.name}" if last else "starts again"
+        raise LmtuneError(f"{err.filename or tmp}: cannot write checkpoint step-{state.step} "
+                          f"({err.strerror or err}); fix that and run the same command again: the run {resume}") \
+            from err
     accelerator.wait_for_everyone()
     return final
 
 
+def resume_point(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint that is complete and undamaged; newer damaged ones are skipped with a warning."""
+    for path in sorted(_complete(run_dir), key=_step, reverse=True):
+        try:
+            check_checkpoint(path, REQUIRED_FILES)
+        except FileCheckError as err:
+            warn(f"checkpoint {path.name} is damaged ({err}); skipping it")
+            continue
+        return path
+    return None
+
+
 def load_checkpoint(accelerator: Any, path: Path) -> TrainState:
     """Restore model, optimizer, scheduler and RNG states; return the training position."""
-    accelerator.load_state(str(path))
-    return TrainState(**json.loads((path / STATE_FILE).read_text()))
+    try:
+        accelerator.load_state(str(path))
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as err:
+        raise LmtuneError(f"{path}: cannot restore this checkpoint ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); delete it to resume from an "
+                          "earlier one") from err
+    saved = read_json_object(path / STATE_FILE, "a training state", ["step", "epoch", "batch"])
+    known = {f.name for f in dataclasses.fields(TrainState)}
+    return TrainState(**{k: v for k, v in saved.items() if k in known})
+
+
+def remove_partial(run_dir: Path) -> None:
+    """Delete checkpoints that a killed process left half-written (never published, never read)."""
+    root = checkpoint_dir(run_dir)
+    if root.is_dir():
+        for path in root.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _complete(run_dir: Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file()]
+    # published by a rename, so complete when written; `resume_point` checks that they are still whole
+    return [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
 
 
 def _step(path: Path) -> int:

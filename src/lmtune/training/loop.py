@@ -15,8 +15,18 @@ import torch
 from lmtune.config import TrainConfig
 from lmtune.data import collate, epoch_batches, shard
 from lmtune.data.collate import TARGETS
+from lmtune.errors import Stopped
 from lmtune.evaluation import evaluate_examples
-from lmtune.training.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from lmtune.integrity import FileCheckError, check_checkpoint
+from lmtune.training.checkpoint import (
+    REQUIRED_FILES,
+    TrainState,
+    load_checkpoint,
+    remove_partial,
+    resume_point,
+    save_checkpoint,
+)
+from lmtune.training.interrupt import stop_requested
 from lmtune.training.optim import build_optimizer, build_scheduler
 from lmtune.training.regularizers import rdrop_loss
 from lmtune.training.tracking import EXAMPLE_LOSSES_LOG, Tracker, truncate_log
@@ -81,13 +91,10 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if getattr(inputs.task, "low_precision_logits", False):
         _keep_output_precision(model)
-    state = TrainState()
-    resume_from = latest_checkpoint(inputs.run_dir)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-        if accelerator.is_main_process:
-            truncate_log(inputs.run_dir, state.step)
+    state, resume_from, skipped = _resume(accelerator, inputs.run_dir)
     tracker = Tracker(inputs.run_dir, total, state.step, accelerator.is_main_process)
+    for warning in skipped:
+        tracker.message(warning)
     if resume_from is not None:
         tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
     lengths = [len(ex["input_ids"]) for ex in inputs.train]
@@ -131,6 +138,8 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
                 if cfg.eval_every and state.step % cfg.eval_every == 0:
                     _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
                     evaluated = True
+                if state.step < total and not state.stopped_early:
+                    _stop_if_asked(accelerator, inputs, cfg, state, evaluated)
                 if state.step >= total or state.stopped_early:
                     if state.batch == len(batches):  # the run ends exactly at an epoch's end
                         _log_epoch(tracker, state)
@@ -153,9 +162,42 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     return state
 
 
+def _resume(accelerator: Any, run_dir: Path) -> tuple[TrainState, Path | None, list[str]]:
+    """(training position, the checkpoint it came from, warnings about damaged newer checkpoints)."""
+    skipped: list[str] = []
+    if accelerator.is_main_process:
+        remove_partial(run_dir)
+    accelerator.wait_for_everyone()
+    resume_from = resume_point(run_dir, skipped.append)
+    if resume_from is None:
+        if skipped:
+            skipped.append("no undamaged checkpoint is left: training starts again from step 0")
+        state = TrainState()
+    else:
+        state = load_checkpoint(accelerator, resume_from)
+    if (resume_from is not None or skipped) and accelerator.is_main_process:
+        truncate_log(run_dir, state.step)
+    return state, resume_from, skipped
+
+
+def _stop_if_asked(accelerator: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState, saved: bool) -> None:
+    """After an optimizer step: on SIGTERM, write a checkpoint (unless this step just did) and stop."""
+    signum = stop_requested(accelerator)
+    if signum is None:
+        return
+    if not saved:
+        save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
+    raise Stopped(signum, state.step)
+
+
 def _restore(accelerator: Any, inputs: FitInputs, state: TrainState, tracker: Tracker) -> None:
     """Load the best evaluation's weights (its checkpoint is never rotated away) as the final model."""
     best = inputs.run_dir / "checkpoints" / f"step-{state.best_step}"
+    try:
+        check_checkpoint(best, REQUIRED_FILES)
+    except FileCheckError as err:
+        tracker.message(f"kept the last weights: the best evaluation's checkpoint is damaged ({err})")
+        return
     accelerator.load_state(str(best))
     state.restored_step = state.best_step
     state.last_validation_step = None  # the final metrics are those of the restored weights

@@ -95,10 +95,30 @@ def truncate_log(run_dir: Path, step: int) -> None:
 
 
 def read_log(run_dir: Path, file: str = METRICS_LOG) -> list[dict[str, Any]]:
+    """The log's records. A last line without its newline is being written (or was cut by a kill) and is
+    left out; any other line that is not a JSON object is an error naming the file and line."""
+    from lmtune.integrity import FileCheckError
+
     path = run_dir / file
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FileCheckError(path, f"not text (invalid UTF-8 at byte {err.start}); the log is damaged") from None
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise FileCheckError(f"{path}:{number}", "not a JSON object; the log is damaged")
+        records.append(record)
+    return records
 
 
 def _step_of(line: str) -> int:

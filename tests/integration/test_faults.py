@@ -1,0 +1,185 @@
+"""Fault injection on the real CLI and the bundled MiniLM: a second writer, a kill or SIGTERM mid-run, a disk
+that fills up during a checkpoint, a damaged checkpoint. Each ends in the exact one-line error or a correct
+recovery, and every interrupted run resumes to the metrics of the uninterrupted one."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmtune.cli.main import main
+from tests.conftest import REPO, lmtune_command
+
+pytestmark = pytest.mark.integration
+
+STEPS, EVERY = 8, 3  # checkpoints at steps 3, 6 and 8; the epoch has 30 batches, so every stop is mid-epoch
+
+
+def _args(sst2_slice: dict[str, Path], out: Path) -> list[str]:
+    return ["train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+            f"data.validation={sst2_slice['dev']}", f"output={out}", f"train.max_steps={STEPS}",
+            f"train.eval_every={EVERY}", "train.batch_size=8", "train.eval_train_samples=16",
+            "data.max_eval_samples=40", "train.log_every=1", "train.keep_checkpoints=3", "train.lr=1e-4"]
+
+
+def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(lmtune_command(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def _outcome(run: Path) -> tuple:
+    """What an interrupted run must reproduce: final metrics and every validation line of the log."""
+    final = json.loads((run / "metrics.json").read_text())
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    validation = [(x["step"], x["loss"], x["accuracy"]) for x in log if x["split"] == "validation"]
+    return final["step"], final["best_step"], final["validation"]["loss"], final["validation"]["accuracy"], validation
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline, f"{path} did not appear in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def race(sst2_slice, tmp_path_factory):
+    """Two `lmtune train` on one new directory, started 0.2 s apart: (run dir, [(pid, rc, stderr)])."""
+    out = tmp_path_factory.mktemp("faults") / "race"
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen(lmtune_command(*_args(sst2_slice, out)), cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        time.sleep(0.2)
+    return out, [(p.pid, p.wait(timeout=600), p.communicate()[1]) for p in procs]
+
+
+@pytest.fixture(scope="module")
+def reference(race):
+    """The outcome of the uninterrupted run (the one that won the race)."""
+    return _outcome(race[0])
+
+
+def test_second_writer_is_refused_with_the_holder_named(race):
+    run, results = race
+    (winner_pid, _, _), (_, code, stderr) = sorted(results, key=lambda r: r[1])
+    assert sorted(r[1] for r in results) == [0, 2]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"lmtune: error: output: {run} is being written by pid {winner_pid} on "
+                               f"{socket.gethostname()} (since ")
+    assert lines[0].endswith("wait for it to finish, or choose another output")
+    assert (run / "metrics.json").is_file() and (run / "model" / "model.safetensors").is_file()
+
+
+KILL_DURING_CHECKPOINT = """
+import os, signal, sys
+from lmtune.training import checkpoint
+write = checkpoint.write_manifest
+def write_and_die(directory):  # the checkpoint's files are on disk, the manifest and rename are not
+    if directory.name == ".tmp-step-{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(directory)
+checkpoint.write_manifest = write_and_die
+from lmtune.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_and_a_damaged_checkpoint(sst2_slice, tmp_path, reference):
+    run = tmp_path / "killed"
+    script = KILL_DURING_CHECKPOINT.format(step=STEPS)
+    killed = subprocess.run([sys.executable, "-c", script, *_args(sst2_slice, run)], capture_output=True, text=True,
+                            cwd=REPO, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f".tmp-step-{STEPS}", "step-3", "step-6"]
+    dead_pid = json.loads((run / ".lock").read_text())["pid"]  # the dead holder is still written in the lock
+    # the newest complete checkpoint is damaged too: one of its files is gone
+    (checkpoints / "step-6" / "random_states_0.pkl").unlink()
+
+    resumed = _run(_args(sst2_slice, run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"took over the lock of pid {dead_pid} on {socket.gethostname()}" in resumed.stderr
+    assert (f"checkpoint step-6 is damaged ({checkpoints / 'step-6' / 'random_states_0.pkl'}: missing from the "
+            "checkpoint); skipping it" in resumed.stderr)
+    assert "resumed from step-3 " in resumed.stderr
+    assert not (checkpoints / f".tmp-step-{STEPS}").exists()
+    assert _outcome(run) == reference
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes(sst2_slice, tmp_path, reference):
+    run = tmp_path / "terminated"
+    proc = subprocess.Popen(lmtune_command(*_args(sst2_slice, run)), cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(run / "checkpoints" / "step-3" / "trainer_state.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("lmtune: stopped by SIGTERM at step ") and last.endswith(
+        "written); run the same command again to resume")
+    step = int(last.split("at step ")[1].split()[0])
+    assert 3 < step < STEPS  # stopped between evaluations, mid-epoch
+    state = json.loads((run / "checkpoints" / f"step-{step}" / "trainer_state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch"]) == (step, 0, step)
+    assert not (run / "metrics.json").exists()
+
+    resumed = _run(_args(sst2_slice, run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from step-{step} (epoch 0, batch {step})" in resumed.stderr
+    assert _outcome(run) == reference
+
+
+def test_disk_full_in_the_middle_of_a_checkpoint(sst2_slice, tmp_path, capsys, monkeypatch, reference):
+    import torch
+
+    run = tmp_path / "full-disk"
+    save = torch.save
+
+    def half_then_full(obj, f, *args, **kwargs):  # writes half of the optimizer state, then the disk is full
+        if str(f).endswith(".tmp-step-6/optimizer.bin"):
+            buffer = io.BytesIO()
+            save(obj, buffer)
+            Path(f).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", half_then_full)
+    code = main(_args(sst2_slice, run))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert lines[-1] == (f"lmtune: error: {run}/checkpoints/.tmp-step-6/optimizer.bin: cannot write checkpoint "
+                         "step-6 (No space left on device); fix that and run the same command again: the run "
+                         "resumes from step-3")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3"]
+    assert not (run / "model").exists() and not (run / "metrics.json").exists()
+    monkeypatch.undo()
+
+    resumed = _run(_args(sst2_slice, run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step-3 " in resumed.stderr
+    assert _outcome(run) == reference
+
+
+def test_a_full_disk_anywhere_is_one_line(capsys, monkeypatch, tmp_path):
+    from lmtune import runs
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "metrics.jsonl"))
+
+    monkeypatch.setattr(runs, "train", full)
+    assert main(["train", str(REPO / "examples" / "sentiment.yaml")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lmtune: error: {tmp_path / 'metrics.jsonl'}: No space left on device; fix that and run the same command "
+        "again (a training run resumes from its last checkpoint)"]
