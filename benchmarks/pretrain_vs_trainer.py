@@ -38,7 +38,8 @@ def prepare_base(args: argparse.Namespace) -> Path:
     """The shared starting point: config and tokenizer (trained on the training documents), no weights."""
     from lmtune import scratch
     from lmtune.config import load_config
-    from lmtune.runs import load_tables, make_task
+    from lmtune.data.splits import load_tables
+    from lmtune.runs import make_task
 
     base = Path(args.work) / "base"
     if not base.is_dir():
@@ -51,8 +52,9 @@ def prepare_base(args: argparse.Namespace) -> Path:
 def _blocks(args: argparse.Namespace, base: Path):
     """(training blocks, validation documents, task, tokenizer) exactly as lmtune makes them."""
     from lmtune.config import load_config
+    from lmtune.data.splits import load_tables
     from lmtune.models import load_tokenizer
-    from lmtune.runs import load_tables, make_task
+    from lmtune.runs import make_task
 
     cfg = load_config(_config(args, base, Path(args.work) / "unused"))
     task = make_task(cfg)

@@ -190,3 +190,19 @@ def instructions(tmp_path_factory) -> Path:
                                        {"role": "assistant", "content": answer}]})
     out.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return out
+
+
+def untrained_run(run_dir: Path):
+    """The run's starting point as a loaded run: its base model with the task's head as training initialised it
+    (same seed), for checking that training learned something."""
+    import torch
+
+    from lmtune.inference import Run, restore_task
+    from lmtune.models import load_tokenizer, resolve_model
+    from lmtune.rundir import read_run
+
+    path, cfg, state = read_run(run_dir)
+    task = restore_task(cfg, state)
+    torch.manual_seed(cfg.train.seed)
+    source = resolve_model(cfg.model)
+    return Run(path, cfg, task, task.build_model(source).eval(), load_tokenizer(source))

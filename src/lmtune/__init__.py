@@ -17,10 +17,10 @@ def train(config, overrides=(), **options):
 
 
 def load(run_dir):
-    """Load a finished run for ``.predict([...])`` and ``.evaluate(path)``; see `lmtune.runs.load`."""
-    from lmtune import runs
+    """Load a finished run for ``.predict([...])`` and ``.evaluate(path)``; see `lmtune.inference.load`."""
+    from lmtune import inference
 
-    return runs.load(run_dir)
+    return inference.load(run_dir)
 
 
 def generate(run_dir, prompt, on_text=None, **options):
@@ -49,10 +49,10 @@ def compare(config, strategies, overrides=(), **options):
 
 
 def export(run_dir, out_dir=None, merge=False):
-    """Write a run's model as plain transformers weights (LoRA merged with ``merge``); see `lmtune.runs.export`."""
-    from lmtune import runs
+    """Write a run's model as plain transformers weights (LoRA merged with ``merge``); see `lmtune.exporting.export`."""
+    from lmtune.exporting import export as write
 
-    return runs.export(run_dir, out_dir, merge=merge)
+    return write(run_dir, out_dir, merge=merge)
 
 
 def diagnose(run_dir, data_curve=False):

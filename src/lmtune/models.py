@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,3 +79,75 @@ def load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
     return from_hub_or_local(AutoTokenizer.from_pretrained, source)
+
+
+def bare_model(model: Any) -> Any:
+    """The model inside a DistributedDataParallel (or torch.compile) wrapper, keeping accelerate's autocast."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
+
+
+@dataclass
+class LoadingReport:
+    """Parameters that loading did not take from the checkpoint: newly initialised, or re-sized (a head for
+    another label set). They must train; the user is told which in one line."""
+
+    new: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+
+    def summary(self) -> str | None:
+        """One line naming the modules, or None when every weight came from the checkpoint."""
+        parts = []
+        for kind, names in (("newly initialised", self.new), ("re-sized", self.resized)):
+            if names:
+                modules = sorted({name.rsplit(".", 1)[0] for name in names})
+                shown = ", ".join(modules[:6]) + (f" and {len(modules) - 6} more" if len(modules) > 6 else "")
+                parts.append(f"{kind}: {shown} ({len(names)} tensors)")
+        return "; ".join(parts) or None
+
+
+_REPORT: ContextVar[LoadingReport | None] = ContextVar("lmtune_loading_report", default=None)
+
+
+@contextmanager
+def loading_report() -> Iterator[LoadingReport]:
+    """Collect what the `pretrained` loads inside the block did not find in their checkpoints."""
+    report = LoadingReport()
+    token = _REPORT.set(report)
+    try:
+        yield report
+    finally:
+        _REPORT.reset(token)
+
+
+def pretrained(load: Callable[..., Any], source: str | Path, **kwargs: Any) -> Any:
+    """``load(source, **kwargs)`` (a ``from_pretrained``), recording its newly initialised and re-sized weights."""
+    model, info = load(source, output_loading_info=True, **kwargs)
+    note_new(info.get("missing_keys", ()))
+    resized = [key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys", ())]
+    report = _REPORT.get()
+    if report is not None:
+        report.resized += resized
+    return model
+
+
+def note_new(names: Iterable[str]) -> None:
+    """Record parameters a task created itself (e.g. BERT2BERT's cross-attention)."""
+    report = _REPORT.get()
+    if report is not None:
+        report.new += list(names)
+
+
+def checkpoint_keys(source: str | Path) -> set[str] | None:
+    """The tensor names in a local model directory's safetensors weights (None when not readable so)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    if not files:
+        return None
+    keys: set[str] = set()
+    for path in files:
+        with safe_open(str(path), "pt") as handle:
+            keys.update(handle.keys())
+    return keys

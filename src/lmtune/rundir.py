@@ -24,26 +24,33 @@ FINAL_METRICS = "metrics.json"
 MODEL = "model"
 _MODEL_TMP = ".model-"
 
+ABSENT_MEANT = {"early_stopping.restore_best": False, "train.eval_train_samples": 0}
+"""Settings added after the first release whose absence from a saved config means something other than
+today's default: runs written before them ended with their last weights and scored no training sample.
+Every other added setting's default is what older runs did."""
+
 RESUMABLE_CHANGES = {"train.threads", "train.log_every", "train.eval_batch_size", "output"}
 """Keys that may differ when a run is resumed: they change speed or logging, not the result."""
 
 
-def prepare_run_dir(cfg: RunConfig) -> tuple[Path, bool]:
+def prepare_run_dir(cfg: RunConfig) -> tuple[Path, bool, RunConfig]:
     """Check that the output directory can hold this run.
 
     Returns:
-        (run directory, whether it already holds a finished run of this same config).
+        (run directory, whether it already holds a finished run of this same config, the config to train
+        with: ``cfg``, or for a run written by an older lmtune, ``cfg`` with that version's behaviour for the
+        settings it did not have, see `ABSENT_MEANT`).
 
     Raises:
         LmtuneError: not writable, not an lmtune run, or a run of an incompatible config.
     """
     run_dir = check_output(cfg)
-    if (run_dir / CONFIG).is_file():
-        _check_compatible(run_dir, cfg)
-        return run_dir, (run_dir / FINAL_METRICS).is_file() and (run_dir / MODEL).is_dir()
+    if (run_dir / CONFIG).exists():
+        cfg = _check_compatible(run_dir, cfg)
+        return run_dir, (run_dir / FINAL_METRICS).is_file() and (run_dir / MODEL).is_dir(), cfg
     if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise LmtuneError(f"output: {run_dir} is not empty and is not an lmtune run directory; choose another output")
-    return run_dir, False
+    return run_dir, False, cfg
 
 
 def check_output(cfg: RunConfig) -> Path:
@@ -135,18 +142,28 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _check_compatible(run_dir: Path, cfg: RunConfig) -> None:
+def _check_compatible(run_dir: Path, cfg: RunConfig) -> RunConfig:
+    """``cfg`` as the run in ``run_dir`` was trained (legacy settings kept), or an error naming the differences."""
     saved = read_yaml(run_dir / CONFIG, "the run's resolved config")
+    upgraded = _upgrade(saved)
+    legacy = {key for key in ABSENT_MEANT if _lookup(saved, key) is _MISSING}
     diffs = [
         f"{key}: {old!r} → {new!r}"
-        for key, old, new in _diff(_upgrade(saved), config_to_dict(cfg))
-        if key not in RESUMABLE_CHANGES
+        for key, old, new in _diff(upgraded, config_to_dict(cfg))
+        if key not in RESUMABLE_CHANGES and key not in legacy
     ]
     if diffs:
         raise LmtuneError(
             f"output: {run_dir} holds a run of a different config ({'; '.join(diffs)}); "
             "it cannot be resumed with this one: choose another output or delete the directory"
         )
+    if not legacy:
+        return cfg
+    values = config_to_dict(cfg)
+    for key in legacy:
+        section, name = key.split(".")
+        values[section][name] = ABSENT_MEANT[key]
+    return load_config(values)
 
 
 def _upgrade(saved: Any) -> Any:
@@ -163,6 +180,11 @@ def _upgrade(saved: Any) -> Any:
         if old_key in saved.get(old_section, {}):
             saved.setdefault(new_section, {})[new_key] = saved[old_section].pop(old_key)
 
+    for key, value in ABSENT_MEANT.items():  # what the writer did before the setting existed
+        section, name = key.split(".")
+        if _lookup(saved, key) is _MISSING:
+            saved.setdefault(section, {})[name] = value
+
     def fill(values: dict, defaults: dict) -> dict:
         out = dict(values)
         for key, default in defaults.items():
@@ -173,6 +195,15 @@ def _upgrade(saved: Any) -> Any:
         return out
 
     return fill(saved, config_to_dict(RunConfig()))
+
+
+_MISSING = object()
+
+
+def _lookup(values: Any, key: str) -> Any:
+    section, name = key.split(".")
+    part = values.get(section) if isinstance(values, dict) else None
+    return part.get(name, _MISSING) if isinstance(part, dict) else _MISSING
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

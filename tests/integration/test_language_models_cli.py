@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -144,10 +145,25 @@ lm:
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["validation_pseudo_perplexity"] > 1 and 0 <= metrics["validation_accuracy"] <= 100
+    # a learning rate too small to move anything: the classifier's encoder must be the adapted one
     result = run("train", str(REPO / "examples" / "sst2.yaml"), f"model={adapted}",
                  f"data.train={sst2_slice['train']}", f"data.validation={sst2_slice['dev']}",
-                 f"output={tmp_path / 'cls'}", "train.max_steps=3", "train.eval_train_samples=0")
+                 f"output={tmp_path / 'cls'}", "train.max_steps=1", "train.eval_train_samples=0", "train.lr=1e-12")
     assert result.returncode == 0, result.stderr
+    from safetensors.torch import load_file
+
+    from lmtune.models import resolve_model
+
+    def encoder(path):
+        weights = load_file(str(path))
+        return {k.removeprefix("bert."): v for k, v in weights.items() if ".layer." in k}
+
+    bundled = encoder(next(Path(resolve_model("bundled:minilm")).glob("*.safetensors")))
+    mlm_encoder, cls_encoder = encoder(adapted / "model" / "model.safetensors"), encoder(
+        tmp_path / "cls" / "model" / "model.safetensors")
+    assert set(bundled) == set(mlm_encoder) == set(cls_encoder)
+    assert max((mlm_encoder[k] - bundled[k]).abs().max().item() for k in bundled) > 1e-4  # adaptation moved it
+    assert max((cls_encoder[k] - mlm_encoder[k]).abs().max().item() for k in bundled) < 1e-6  # and it was loaded
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, kill_at_checkpoint, lmtune_command
+from tests.conftest import REPO, kill_at_checkpoint, lmtune_command, untrained_run
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,10 @@ def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path)
     result = subprocess.run(lmtune_command("eval", str(whole), "--data", str(squad_slice["eval"]), "--json"),
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     metrics = json.loads(result.stdout)
-    assert metrics["f1"] == expected["validation"]["f1"] and metrics["exact_match"] >= 0
+    assert metrics["f1"] == expected["validation"]["f1"]  # eval reproduces the logged validation
+    assert metrics["exact_match"] == expected["validation"]["exact_match"]
+    untrained = untrained_run(whole).evaluate(str(squad_slice["eval"]))
+    assert metrics["f1"] > untrained["f1"] + 2 and metrics["loss"] < untrained["loss"]  # it learned
 
     rows = [json.loads(x) for x in squad_slice["eval"].read_text().splitlines()[:3]]
     result = subprocess.run(lmtune_command("predict", str(whole), "--input", str(squad_slice["eval"])),

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA, kill_at_checkpoint, lmtune_command, make_tiny_bert
+from tests.conftest import REPO, SHARED_DATA, kill_at_checkpoint, lmtune_command, make_tiny_bert, untrained_run
 
 pytestmark = pytest.mark.integration
 DIALOGSUM = SHARED_DATA / "summarization" / "dialogsum"
@@ -49,6 +49,8 @@ def test_summarization_trains_resumes_evaluates_and_predicts(slices, tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     metrics = json.loads(result.stdout)
     assert metrics["generated"] == 4 and {"rouge1", "rouge2", "rougeL"} <= set(metrics)
+    untrained = untrained_run(whole).evaluate(str(slices["test"]))
+    assert metrics["rouge1"] > untrained["rouge1"] + 2 and metrics["loss"] < untrained["loss"]  # it learned
     result = subprocess.run(lmtune_command("predict", str(whole), "--input", str(slices["test"])),
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     lines = [json.loads(x) for x in result.stdout.splitlines()]

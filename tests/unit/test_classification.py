@@ -44,7 +44,7 @@ def test_one_class_and_unknown_label_are_clear_errors():
 
 def test_predictions_are_json_ready():
     task = Classification(["neg", "pos"])
-    (pred,) = task.predictions(torch.tensor([[0.0, 2.0]]))
+    (pred,) = task.predictions([torch.tensor([0.0, 2.0])], [{"input_ids": [1]}], 1)
     assert pred["label"] == "pos" and pred["scores"]["pos"] == pytest.approx(0.880797, abs=1e-5)
 
 

@@ -24,7 +24,9 @@ def test_data_curve_trains_each_fraction_once_and_writes_its_verdict(tmp_path, c
     assert [p["fraction"] for p in curve["points"]] == [0.1, 0.3, 1.0]
     assert [p["train_rows"] for p in curve["points"]] == [7, 22, 72]
     assert (run / "data-curve" / "p10" / "model").is_dir() and (run / "data-curve" / "p30" / "model").is_dir()
-    assert curve["verdict"].startswith("more data is")
+    points = [CurvePoint(p["fraction"], p["train_rows"], p["value"], "") for p in curve["points"]]
+    gain, verdict = _judge(points, "accuracy", maximize=True)  # the verdict follows the rule on these points
+    assert curve["verdict"] == verdict and curve["gain_per_doubling"] == pytest.approx(gain, abs=1e-4)
     assert json.loads((run / "data_curve.json").read_text()) == curve
     stamp = (run / "data-curve" / "p10" / "metrics.json").stat().st_mtime_ns
     assert main(["diagnose", str(run), "--data-curve"]) == 0  # finished fractions are not retrained

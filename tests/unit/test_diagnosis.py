@@ -137,10 +137,10 @@ def test_data_problems_leaks_contradictions_imbalance_and_label_noise(tmp_path):
     assert noise.examples[0]["text"] == "Good  film 3" and noise.examples[0]["where"].endswith(":37")
 
 
-@pytest.mark.parametrize("missing", ["metrics.jsonl", "train.jsonl"])
-def test_missing_pieces_do_not_crash(tmp_path, missing):
+@pytest.mark.parametrize(("missing", "state"), [("metrics.jsonl", "unknown"), ("train.jsonl", "overfitting")])
+def test_missing_pieces_do_not_crash(tmp_path, missing, state):
     run = _run(tmp_path, OVERFIT_VAL, OVERFIT_SAMPLE)
     (run / missing if missing == "metrics.jsonl" else tmp_path / missing).unlink()
     diagnosis = diagnose(run)
-    assert diagnosis.state in ("unknown", "overfitting")
+    assert diagnosis.state == state  # no log: nothing to judge; no data: the curves still show overfitting
     assert diagnosis.text().startswith("diagnosis of")

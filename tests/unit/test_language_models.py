@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lmtune.data.corpus import DOCUMENT_SEPARATOR, document_windows, pack, split_documents
-from lmtune.data.masking import IGNORE, example_rng, mask_example
+from lmtune.data.masking import IGNORE_INDEX, example_rng, mask_example
 from lmtune.training.losses import cross_entropy
 
 
@@ -42,7 +42,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word_and_only_targets_are_lab
     for seed in range(20):
         out = mask_example(_example(), random.Random(seed), 0.5, True, mask_id=103, vocab_size=200,
                            special_ids={101, 102, 103})
-        masked = [i for i, label in enumerate(out["labels"]) if label != IGNORE]
+        masked = [i for i, label in enumerate(out["labels"]) if label != IGNORE_INDEX]
         assert masked in ([1, 2, 3], [4])  # a whole word, never part of one, never [CLS]/[SEP]
         assert all(out["labels"][i] == _example()["tokens"][i] for i in masked)
         assert all(out["input_ids"][i] == _example()["tokens"][i] for i in range(6) if i not in masked)

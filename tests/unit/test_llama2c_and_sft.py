@@ -6,7 +6,7 @@ import pytest
 
 from lmtune.config import DataConfig
 from lmtune.data.sources import Table
-from lmtune.tasks.language_model import IGNORE
+from lmtune.tasks.language_model import IGNORE_INDEX
 from lmtune.tasks.sft import InstructionTuning
 from tests.conftest import STORIES260K, TINYSTORIES
 
@@ -58,14 +58,14 @@ def test_sft_targets_are_the_responses_only(tokenizer):
     data = DataConfig(train="x", **InstructionTuning.default_columns)
     (example,) = task.encode(table, tokenizer, data, max_length=256)
     ids, labels = example["input_ids"], example["labels"]
-    targets = [t for t, label in zip(ids, labels, strict=True) if label != IGNORE]
+    targets = [t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
     eos = tokenizer.eos_token_id
     # exactly the two answers, each closed by EOS; no prompt token is a target
     answers = [part.strip() for part in tokenizer.decode(targets).split(tokenizer.eos_token)]
     assert answers == ["A cat.", "A dog.", ""]
-    assert targets.count(eos) == 2 and all(label in (IGNORE, t) for t, label in zip(ids, labels, strict=True))
+    assert targets.count(eos) == 2 and all(label in (IGNORE_INDEX, t) for t, label in zip(ids, labels, strict=True))
     # the prompt at prediction time is exactly the context the first answer was learned in
-    first_answer = next(i for i, label in enumerate(labels) if label != IGNORE)
+    first_answer = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
     assert task.prompt_ids(table.rows[0]["messages"][:2], tokenizer) == ids[:first_answer]
 
 

@@ -74,18 +74,18 @@ def test_postprocessing_picks_the_best_valid_span_across_windows(tokenizer):
     scores[paris, 0] = scores[paris, 1] = 5.0
     scores[lyon, 0], scores[lyon + 4, 1] = 9.0, 9.0  # higher, but 5 tokens long: too long to be chosen
     scores[0] = 0.0  # [CLS]
-    [prediction] = task.predict_outputs([scores], [feature], rows=1)
+    [prediction] = task.predictions([scores], [feature], rows=1)
     assert prediction["answer"] == "Paris" and (prediction["start"], prediction["end"]) == (0, 5)
     second = dict(feature)
     better = scores.clone()
     better[lyon, 1] = 12.0  # a one-token span "Lyon" in another window of the same question wins
-    [prediction] = task.predict_outputs([scores, better], [feature, second], rows=1)
+    [prediction] = task.predictions([scores, better], [feature, second], rows=1)
     assert prediction["answer"] == "Lyon"
-    metrics = task.evaluate_outputs([scores], [feature])
+    metrics = task.aggregate([scores], [feature])
     assert metrics["exact_match"] == 100.0 and metrics["f1"] == 100.0 and metrics["loss"] > 0
     task.options["allow_no_answer"] = True
     scores[0] = 20.0  # [CLS] scores above every span: no answer
-    assert task.predict_outputs([scores], [feature], rows=1)[0]["answer"] == ""
+    assert task.predictions([scores], [feature], rows=1)[0]["answer"] == ""
 
 
 def test_bad_answers_name_the_row():

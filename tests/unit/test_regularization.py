@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lmtune
-from lmtune.runs import load_tables
+from lmtune.data.splits import load_tables
 from lmtune.tasks.classification import Classification
 from tests.conftest import make_tiny_bert
 

@@ -1,5 +1,7 @@
 from lmtune.selection.leaderboard import Row, _winner
 from lmtune.selection.space import TrialSpec, plan
+from lmtune.tasks.classification import Classification
+from lmtune.tasks.qa import QuestionAnswering
 
 
 def _row(strategy, mean, std, trainable, wall=10.0):
@@ -14,13 +16,26 @@ def test_plan_runs_every_strategy_at_defaults_first():
 
 
 def test_winner_is_the_cheapest_within_noise_of_the_best():
+    floor = Classification.metric("accuracy").min_delta
     rows = [_row("full", 0.900, 0.004, 22_000_000), _row("lora", 0.896, 0.003, 300_000),
             _row("head", 0.850, 0.002, 150_000)]
-    assert _winner(rows, maximize=True) == "lora"  # 0.004 behind, within 0.004 + 0.003
+    assert _winner(rows, True, floor) == "lora"  # 0.004 behind, within 0.004 + 0.003
     rows[1] = _row("lora", 0.880, 0.003, 300_000)
-    assert _winner(rows, maximize=True) == "full"  # LoRA is clearly worse now
-    assert _winner([_row("a", 0.5, 0.0, 10), _row("b", 0.498, 0.0, 5)], maximize=True) == "b"  # noise floor
-    assert _winner([], maximize=True) is None
+    assert _winner(rows, True, floor) == "full"  # LoRA is clearly worse now
+    assert _winner([_row("a", 0.5, 0.0, 10), _row("b", 0.498, 0.0, 5)], True, floor) == "b"  # noise floor
+    assert _winner([_row("a", 0.5, 0.0, 10), _row("b", 0.49, 0.0, 5)], True, floor) == "a"  # beyond it
+    assert _winner([], True, floor) is None
+
+
+def test_the_noise_floor_is_the_metrics_own():
+    """QA F1 is in percent: 0.3 points apart is noise there, while a fixed 0.005 floor would call it a win."""
+    floor = QuestionAnswering.metric("f1").min_delta
+    assert floor == 0.5
+    rows = [_row("full", 58.0, 0.0, 22_000_000), _row("lora", 57.7, 0.0, 300_000)]
+    assert _winner(rows, True, floor) == "lora"
+    assert _winner(rows, True, 0.005) == "full"
+    rows = [_row("full", 58.0, 0.0, 22_000_000), _row("lora", 56.0, 0.0, 300_000)]
+    assert _winner(rows, True, floor) == "full"
 
 
 def test_tuned_variants_and_explicit_storage_on_a_tiny_model(tmp_path):

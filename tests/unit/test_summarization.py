@@ -9,9 +9,9 @@ import pytest
 import lmtune
 from lmtune.config import load_config
 from lmtune.data import Table, collate
+from lmtune.data.splits import load_tables
 from lmtune.models import load_tokenizer, resolve_model
-from lmtune.runs import load_tables
-from lmtune.tasks.summarization import IGNORE, Summarization, rouge
+from lmtune.tasks.summarization import IGNORE_INDEX, Summarization, rouge
 from tests.conftest import make_tiny_bert
 
 ROWS = [{"document": f"#Person1#: shall we meet at {h} ? #Person2#: yes , at {h} near the station .",
@@ -42,12 +42,12 @@ def test_encoder_decoder_and_causal_features():
     batch = collate([ex, short], tokenizer.pad_token_id)
     assert batch["labels"].shape == batch["decoder_input_ids"].shape == batch["decoder_attention_mask"].shape
     n = len(short["labels"])
-    assert (batch["labels"][1, n:] == IGNORE).all() and (batch["decoder_input_ids"][1, n:] == 0).all()
+    assert (batch["labels"][1, n:] == IGNORE_INDEX).all() and (batch["decoder_input_ids"][1, n:] == 0).all()
     assert batch["decoder_attention_mask"][1].sum() == n
     causal = Summarization({"kind": "causal"})
     [ex] = causal.encode(_table(ROWS[:1]), tokenizer, data, 64)
     prompt = ex["prompt_length"]
-    assert len(ex["labels"]) == len(ex["input_ids"]) and set(ex["labels"][:prompt]) == {IGNORE}
+    assert len(ex["labels"]) == len(ex["input_ids"]) and set(ex["labels"][:prompt]) == {IGNORE_INDEX}
     assert ex["labels"][prompt:] == ex["input_ids"][prompt:] and ex["input_ids"][-1] == tokenizer.sep_token_id
     decoded = tokenizer.decode(ex["input_ids"][prompt:-1])
     assert decoded.replace(" ", "") == ROWS[0]["summary"].lower().replace(" ", "")

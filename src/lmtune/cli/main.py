@@ -29,9 +29,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from lmtune import runs
+    from lmtune.inference import load
 
-    metrics = runs.load(args.run).evaluate(args.data, args.max_samples)
+    metrics = load(args.run).evaluate(args.data, args.max_samples)
     if args.json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
@@ -44,11 +44,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from lmtune import runs
     from lmtune.data import read_stdin, read_table
+    from lmtune.inference import load
     from lmtune.rundir import write_text_atomic
 
-    run = runs.load(args.run)
+    run = load(args.run)
     table = read_stdin() if args.input == "-" else read_table(args.input, "test")
     texts = [row.get(run.config.data.text, row.get("text")) for row in table.rows]
     lines = [
@@ -67,13 +67,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from lmtune import runs
     from lmtune.generation import GenerationSettings
+    from lmtune.inference import load
 
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                                   seed=args.seed)
-    run = runs.load(args.run)
+    run = load(args.run)
 
     def show(piece: str) -> None:
         sys.stdout.write(piece)
@@ -93,9 +93,9 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from lmtune import runs
+    from lmtune.exporting import export
 
-    sys.stdout.write(f"{runs.export(args.run, args.out, merge=args.merge)}\n")
+    sys.stdout.write(f"{export(args.run, args.out, merge=args.merge)}\n")
     return 0
 
 
@@ -183,24 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmtune", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_training_commands, _inference_commands, _insight_commands):
+        add(sub)
+    return parser
 
+
+def _training_commands(sub: argparse._SubParsersAction) -> None:
+    """train, compare, import, export: commands that write run directories."""
     p = sub.add_parser("train", help="fine-tune as a YAML config says (resumes an unfinished run)")
     p.add_argument("config", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=2e-5")
     p.set_defaults(func=_train)
-
-    p = sub.add_parser("eval", help="metrics of a finished run on labelled data")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file")
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N rows only")
-    p.add_argument("--json", action="store_true", help="print one JSON object of metrics")
-    p.set_defaults(func=_eval)
-
-    p = sub.add_parser("predict", help="predictions of a finished run for new inputs, as JSONL")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--input", required=True, help="CSV/TSV/JSONL/text file, or - for stdin")
-    p.add_argument("--output", help="write JSONL here instead of stdout")
-    p.set_defaults(func=_predict)
 
     p = sub.add_parser("compare", help="train several strategies on the config's data and pick a winner")
     p.add_argument("config", help="run config YAML (data, model, task, training budget)")
@@ -215,6 +208,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prune", action="store_true", help="run every trial to the end")
     p.set_defaults(func=_compare)
 
+    p = sub.add_parser("import", help="convert a foreign checkpoint into a run directory")
+    p.add_argument("format", choices=["llama2c"], help="checkpoint format")
+    p.add_argument("path", help="llama2.c: the checkpoint .bin, or the folder holding it and its tok*.bin")
+    p.add_argument("out", help="run directory to create")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("export", help="write a run's model as plain transformers weights")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--merge", action="store_true", help="fold LoRA adapters into the base weights")
+    p.add_argument("--out", help="output directory (default RUN/merged)")
+    p.set_defaults(func=_export)
+
+
+def _inference_commands(sub: argparse._SubParsersAction) -> None:
+    """eval, predict, generate: commands that use a finished run."""
+    p = sub.add_parser("eval", help="metrics of a finished run on labelled data")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N rows only")
+    p.add_argument("--json", action="store_true", help="print one JSON object of metrics")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("predict", help="predictions of a finished run for new inputs, as JSONL")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--input", required=True, help="CSV/TSV/JSONL/text file, or - for stdin")
+    p.add_argument("--output", help="write JSONL here instead of stdout")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("generate", help="continue a prompt with a causal_lm run, or answer one with an sft run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--prompt", required=True, help="the text to continue (sft: the instruction)")
+    p.add_argument("--max-new-tokens", type=_positive, default=128, help="generate at most this many tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
+    p.add_argument("--top-k", type=_positive, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the tokens holding probability p")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampling")
+    p.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
+    p.set_defaults(func=_generate)
+
+
+def _insight_commands(sub: argparse._SubParsersAction) -> None:
+    """diagnose, report, explain: commands that look into a run."""
     p = sub.add_parser("diagnose", help="healthy, overfitting, underfitting, diverging or a data problem? what next")
     p.add_argument("run", help="run directory")
     p.add_argument("--data-curve", action="store_true",
@@ -240,32 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-base", action="store_true", help="skip the before/after comparison with the base model")
     p.add_argument("--no-png", action="store_true", help="write explain.html and explain.json only")
     p.set_defaults(func=_explain)
-
-    p = sub.add_parser("generate", help="continue a prompt with a causal_lm run, or answer one with an sft run")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--prompt", required=True, help="the text to continue (sft: the instruction)")
-    p.add_argument("--max-new-tokens", type=_positive, default=128, help="generate at most this many tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
-    p.add_argument("--top-k", type=_positive, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample among the tokens holding probability p")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
-    p.add_argument("--seed", type=int, default=None, help="seed of the sampling")
-    p.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
-    p.set_defaults(func=_generate)
-
-    p = sub.add_parser("import", help="convert a foreign checkpoint into a run directory")
-    p.add_argument("format", choices=["llama2c"], help="checkpoint format")
-    p.add_argument("path", help="llama2.c: the checkpoint .bin, or the folder holding it and its tok*.bin")
-    p.add_argument("out", help="run directory to create")
-    p.set_defaults(func=_import)
-
-    p = sub.add_parser("export", help="write a run's model as plain transformers weights")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--merge", action="store_true", help="fold LoRA adapters into the base weights")
-    p.add_argument("--out", help="output directory (default RUN/merged)")
-    p.set_defaults(func=_export)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

@@ -85,7 +85,7 @@ def _resolve_columns(config: RunConfig, given: dict) -> RunConfig:
     """Columns the config does not name take the task's natural names (QA: question, context, answers)."""
     from lmtune.tasks import TASKS
 
-    defaults = getattr(TASKS.get(config.task), "default_columns", {})
+    defaults = TASKS.get(config.task).default_columns
     missing = {k: v for k, v in defaults.items() if not (isinstance(given, dict) and k in given)}
     if not missing:
         return config

@@ -72,7 +72,8 @@ class StrategyConfig:
     name: str = "full"
     """Which parameters train: full | freeze | head | lora | bitfit | llrd."""
     layers: int | float | None = None
-    """freeze: bottom blocks frozen with the embeddings, a count or a fraction (default 0.5)."""
+    """freeze: how many bottom blocks are frozen with the embeddings: an integer is a count (0 to all blocks),
+    a number strictly between 0 and 1 a fraction of the blocks, rounded (default 0.5)."""
     decay: float | None = None
     """llrd (default 0.9), full and freeze (default none): learning-rate factor per block going down."""
     r: int | None = None
@@ -97,8 +98,9 @@ class StrategyConfig:
             owners = [name for name, knobs in STRATEGY_KNOBS.items() if knob in knobs]
             if getattr(self, knob) is not None and self.name not in owners:
                 problems.append(f"strategy.{knob}: only used by strategy {' or '.join(owners)}, not {self.name!r}")
-        if self.layers is not None and self.layers < 0:
-            problems.append(f"strategy.layers: {self.layers} must be >= 0 (a block count or a fraction)")
+        if self.layers is not None and (self.layers < 0 or (isinstance(self.layers, float) and self.layers >= 1)):
+            problems.append(f"strategy.layers: {self.layers} is neither a block count (an integer >= 0) nor a "
+                            "fraction of the blocks (strictly between 0 and 1)")
         if self.decay is not None and not 0 < self.decay <= 1:
             problems.append(f"strategy.decay: {self.decay} is not in (0, 1]")
         for knob in ("r", "alpha"):
@@ -301,9 +303,9 @@ class AugmentationConfig:
     """Fraction of an example's words each edit touches (at least one word)."""
     probability: float = 0.5
     """Chance that a training example is augmented in a given epoch (otherwise it is seen as written)."""
-    mlm_model: str = "bundled:minilm"
-    """Masked LM proposing replacement words for ``mlm``: a model with an MLM head, or an encoder whose
-    output is projected on its own (tied) word embeddings."""
+    mlm_model: str | None = None
+    """Masked LM proposing replacement words for ``mlm`` (required with it): a model with a trained MLM head,
+    such as a masked_lm run directory or a Hub id like bert-base-uncased. The bundled MiniLM has none."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -313,6 +315,9 @@ class AugmentationConfig:
 
                 problems.append(f"augmentation.methods: {method!r} is not one of {', '.join(AUGMENTATIONS)}"
                                 f"{did_you_mean(method, list(AUGMENTATIONS))}")
+        if "mlm" in self.methods and self.mlm_model is None:
+            problems.append("augmentation.mlm_model: required by method 'mlm'; expected a masked LM with a trained "
+                            "head (a masked_lm run directory, or a Hub id such as bert-base-uncased)")
         if not 0 < self.rate <= 1:
             problems.append(f"augmentation.rate: {self.rate} is not in (0, 1]")
         if not 0 < self.probability <= 1:
@@ -344,12 +349,11 @@ class EarlyStoppingConfig:
         return problems
 
     def maximize(self, greater_is_better: bool) -> bool:
-        """Whether larger values of the watched metric are better."""
+        """Whether larger values of the watched metric are better: ``mode``, or with ``auto`` the direction its
+        task declares for it (``greater_is_better``)."""
         if self.mode != "auto":
             return self.mode == "max"
-        if self.metric is None:
-            return greater_is_better
-        return not any(word in self.metric for word in ("loss", "perplexity", "error"))
+        return greater_is_better
 
 
 @dataclass(frozen=True)

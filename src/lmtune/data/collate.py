@@ -51,14 +51,30 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
 
 
 IGNORE_INDEX = -100
+"""Target value that no loss counts (prompt tokens, padding, unmasked positions); PyTorch's default."""
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
+    return pad_batch(rows, value)[0]
+
+
+def pad_batch(rows: list[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), each (rows, longest): ``rows`` padded with ``value`` on the right (or the left,
+    for decoder-only generation, so that every row ends where the new tokens start)."""
+    longest = max(map(len, rows))
+    out = torch.full((len(rows), longest), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
+        span = slice(longest - len(row), longest) if left else slice(0, len(row))
+        out[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return out, mask
 
 
 TARGETS = ("labels", "start_positions", "end_positions")
 """Target fields of a batch: the loss reads them, the model's forward does not get them."""
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model's forward takes: the batch without its targets."""
+    return {k: v for k, v in batch.items() if k not in TARGETS}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-IGNORE = -100
+from lmtune.data.collate import IGNORE_INDEX
 
 
 def mask_example(example: dict[str, Any], rng: random.Random, probability: float, whole_word: bool,
@@ -27,7 +27,7 @@ def mask_example(example: dict[str, Any], rng: random.Random, probability: float
     else:
         units = [[position] for position, word in enumerate(words) if word is not None]
     chosen = rng.sample(units, max(1, round(probability * len(units)))) if units else []
-    ids, labels = list(tokens), [IGNORE] * len(tokens)
+    ids, labels = list(tokens), [IGNORE_INDEX] * len(tokens)
     for unit in chosen:
         for position in unit:
             labels[position] = tokens[position]

@@ -55,13 +55,13 @@ def data_curve(run_dir: str | Path, fractions: tuple[float, ...] = FRACTIONS) ->
 
     Writes ``RUN/data_curve.json``.
     """
+    from lmtune.inference import restore_task
     from lmtune.runs import train, watched_metric
-    from lmtune.tasks import TASKS
 
     path, cfg, task_state = rundir.read_run(run_dir)
-    task = TASKS.get(cfg.task).from_state(task_state)
+    task = restore_task(cfg, task_state)
     watch = watched_metric(cfg, task)
-    maximize = cfg.early_stopping.maximize(task.greater_is_better)
+    maximize = cfg.early_stopping.maximize(task.metric(watch).greater_is_better)
     points = []
     for fraction in sorted(set(fractions)):
         if fraction >= 1.0 and cfg.data.train_fraction == 1.0:

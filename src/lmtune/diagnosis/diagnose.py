@@ -11,7 +11,6 @@ from lmtune.diagnosis.dynamics import Curves, assess
 from lmtune.diagnosis.findings import Diagnosis, Finding
 from lmtune.errors import LmtuneError
 from lmtune.integrity import read_json_object
-from lmtune.tasks import TASKS
 from lmtune.training.tracking import read_log
 
 DIAGNOSIS = "diagnosis.json"
@@ -23,17 +22,20 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
     Returns:
         The diagnosis; also written to ``RUN/diagnosis.json`` when ``write``.
     """
-    from lmtune.runs import load_tables, watched_metric
+    from lmtune.data.splits import load_tables
+    from lmtune.inference import restore_task
+    from lmtune.runs import watched_metric
 
     path, cfg, task_state = rundir.read_run(run_dir, finished=False)
-    task = TASKS.get(cfg.task).from_state(task_state)
+    task = restore_task(cfg, task_state)
     final_file = path / rundir.FINAL_METRICS
     final = read_json_object(final_file, "the run's final metrics") if final_file.exists() else None
     watch = watched_metric(cfg, task)
-    state = assess(Curves.from_log(read_log(path)), cfg, watch, cfg.early_stopping.maximize(task.greater_is_better),
-                   final)
+    declared = task.metric(watch)
+    maximize = cfg.early_stopping.maximize(declared.greater_is_better)
+    state = assess(Curves.from_log(read_log(path)), cfg, watch, maximize, final, declared.unit)
     data: list[Finding] = []
-    if hasattr(task, "labels"):  # the data checks are about class labels
+    if task.capabilities.class_labels:  # the data checks are about class labels
         try:
             data = data_findings(path, cfg, load_tables(cfg.data, task))
         except (LmtuneError, OSError) as err:

@@ -45,8 +45,12 @@ class Curves:
         return cls(train, validation, sample)
 
 
-def assess(curves: Curves, cfg: RunConfig, watch: str, maximize: bool, final: dict[str, Any] | None) -> Finding:
-    """The finding that names the run's state, with its evidence and next steps."""
+def assess(curves: Curves, cfg: RunConfig, watch: str, maximize: bool, final: dict[str, Any] | None,
+           unit: float) -> Finding:
+    """The finding that names the run's state, with its evidence and next steps.
+
+    ``unit``: the watched metric's declared unit (100 for a metric in percent): thresholds are for [0, 1].
+    """
     final = final or {}
     unstable = _instability(curves, cfg)
     if unstable is not None:
@@ -60,8 +64,7 @@ def assess(curves: Curves, cfg: RunConfig, watch: str, maximize: bool, final: di
     values = [m.get(watch) for _, m in curves.validation]
     best = max(range(len(values)), key=lambda i: sign * values[i])
     used = _index_of(steps, final.get("restored_step")) if final.get("restored_step") else len(steps) - 1
-    scale = 100.0 if maximize and max(values) > 1.0 else 1.0  # SQuAD EM/F1 are percentages
-    fact = _Facts(curves, watch, sign, steps, values, best, used, scale)
+    fact = _Facts(curves, watch, sign, steps, values, best, used, unit)
     overfit = _overfitting(fact, cfg)
     if overfit is not None:
         return overfit

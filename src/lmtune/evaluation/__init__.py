@@ -1,5 +1,5 @@
-"""Evaluation and prediction over encoded examples."""
+"""Evaluation and prediction over encoded examples: one loop for every task."""
 
-from lmtune.evaluation.evaluate import evaluate_examples, forward_all
+from lmtune.evaluation.evaluate import evaluate_examples, predict_examples, score_examples
 
-__all__ = ["evaluate_examples", "forward_all"]
+__all__ = ["evaluate_examples", "predict_examples", "score_examples"]

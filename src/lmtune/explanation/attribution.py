@@ -89,8 +89,7 @@ def integrated_gradients(model: Any, example: Example, score: Score, baseline_id
     """
     from lmtune.extras import require
 
-    require("captum", "--method ig: Integrated Gradients (gradxinput and occlusion work without it)",
-            extra="explain")
+    require("captum", "--method ig: Integrated Gradients (gradxinput and occlusion work without it)")
     from captum.attr import LayerIntegratedGradients
 
     features = example.features
@@ -162,4 +161,6 @@ def attribute(method: str, model: Any, example: Example, score: Score, tokenizer
     if method == "occlusion":
         replacement = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.pad_token_id
         return occlusion(model, example, score, replacement), None
-    raise ValueError(f"unknown attribution method {method!r}; allowed: {', '.join(METHODS)}")
+    from lmtune.errors import LmtuneError
+
+    raise LmtuneError(f"--method: unknown attribution method {method!r}; allowed: {', '.join(METHODS)}")

@@ -52,7 +52,8 @@ class Explanation:
             "attributions": {m: {"tokens": _rounded(s), "words": _rounded(self.word_attributions(m)),
                                  "convergence_delta": self.deltas.get(m)} for m, s in self.attributions.items()},
             "deletion": self.deletion,
-            "randomization": {m: {"rank_correlation": round(r, 4), "passes": r < RANDOMIZATION_PASS}
+            # the verdict is taken on the correlation as shown, so the two can never disagree
+            "randomization": {m: {"rank_correlation": round(r, 4), "passes": round(r, 4) < RANDOMIZATION_PASS}
                               for m, r in self.randomization.items()},
             "base_model": self.base,
         }

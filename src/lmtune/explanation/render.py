@@ -33,7 +33,7 @@ def write_pngs(explanation: Explanation, out: Path, stem: str) -> list[Path]:
     """heads grid, per-layer means + rollout, and attribution highlights, as PNG files under ``out``."""
     from lmtune.extras import require
 
-    require("matplotlib", "explain: PNG pictures (or --no-png)", extra="explain")
+    require("matplotlib", "explain: PNG pictures (or --no-png)")
     import matplotlib
 
     matplotlib.use("Agg")

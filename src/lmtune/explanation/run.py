@@ -21,8 +21,8 @@ def explain_run(run_dir: str | Path, texts: list[str] | list[tuple[str, str]], o
     """
     from lmtune.errors import LmtuneError
     from lmtune.explanation.render import write_html, write_pngs
+    from lmtune.inference import load
     from lmtune.rundir import write_text_atomic
-    from lmtune.runs import load
 
     if not texts:
         raise LmtuneError("explain: no input; pass --text TEXT or --input FILE")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ class Context:
     """What the sections read: the run's files, loaded once."""
 
     def __init__(self, run_dir: Path):
+        from lmtune.inference import restore_task
         from lmtune.runs import watched_metric
-        from lmtune.tasks import TASKS
 
         self.path, self.config, task_state = rundir.read_run(run_dir)
-        self.task = TASKS.get(self.config.task).from_state(task_state)
+        self.task = restore_task(self.config, task_state)
         self.watch = watched_metric(self.config, self.task)
         self.log = read_log(self.path)
         self.final = _json(self.path / rundir.FINAL_METRICS) or {}
@@ -46,32 +47,44 @@ class Context:
     def run(self) -> Any:
         """The run's final model, loaded on first use."""
         if self._run is None:
-            from lmtune.runs import load
+            from lmtune.inference import load
 
             self._run = load(self.path)
         return self._run
 
-    def validation_predictions(self) -> tuple[Any, list[int], Any, Any] | None:
-        """(validation table, example indices, logits, targets) under the final model, or None."""
+    def validation_predictions(self) -> Scored | None:
+        """The validation rows scored by the final model (tasks with class labels), or None."""
         if self._predictions is False:
             self._predictions = self._predict_validation()
         return self._predictions
 
-    def _predict_validation(self) -> tuple[Any, list[int], Any, Any] | None:
-        from lmtune.evaluation import forward_all
-        from lmtune.runs import load_tables
+    def _predict_validation(self) -> Scored | None:
+        from lmtune.data.splits import load_tables
+        from lmtune.evaluation import score_examples
 
-        if not hasattr(self.task, "predictions"):
+        if not self.task.capabilities.class_labels:
             return None
         run = self.run
         table = load_tables(self.config.data, self.task)["validation"]
         examples = self.task.encode(table, run.tokenizer, self.config.data, self.config.train.max_length)
-        device = next(run.model.parameters()).device
-        indices, logits, targets = forward_all(run.model, examples, self.config.train.eval_batch,
-                                               run.tokenizer.pad_token_id, device=device, autocast=run._autocast())
-        if targets is None or not len(indices):
-            return None
-        return table, indices, logits, targets
+        records = score_examples(run.model, examples, self.task, self.config.train.eval_batch,
+                                 run.tokenizer.pad_token_id, autocast=run.autocast())
+        losses = self.task.aggregate(records, examples, example_losses=True)["example_losses"]
+        predictions = self.task.predictions(records, examples, len(table))
+        return Scored(table, predictions, losses, [self.task.gold(ex) for ex in examples])
+
+
+@dataclass
+class Scored:
+    """Validation rows under the final model: one prediction, loss and gold label per row."""
+
+    table: Any
+    predictions: list[dict[str, Any]]
+    losses: list[float]
+    gold: list[Any]
+
+    def right(self, k: int) -> bool:
+        return self.predictions[k]["label"] == self.gold[k]
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -115,14 +128,16 @@ def _curves(c: Context) -> str:
     markers = {}
     if c.final.get("best_step") is not None:
         markers["best"] = c.final["best_step"]
+    label, bounds = c.task.metric("loss").axis
     loss = line_chart({"training (running)": series("train", "loss"),
                        "training sample": series("train_sample", "loss"),
                        "validation": series("validation", "loss")},
-                      "Loss", "optimizer step", "loss", markers)
+                      "Loss", "optimizer step", label, markers, bounds)
     shown = _second_metric(c, series)
+    label, bounds = c.task.metric(shown).axis  # the axis says the metric's declared scale
     metric = line_chart({"training sample": series("train_sample", shown),
                          "validation": series("validation", shown)},
-                        shown.replace("_", " ").capitalize(), "optimizer step", shown, markers)
+                        shown.replace("_", " ").capitalize(), "optimizer step", label, markers, bounds)
     note = ("<p>The training sample is a fixed set of training examples scored like validation (eval mode, no "
             "augmentation) at each evaluation: the distance between the two lines is the real train/validation "
             "gap.</p>")
@@ -183,20 +198,15 @@ def _classes(c: Context) -> str | None:
 
 def _worst(c: Context) -> str | None:
     """The validation examples with the highest loss under the final model."""
-    import torch
-
     scored = c.validation_predictions()
     if scored is None:
         return None
-    table, indices, logits, targets = scored
-    losses = c.task.example_losses(type("Out", (), {"logits": logits})(), {"labels": targets})
-    predictions = c.task.predictions(logits)
     rows = []
-    for k in torch.argsort(losses, descending=True)[:WORST_EXAMPLES].tolist():
-        i = indices[k]
-        rows.append((table.where(i), str(table.rows[i].get(c.config.data.text)),
-                     str(c.task.labels[int(targets[k])]), str(predictions[k]["label"]),
-                     _fmt(predictions[k]["score"]), _fmt(losses[k].item())))
+    for k in sorted(range(len(scored.losses)), key=lambda k: -scored.losses[k])[:WORST_EXAMPLES]:
+        prediction = scored.predictions[k]
+        rows.append((scored.table.where(k), str(scored.table.rows[k].get(c.config.data.text)),
+                     str(scored.gold[k]), str(prediction["label"]), _fmt(prediction["score"]),
+                     _fmt(scored.losses[k])))
     return _table(["where", "text", "gold", "predicted", "confidence", "loss"], rows)
 
 
@@ -230,23 +240,23 @@ def _explanations(c: Context) -> str | None:
     from lmtune.explanation.render import SCRIPT, STYLE, fragment
     from lmtune.explanation.targets import TARGETS
 
-    if TARGETS.check(c.config.task) or c.validation_predictions() is None:
+    scored = c.validation_predictions()
+    if TARGETS.check(c.config.task) or scored is None:
         return None
-    table, indices, logits, targets = c.validation_predictions()
-    right = logits.argmax(-1) == targets
+    table = scored.table
     rng = random.Random(c.config.train.seed)
     parts = []
     for title, wanted in (("Correct predictions", True), ("Wrong predictions", False)):
-        pool = [k for k in range(len(indices)) if bool(right[k]) == wanted]
+        pool = [k for k in range(len(scored.gold)) if scored.right(k) == wanted]
         chosen = sorted(rng.sample(pool, min(EXPLAINED_PER_KIND, len(pool))))
         if not chosen:
             continue
         explainer = Explainer(c.run, ("ig", "occlusion"), steps=32)
-        rows = [table.rows[indices[k]] for k in chosen]
+        rows = [table.rows[k] for k in chosen]
         explained = [explainer.explain(str(r.get(c.config.data.text)),
                                        str(r.get(c.config.data.text_pair)) if c.config.data.text_pair else None)
                      for r in rows]
-        gold = ", ".join(str(c.task.labels[int(targets[k])]) for k in chosen)
+        gold = ", ".join(str(scored.gold[k]) for k in chosen)
         parts.append(f"<h3>{title} (sampled; gold labels: {escape(gold)})</h3>"
                      + fragment(explained, "wrong" if not wanted else "right"))
     if not parts:

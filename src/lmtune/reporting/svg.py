@@ -11,10 +11,11 @@ LEFT, RIGHT, TOP, BOTTOM = 58, 16, 30, 62
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
-               markers: dict[str, float] | None = None) -> str:
+               markers: dict[str, float] | None = None, y_bounds: tuple[float, float] | None = None) -> str:
     """An SVG chart of named (x, y) series; ``markers`` draws labelled vertical lines (e.g. the best step).
 
-    Non-finite points are skipped (a NaN loss breaks the line rather than the chart).
+    Non-finite points are skipped (a NaN loss breaks the line rather than the chart). ``y_bounds``: the range
+    the values cannot leave (a fraction: 0 to 1); the padded axis stays inside it.
     """
     clean = {name: [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
              for name, points in series.items()}
@@ -25,6 +26,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
     ys = [y for points in clean.values() for _, y in points]
     x0, x1 = _span(min(xs), max(xs))
     y0, y1 = _span(min(ys), max(ys))
+    if y_bounds is not None:
+        y0, y1 = max(y0, y_bounds[0]), min(y1, y_bounds[1])
 
     def px(x: float) -> float:
         return LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT)

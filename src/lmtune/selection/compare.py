@@ -18,6 +18,7 @@ from lmtune.errors import LmtuneError
 from lmtune.extras import check_storage
 from lmtune.selection.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
 from lmtune.selection.space import TrialSpec, overrides_for, plan
+from lmtune.tasks import TASKS
 
 log = logging.getLogger("lmtune")
 
@@ -62,6 +63,24 @@ def compare(
         load_config({**config_to_dict(config), "strategy": {"name": name}})  # a bad name fails before any work
     base = replace(config, train=replace(config.train, max_steps=budget or config.train.max_steps))
     base = _with_eval_points(base)
+    study = _open_study(base, storage, root, prune)
+    specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
+    for number, spec in enumerate(specs, start=1):
+        if _settled(study, spec.key):
+            continue
+        log.info("[%d/%d] trial %s%s", number, len(specs), spec.key, _best_line(study))
+        study.enqueue_trial({}, user_attrs={"key": spec.key})
+        study.optimize(lambda trial, spec=spec: _objective(trial, spec, base, root), n_trials=1,
+                       catch=(LmtuneError,))
+    board = build_leaderboard(study, strategies, TASKS.get(config.task).metric(_primary_metric(config)))
+    write_leaderboard(board, root)
+    return board
+
+
+def _open_study(base: RunConfig, storage: str | None, root: Path, prune: bool) -> Any:
+    """The comparison's Optuna study (created or resumed), with the trials of dead workers failed."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=STUDY, storage=_storage(storage, root), load_if_exists=True,
@@ -72,17 +91,7 @@ def compare(
         _fail_interrupted(study)  # the local study has one worker: a RUNNING trial was killed with us
     else:
         optuna.storages.fail_stale_trials(study)  # shared: only trials whose worker stopped beating
-    specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
-    for number, spec in enumerate(specs, start=1):
-        if _settled(study, spec.key):
-            continue
-        log.info("[%d/%d] trial %s%s", number, len(specs), spec.key, _best_line(study))
-        study.enqueue_trial({}, user_attrs={"key": spec.key})
-        study.optimize(lambda trial, spec=spec: _objective(trial, spec, base, root), n_trials=1,
-                       catch=(LmtuneError,))
-    board = build_leaderboard(study, strategies, root)
-    write_leaderboard(board, root)
-    return board
+    return study
 
 
 def _storage(url: str | None, root: Path) -> Any:
@@ -122,6 +131,10 @@ def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path) -> floa
         start = time.perf_counter()
         try:
             result = runs.train(cfg, on_eval=report, show_diagnosis=False)
+        except LmtuneError as err:  # e.g. a strategy that leaves nothing of this model to train
+            trial.set_user_attr("error", str(err))
+            log.info("  %s: %s", spec.key, err)
+            raise
         finally:
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
             trial.set_user_attr("peak_rss_mib", memory.peak_mib)
@@ -135,25 +148,20 @@ def _with_eval_points(cfg: RunConfig) -> RunConfig:
     """The pruner compares trials at evaluation steps: without ``eval_every``, evaluate 4 times per run."""
     if cfg.train.eval_every:
         return cfg
-    from lmtune import runs
-    from lmtune.tasks import TASKS
+    from lmtune.data.splits import load_tables
     from lmtune.training.loop import plan_steps
 
     task = TASKS.get(cfg.task)()
-    train = runs.load_tables(cfg.data, task)["train"]
+    train = load_tables(cfg.data, task)["train"]
     _, total = plan_steps(len(train), cfg.train, 1)
     return replace(cfg, train=replace(cfg.train, eval_every=max(1, total // 4)))
 
 
 def _primary_metric(cfg: RunConfig) -> str:
-    from lmtune.tasks import TASKS
-
     return TASKS.get(cfg.task).primary_metric
 
 
 def _greater_is_better(cfg: RunConfig) -> bool:
-    from lmtune.tasks import TASKS
-
     return TASKS.get(cfg.task).greater_is_better
 
 

@@ -10,16 +10,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmtune.integrity import read_json_object
+from lmtune.tasks.base import Metric
 from lmtune.training.tracking import read_log
 
-NOISE_FLOOR = 0.005
-"""Differences below half a point of the metric are treated as noise even when seeds agree more closely."""
 
-RULE = (
-    "winner: among strategies whose mean is within noise of the best (best mean - max(std_best + std, 0.005)), "
-    "the one with the fewest trainable parameters (then the least wall time)"
-)
+def rule(noise_floor: float) -> str:
+    """The winner rule, stated with the metric's noise floor (its declared smallest meaningful difference)."""
+    return ("winner: among strategies whose mean is within noise of the best (best mean - max(std_best + std, "
+            f"{noise_floor:g})), the one with the fewest trainable parameters (then the least wall time)")
 
 
 @dataclass
@@ -45,7 +43,7 @@ class Leaderboard:
     metric: str
     rows: list[Row]
     winner: str | None
-    rule: str = RULE
+    rule: str
 
     def text(self) -> str:
         """The leaderboard as an aligned text table, with the winner and the rule."""
@@ -66,11 +64,11 @@ class Leaderboard:
         return "\n".join(lines)
 
 
-def build_leaderboard(study: Any, strategies: list[str], root: Path) -> Leaderboard:
-    """One row per strategy (its best settings), ranked by mean metric; pruned strategies last."""
-    from optuna.trial import TrialState
+def build_leaderboard(study: Any, strategies: list[str], metric: Metric) -> Leaderboard:
+    """One row per strategy (its best settings), ranked by mean ``metric``; pruned strategies last.
 
-    from lmtune import rundir
+    Means closer than the metric's ``min_delta`` (or the seeds' spread) count as ties."""
+    from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     maximize = study.direction.name == "MAXIMIZE"
@@ -86,11 +84,12 @@ def build_leaderboard(study: Any, strategies: list[str], root: Path) -> Leaderbo
             rows.append(Row(strategy, f"pruned at step {step}", None, None, 0, pruned.user_attrs.get("wall_seconds"),
                             pruned.user_attrs.get("peak_rss_mib"), None, None, None, pruned.user_attrs.get("run_dir")))
         else:
-            rows.append(Row(strategy, "not run", None, None, 0, None, None, None, None, None, None))
+            error = next((t.user_attrs["error"] for t in mine if "error" in t.user_attrs), None)
+            status = f"refused: {error}" if error else "not run"
+            rows.append(Row(strategy, status, None, None, 0, None, None, None, None, None, None))
     sign = 1 if maximize else -1
     rows.sort(key=lambda r: (r.mean is None, -sign * (r.mean or 0)))
-    metric = _metric_name(root, rows, rundir)
-    return Leaderboard(metric, rows, _winner(rows, maximize))
+    return Leaderboard(metric.name, rows, _winner(rows, maximize, metric.min_delta), rule(metric.min_delta))
 
 
 def write_leaderboard(board: Leaderboard, root: Path) -> None:
@@ -139,24 +138,14 @@ def _gap(attrs: dict) -> float | None:
     return round(validation_loss - train[-1], 4) if train else None
 
 
-def _winner(rows: list[Row], maximize: bool) -> str | None:
+def _winner(rows: list[Row], maximize: bool, noise_floor: float) -> str | None:
     done = [r for r in rows if r.mean is not None]
     if not done:
         return None
     sign = 1 if maximize else -1
     best = max(done, key=lambda r: sign * r.mean)
-    close = [r for r in done if sign * (best.mean - r.mean) <= max(best.std + r.std, NOISE_FLOOR)]
+    close = [r for r in done if sign * (best.mean - r.mean) <= max(best.std + r.std, noise_floor)]
     return min(close, key=lambda r: (r.trainable_parameters or 0, r.wall_seconds or 0)).strategy
-
-
-def _metric_name(root: Path, rows: list[Row], rundir: Any) -> str:
-    from lmtune.tasks import TASKS
-
-    for row in rows:
-        if row.run_dir and (Path(row.run_dir) / rundir.TASK).is_file():
-            task = read_json_object(Path(row.run_dir) / rundir.TASK, "the run's task state", ["task"])["task"]
-            return TASKS.get(task).primary_metric
-    return "metric"
 
 
 def _num(value: Any, spec: str) -> str:

@@ -14,8 +14,11 @@ class Strategy(Protocol):
     default_lr: float
     """Learning rate used when the config gives none (LoRA at a full-fine-tuning rate barely learns)."""
 
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Return the trainable variant of ``model`` (freeze, wrap, ...)."""
+    def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
+        """Return the trainable variant of ``model`` (freeze, wrap, ...).
+
+        ``new``: parameters that loading initialised (not in the checkpoint) or re-sized; they always train.
+        """
 
     def lr_scale(self, name: str, layers: int) -> float:
         """Multiplier of the learning rate for parameter ``name`` (layer-wise decay); 1.0 for most."""
@@ -46,10 +49,10 @@ class StrategyBase:
         model.save_pretrained(out_dir)
 
 
-def set_trainable(model: torch.nn.Module, keep: callable) -> torch.nn.Module:
-    """Train exactly the parameters whose name satisfies ``keep``."""
+def set_trainable(model: torch.nn.Module, keep: callable, new: frozenset[str] = frozenset()) -> torch.nn.Module:
+    """Train exactly the parameters whose name satisfies ``keep``, and the ``new`` ones (random at start)."""
     for name, param in model.named_parameters():
-        param.requires_grad = bool(keep(name))
+        param.requires_grad = bool(keep(name)) or name in new
     return model
 
 

@@ -15,5 +15,5 @@ from lmtune.strategies.base import STRATEGIES, StrategyBase, set_trainable
 class BitFit(StrategyBase):
     default_lr = 1e-3
 
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
-        return set_trainable(model, lambda name: name.endswith(".bias") or anatomy.is_head(name))
+    def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
+        return set_trainable(model, lambda name: name.endswith(".bias") or anatomy.is_head(name), new)

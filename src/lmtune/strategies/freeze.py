@@ -6,14 +6,19 @@ from dataclasses import dataclass
 
 import torch
 
+from lmtune.errors import LmtuneError
 from lmtune.strategies import anatomy
 from lmtune.strategies.base import STRATEGIES, StrategyBase, set_trainable
 
 
 def frozen_count(layers: int | float, total: int) -> int:
-    """``layers`` as a block count: an int is a count, a float below 1 a fraction of ``total``."""
-    count = round(layers * total) if isinstance(layers, float) and layers < 1 else int(layers)
-    return max(0, min(total, count))
+    """``layers`` as a block count: an integer is a count, a number strictly between 0 and 1 a fraction of
+    ``total`` (the config refuses other floats)."""
+    if isinstance(layers, float) and 0 < layers < 1:
+        return round(layers * total)
+    if layers > total:
+        raise LmtuneError(f"strategy.layers: {layers} blocks to freeze, but the model has {total}")
+    return int(layers)
 
 
 def disable_dropout(model: torch.nn.Module, frozen: int) -> None:
@@ -33,10 +38,10 @@ class Freeze(StrategyBase):
     """Layer-wise learning-rate decay of the trainable blocks (see `llrd`); None for none."""
     default_lr = 1e-4
 
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         frozen = frozen_count(self.layers, anatomy.num_layers(model))
         disable_dropout(model, frozen)
-        return set_trainable(model, lambda name: anatomy.depth(name, 1 << 30) > frozen)
+        return set_trainable(model, lambda name: anatomy.depth(name, 1 << 30) > frozen, new)
 
     def frozen_bottom(self, layers: int) -> int | None:
         return frozen_count(self.layers, layers)

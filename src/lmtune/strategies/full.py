@@ -17,7 +17,7 @@ class Full(StrategyBase):
     """Layer-wise learning-rate decay factor (see `llrd`); None for one rate everywhere."""
     default_lr = 5e-5
 
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         return set_trainable(model, lambda name: True)
 
     def lr_scale(self, name: str, layers: int) -> float:

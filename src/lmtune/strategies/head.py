@@ -16,9 +16,9 @@ from lmtune.strategies.freeze import disable_dropout
 class Head(StrategyBase):
     default_lr = 1e-3
 
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         disable_dropout(model, anatomy.num_layers(model))
-        return set_trainable(model, anatomy.is_head)
+        return set_trainable(model, anatomy.is_head, new)
 
     def frozen_bottom(self, layers: int) -> int | None:
         return layers

@@ -14,13 +14,15 @@ import torch
 from lmtune.strategies.base import STRATEGIES, StrategyBase
 
 _TASK_TYPES = {
-    "ForSequenceClassification": "SEQ_CLS",
-    "ForQuestionAnswering": "QUESTION_ANS",
     "ForCausalLM": "CAUSAL_LM",
-    "ForMaskedLM": "FEATURE_EXTRACTION",
     "ForConditionalGeneration": "SEQ_2_SEQ_LM",
     "EncoderDecoderModel": "SEQ_2_SEQ_LM",
 }
+_HEADS = ("classifier", "score", "qa_outputs")
+"""Task heads of encoder models, trained in full and saved with the adapter. PEFT's SEQ_CLS and QUESTION_ANS
+wrappers would do this too, but their forward drops ``token_type_ids`` (PEFT 0.21), so a sentence-pair or QA
+run trained and evaluated as if every token were in the first segment, and its merged model disagreed with it:
+such models get PEFT's generic wrapper, which passes every input through."""
 _ATTENTION_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",), ("q", "v"))
 """Attention projections by family (BERT, Llama/OPT, GPT-2, T5): the fallback when PEFT has no default."""
 
@@ -39,15 +41,19 @@ class Lora(StrategyBase):
     GPT-2: c_attn; Llama: q_proj, v_proj)."""
     default_lr = 5e-4
 
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         from peft import LoraConfig, get_peft_model
 
+        targets = list(self.target_modules) if self.target_modules else _default_targets(model)
         config = LoraConfig(
             task_type=_task_type(model),
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=list(self.target_modules) if self.target_modules else _default_targets(model),
+            target_modules=targets,
+            # weights that start random (a new head, BERT2BERT's cross-attention) train in full and are saved
+            # with the adapter; PEFT's task types cover only their own heads
+            modules_to_save=sorted(set(_new_modules(model, new)) | set(_heads(model))) or None,
         )
         return get_peft_model(model, config)
 
@@ -69,12 +75,37 @@ def _default_targets(model: torch.nn.Module) -> list[str] | None:
     return None
 
 
-def _task_type(model: torch.nn.Module) -> str:
+def _heads(model: torch.nn.Module) -> list[str]:
+    children = {name for name, _ in model.named_children()}
+    return [name for name in _HEADS if name in children] if _task_type(model) is None else []
+
+
+def _new_modules(model: torch.nn.Module, new: frozenset[str]) -> list[str]:
+    """The smallest set of whole modules holding every ``new`` parameter, by their full names: the highest
+    module all of whose parameters are new (a head, a cross-attention block), else the parameter's own."""
+    if not new:
+        return []
+    params = {name for name, _ in model.named_parameters()}
+    chosen: set[str] = set()
+    for name in sorted(new & params):
+        parts = name.split(".")[:-1]
+        best = ".".join(parts)
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth]) + "."
+            if all(p in new for p in params if p.startswith(prefix)):
+                best = prefix[:-1]
+                break
+        chosen.add(best)
+    return sorted(chosen)
+
+
+def _task_type(model: torch.nn.Module) -> str | None:
+    """PEFT's task type for generating models (their wrappers add generation); None: the generic wrapper."""
     name = type(model).__name__
     for suffix, task_type in _TASK_TYPES.items():
         if name.endswith(suffix):
             return task_type
-    return "FEATURE_EXTRACTION"
+    return None
 
 
 def is_adapter_dir(path: Path) -> bool:

@@ -1,49 +1,216 @@
-"""The task protocol: WHAT is learned (data encoding, head, loss, metrics, predictions)."""
+"""The task contract: WHAT is learned (data encoding, head, loss, metrics, predictions).
+
+A task is the only place that knows its inputs, model head, loss, metrics and outputs. It offers them
+through `Task` below and nothing else: consumers (train, eval, predict, compare, diagnose, report,
+explain, serve) call these members and read `Capabilities` for what varies between tasks; none probes a
+task with ``hasattr``. A new task is one module with one `Task` subclass registered in `TASKS`
+(`tests/unit/test_task_contract.py` checks every registered one).
+
+Evaluation and prediction go through one loop (`lmtune.evaluation.evaluate`): it batches, shards and
+gathers; the task scores a batch (`score_batch`, one record per example) and turns all records into
+metrics (`aggregate`) or predictions (`predictions`).
+"""
 
 from __future__ import annotations
 
+import abc
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from lmtune.config import DataConfig
-from lmtune.data import Table
+from lmtune.data import Table, read_table
 from lmtune.registry import Registry
 
+Purpose = Literal["evaluate", "predict"]
 
-class Task(Protocol):
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric a task reports, and how to compare two values of it."""
+
     name: str
-    primary_metric: str
-    """The metric that picks the best checkpoint."""
     greater_is_better: bool
+    scale: Literal["fraction", "percent", "nats", "perplexity"]
+    """fraction: in [0, 1]; percent: in [0, 100]; nats: a loss (≥ 0, unbounded); perplexity: e^loss (≥ 1)."""
+    min_delta: float
+    """The smallest difference that means something, in the metric's own units (below it: noise)."""
 
+    @property
+    def unit(self) -> float:
+        """How many of the metric's units make one 'whole' (100 for percent, else 1): thresholds written for a
+        [0, 1] metric are multiplied by it."""
+        return 100.0 if self.scale == "percent" else 1.0
+
+    @property
+    def axis(self) -> tuple[str, tuple[float, float] | None]:
+        """(axis label, the range the values cannot leave) for charts."""
+        return {"fraction": (f"{self.name} (0-1)", (0.0, 1.0)), "percent": (f"{self.name} (%)", (0.0, 100.0)),
+                "nats": (f"{self.name} (nats)", (0.0, math.inf)),
+                "perplexity": (self.name, (1.0, math.inf))}[self.scale]
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` is better than ``b`` (strictly)."""
+        return a > b if self.greater_is_better else a < b
+
+
+LOSS = Metric("loss", greater_is_better=False, scale="nats", min_delta=0.01)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What varies between tasks, declared rather than discovered."""
+
+    labelled: bool = True
+    """Evaluation data needs a target column (False: language models, whose targets are the text)."""
+    class_labels: bool = False
+    """A fixed label set: confusion matrix and label checks (imbalance, contradictions, label noise)."""
+    generates: bool = False
+    """The model writes text from a prompt (`prompt_ids`, `prompts`; `lmtune generate`)."""
+    spans: bool = False
+    """Predictions are spans of the input (extractive QA)."""
+    packed: bool = False
+    """Training packs documents into blocks of max_length tokens (`training_examples`)."""
+    remasked: bool = False
+    """Training inputs are made anew each epoch (`training_batches`: masked LM)."""
+    augmentable: bool = False
+    """Word-level edits of the training text keep the target (augmentation)."""
+    rdrop: bool = False
+    """R-Drop's KL between two dropout passes applies to its outputs (a distribution over classes)."""
+    low_precision_logits: bool = False
+    """The loss accepts bf16 logits (it upcasts chunk by chunk), so the loop may skip accelerate's fp32 copy."""
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What `Task.score_batch` knows about the evaluation it is part of."""
+
+    purpose: Purpose
+    started: float
+    """`time.monotonic()` when the evaluation began (for time-bounded generation)."""
+
+
+class Task(abc.ABC):
+    """Base of every task. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[Metric, ...]]
+    """Every validation metric, loss first. Early stopping, compare, diagnosis and report read these."""
+    primary_metric: ClassVar[str]
+    """The metric that picks the best checkpoint when early_stopping.metric is not set."""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    default_columns: ClassVar[dict[str, str]] = {}
+    """Column names used when the config names none (e.g. QA: question / context / answers)."""
+
+    # ---- construction and saved state -------------------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def from_state(cls, state: dict[str, Any], cfg: Any) -> Task:
+        """The task of a saved run, from what `state` returned and the run's config (for settings that runs
+        written by older versions did not save)."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild this task for eval/predict (labels, options, seeds); saved in task.json."""
+
+    def configure(self, cfg: Any) -> None:  # noqa: B027 - optional: most tasks have no settings
+        """Take the task's settings from a run config (before `fit`)."""
+
+    # ---- data -------------------------------------------------------------------------------------
+
+    def read(self, source: str, split: str) -> Table:
+        """Read a data file (language models read plain text as documents)."""
+        return read_table(source, split)
+
+    @abc.abstractmethod
     def fit(self, train: Table, data: DataConfig) -> None:
-        """Learn what the task needs from the training data (e.g. the label set); validate it."""
+        """Learn what the task needs from the training data (e.g. the label set); validate every row."""
 
+    @abc.abstractmethod
     def encode(self, table: Table, tokenizer: Any, data: DataConfig, max_length: int) -> list[dict]:
         """Tokenized examples, with targets when the table has them."""
 
+    def training_examples(self, examples: list[dict], max_length: int) -> list[dict]:
+        """What training iterates over (packed tasks: blocks of documents); evaluation uses ``examples``."""
+        return examples
+
+    def training_batches(self, examples: list[dict], tokenizer: Any) -> Any:
+        """(epoch, indices) → that batch's training examples, for tasks whose inputs change per epoch; None."""
+        return None
+
+    # ---- model and loss ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
     def build_model(self, source: str | Path, **kwargs: Any) -> torch.nn.Module:
         """The model with this task's head, loaded from a path or Hub id (kwargs go to from_pretrained)."""
 
-    metric_names: tuple[str, ...]
-    """Validation metrics a run can watch (early stopping, best checkpoint)."""
-
+    @abc.abstractmethod
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
-        """Mean loss of a batch (``label_smoothing`` is used in training only)."""
+        """Mean loss of a training batch (``label_smoothing`` is used in training only)."""
 
-    def example_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The loss of each example of a batch, (n,): the evidence for possible label noise."""
+    # ---- evaluation and prediction (called by the one loop) ---------------------------------------
 
-    def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """Task metrics over a whole evaluation set."""
+    @abc.abstractmethod
+    def score_batch(self, model: Any, batch: dict[str, torch.Tensor], examples: list[dict],
+                    indices: list[int], scoring: Scoring) -> list[Any]:
+        """One record per example of a collated batch (on the model's device, under autocast, eval mode).
 
-    def predictions(self, logits: torch.Tensor) -> list[dict[str, Any]]:
-        """One JSON-ready prediction per row of ``logits``."""
+        Args:
+            model: the model (unwrapped from DDP; may run on cached frozen-layer states).
+            batch: the collated batch, targets included.
+            examples: the batch's examples; ``indices`` their positions in the evaluated list.
+            scoring: evaluation or prediction, and when it started.
+        """
 
-    def state(self) -> dict[str, Any]:
-        """What must be saved with a run to rebuild this task (e.g. labels)."""
+    @abc.abstractmethod
+    def aggregate(self, records: list[Any], examples: list[dict], example_losses: bool = False) -> dict[str, Any]:
+        """Metrics (every name in `metrics`, and any tables) from all examples' records, in example order.
+
+        ``example_losses``: also return ``example_losses``, each example's loss (label-noise evidence).
+        """
+
+    @abc.abstractmethod
+    def predictions(self, records: list[Any], examples: list[dict], rows: int) -> list[dict[str, Any]]:
+        """One JSON-ready prediction per input row (``rows`` of them) from all examples' records."""
+
+    def gold(self, example: dict) -> Any:
+        """An encoded example's target in the form of a prediction's ``label`` (class-label tasks), else None."""
+        return None
+
+    # ---- text generation (capabilities.generates) -------------------------------------------------
+
+    def prompts(self, table: Table, data: DataConfig) -> list[Any]:
+        """The prompts of a prediction table, one per row."""
+        raise NotImplementedError(f"task {self.name!r} does not generate text")
+
+    def prompt_ids(self, prompt: Any, tokenizer: Any) -> list[int]:
+        """The token ids of one prompt, as training tokenized the same context."""
+        raise NotImplementedError(f"task {self.name!r} does not generate text")
+
+    # ---- derived from the declarations ------------------------------------------------------------
+
+    metric_names: ClassVar[tuple[str, ...]]
+    greater_is_better: ClassVar[bool]
+    """Of the primary metric."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "metrics" in cls.__dict__ or "primary_metric" in cls.__dict__:
+            cls.metric_names = tuple(m.name for m in cls.metrics)
+            if getattr(cls, "primary_metric", None) in cls.metric_names:
+                cls.greater_is_better = cls.metric(cls.primary_metric).greater_is_better
+
+    @classmethod
+    def metric(cls, name: str) -> Metric:
+        """The declaration of metric ``name`` (a KeyError names the task's metrics)."""
+        for metric in cls.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(f"task {cls.name!r} has no metric {name!r}; it has {', '.join(cls.metric_names)}")
 
 
-TASKS: Registry[Task] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task")

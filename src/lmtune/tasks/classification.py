@@ -11,27 +11,27 @@ import torch.nn.functional as F
 
 from lmtune.config import DataConfig
 from lmtune.data import Table
+from lmtune.data.collate import model_inputs
 from lmtune.data.tokenize import tokenize_table
 from lmtune.errors import DataError
-from lmtune.tasks.base import TASKS
+from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
 
 _INT = re.compile(r"^[+-]?\d+$")
 
 
 @TASKS.register("classification")
-class Classification:
+class Classification(Task):
     name = "classification"
     primary_metric = "accuracy"
-    greater_is_better = True
-    metric_names = ("loss", "accuracy", "macro_f1")
-    augmentable = True
-    """Word-level text edits keep the label (an assumption of augmentation, true for most text classes)."""
+    metrics = (LOSS, Metric("accuracy", True, "fraction", 0.005), Metric("macro_f1", True, "fraction", 0.005))
+    # word-level text edits keep the label (an assumption of augmentation, true for most text classes)
+    capabilities = Capabilities(class_labels=True, augmentable=True, rdrop=True)
 
     def __init__(self, labels: list[str | int] | None = None):
         self.labels: list[str | int] = list(labels or [])
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Classification:
+    def from_state(cls, state: dict[str, Any], cfg: Any = None) -> Classification:
         return cls(state["labels"])
 
     def state(self) -> dict[str, Any]:
@@ -64,9 +64,11 @@ class Classification:
     def build_model(self, source: str | Path, **kwargs: Any) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
+        from lmtune.models import pretrained
+
         names = [str(label) for label in self.labels]
-        return AutoModelForSequenceClassification.from_pretrained(
-            source,
+        return pretrained(
+            AutoModelForSequenceClassification.from_pretrained, source,
             num_labels=len(names),
             id2label=dict(enumerate(names)),
             label2id={name: i for i, name in enumerate(names)},
@@ -77,15 +79,27 @@ class Classification:
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
         return F.cross_entropy(outputs.logits.float(), batch["labels"], label_smoothing=label_smoothing)
 
-    def example_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy of each example, (n,)."""
-        return F.cross_entropy(outputs.logits.float(), batch["labels"], reduction="none")
+    def score_batch(self, model: Any, batch: dict[str, torch.Tensor], examples: list[dict], indices: list[int],
+                    scoring: Scoring) -> list[torch.Tensor]:
+        """Each example's logits, (classes,) in fp32."""
+        return list(model(**model_inputs(batch)).logits.float().cpu())
 
-    def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        return classification_metrics(logits.argmax(-1), targets, [str(label) for label in self.labels])
+    def aggregate(self, records: list[torch.Tensor], examples: list[dict],
+                  example_losses: bool = False) -> dict[str, Any]:
+        logits = torch.stack(records)
+        targets = torch.tensor([ex["labels"] for ex in examples])
+        losses = F.cross_entropy(logits, targets, reduction="none")
+        result = {"loss": round(losses.mean().item(), 6),
+                  **classification_metrics(logits.argmax(-1), targets, [str(label) for label in self.labels])}
+        if example_losses:
+            result["example_losses"] = [round(x, 5) for x in losses.tolist()]
+        return result
 
-    def predictions(self, logits: torch.Tensor) -> list[dict[str, Any]]:
-        probs = logits.float().softmax(-1)
+    def gold(self, example: dict) -> str | int:
+        return self.labels[example["labels"]]
+
+    def predictions(self, records: list[torch.Tensor], examples: list[dict], rows: int) -> list[dict[str, Any]]:
+        probs = torch.stack(records).softmax(-1)
         results = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)

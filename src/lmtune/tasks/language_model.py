@@ -9,7 +9,6 @@ first token, so no token is given another document as context.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,42 +17,38 @@ import torch.nn.functional as F
 
 from lmtune.config import DataConfig
 from lmtune.data import Table
+from lmtune.data.collate import IGNORE_INDEX, model_inputs
 from lmtune.data.corpus import document_ids, document_windows, pack, read_corpus
 from lmtune.errors import DataError
-from lmtune.tasks.base import TASKS
+from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
 from lmtune.training.losses import cross_entropy
 
-IGNORE = -100
 
-
-class TokenTask:
+class TokenTask(Task):
     """Shared by the token-level tasks: a cross-entropy over target tokens, evaluated as nats/token."""
 
     shift = True
     """Position t predicts token t + 1 (causal); False: position t predicts its own (masked) token."""
     primary_metric = "loss"
-    greater_is_better = False
-    labelled = False
-    """Evaluation data needs no label column: the targets are the text itself."""
-    low_precision_logits = True
-    """The training loop may hand the loss bf16 logits: `cross_entropy` upcasts them chunk by chunk."""
+    metrics = (LOSS, Metric("perplexity", False, "perplexity", 0.1), Metric("accuracy", True, "percent", 0.2))
+    capabilities = Capabilities(labelled=False, low_precision_logits=True)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> TokenTask:
+    def from_state(cls, state: dict[str, Any], cfg: Any = None) -> TokenTask:
         task = cls()
-        task.restore(state)
+        task.restore(state, cfg)
         return task
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], cfg: Any) -> None:
         """Settings saved with the run (none by default)."""
 
     def state(self) -> dict[str, Any]:
         return {}
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
-        """The token each position must predict (IGNORE: none). Causal: the labels move one step left, which is
+        """The token each position must predict (IGNORE_INDEX: none). Causal: the labels move one step left, which is
         cheaper than slicing the (tokens × vocabulary) logits."""
-        return F.pad(labels[:, 1:], (0, 1), value=IGNORE) if self.shift else labels
+        return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX) if self.shift else labels
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
         """Mean NLL per target token."""
@@ -63,7 +58,7 @@ class TokenTask:
     def token_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(summed NLL, target count, correct top-1 count), each (batch,)."""
         logits, labels = outputs.logits, self.targets(batch["labels"])
-        targets = labels != IGNORE
+        targets = labels != IGNORE_INDEX
         chosen = logits[targets].float()
         nll = F.cross_entropy(chosen, labels[targets], reduction="none")
         correct = (chosen.argmax(-1) == labels[targets]).double()
@@ -73,51 +68,35 @@ class TokenTask:
         right = torch.zeros(n, dtype=torch.float64, device=nll.device).index_add_(0, rows, correct)
         return total, targets.sum(-1), right
 
-    def example_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        total, count, _ = self.token_losses(outputs, batch)
-        return total / count.clamp(min=1)
+    def score_batch(self, model: Any, batch: dict[str, torch.Tensor], examples: list[dict], indices: list[int],
+                    scoring: Scoring) -> list[tuple[float, ...]]:
+        """(summed NLL, target tokens, correct top-1) of each example."""
+        total, count, right = (t.double().cpu() for t in self.token_losses(model(**model_inputs(batch)), batch))
+        return list(zip(total.tolist(), count.tolist(), right.tolist(), strict=True))
 
-    @torch.no_grad()
-    def evaluate_model(self, model: Any, examples: list[dict], batch_size: int, pad_id: int, device: Any,
-                       autocast: Any, example_losses: bool = False, shard: tuple[int, int] = (0, 1)) -> dict:
-        """Loss (nats per target token), perplexity and top-1 accuracy over ``examples``, sharded over
-        processes (``shard`` = (rank, world size)); every process gets the same result."""
-        from lmtune.data import collate
-        from lmtune.data.batching import eval_batches
-        from lmtune.data.collate import TARGETS
-
-        was_training = model.training
-        model.eval()
-        rank, world = shard
-        sums = torch.zeros(3, dtype=torch.float64)
-        per_example: dict[int, float] = {}
-        for indices in eval_batches([len(e["input_ids"]) for e in examples], batch_size)[rank::world]:
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
-            with autocast if autocast is not None else nullcontext():
-                outputs = model(**{k: v for k, v in batch.items() if k not in TARGETS})
-            total, count, correct = (t.double().cpu() for t in self.token_losses(outputs, batch))
-            sums += torch.stack([total.sum(), count.sum(), correct.sum()])
-            per_example.update(zip(indices, (total / count.clamp(min=1)).tolist(), strict=True))
-        if world > 1:
-            from accelerate.utils import gather_object, reduce
-
-            sums = reduce(sums.to(device), reduction="sum").cpu()
-            if example_losses:
-                per_example = {k: v for part in gather_object([per_example]) for k, v in part.items()}
-        model.train(was_training)
-        loss = (sums[0] / sums[1].clamp(min=1)).item()
+    def aggregate(self, records: list[tuple[float, ...]], examples: list[dict],
+                  example_losses: bool = False) -> dict[str, Any]:
+        """Loss (nats per target token), perplexity and top-1 accuracy (percent) over all target tokens."""
+        nll, count, right = (math.fsum(r[k] for r in records) for k in range(3))
+        loss = nll / max(count, 1)
         result: dict[str, Any] = {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50)), 4),
-                                  "accuracy": round(100 * (sums[2] / sums[1].clamp(min=1)).item(), 4),
-                                  "tokens": int(sums[1].item())}
-        result.update(self.extra_metrics(model, examples, batch_size, pad_id, device, autocast))
+                                  "accuracy": round(100 * right / max(count, 1), 4), "tokens": int(count)}
         if example_losses:
-            result["example_losses"] = [round(per_example[i], 5) for i in range(len(examples))]
+            result["example_losses"] = [round(r[0] / max(r[1], 1), 5) for r in records]
         return result
 
-    def extra_metrics(self, model: Any, examples: list[dict], batch_size: int, pad_id: int, device: Any,
-                      autocast: Any) -> dict[str, Any]:
-        """Task-specific metrics beyond loss and accuracy (masked LM: pseudo-perplexity)."""
-        return {}
+    def predictions(self, records: list[Any], examples: list[dict], rows: int) -> list[dict[str, Any]]:
+        """Each input row's loss and perplexity over its windows (generating tasks answer with text instead)."""
+        sums = [[0.0, 0.0] for _ in range(rows)]
+        for i, (record, example) in enumerate(zip(records, examples, strict=True)):
+            row = example.get("row", i)
+            sums[row][0] += record[0]
+            sums[row][1] += record[1]
+        out = []
+        for nll, count in sums:
+            loss = nll / max(count, 1)
+            out.append({"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50)), 4)})
+        return out
 
 
 def load_causal_lm(source: str | Path, **kwargs: Any) -> torch.nn.Module:
@@ -132,7 +111,9 @@ def load_causal_lm(source: str | Path, **kwargs: Any) -> torch.nn.Module:
         for key, value in kwargs.items():  # dropout overrides
             setattr(config, key, value)
         return AutoModelForCausalLM.from_config(config, attn_implementation=attention)
-    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    from lmtune.models import pretrained
+
+    return pretrained(AutoModelForCausalLM.from_pretrained, source, **kwargs)
 
 
 def _has_weights(path: Path) -> bool:
@@ -142,10 +123,12 @@ def _has_weights(path: Path) -> bool:
 @TASKS.register("causal_lm")
 class CausalLM(TokenTask):
     name = "causal_lm"
-    metric_names = ("loss", "perplexity", "accuracy")
+    capabilities = Capabilities(labelled=False, generates=True, packed=True, low_precision_logits=True)
     default_columns = {"text": "text"}
-    reader = staticmethod(read_corpus)
-    """Plain-text corpora are read as documents (see `lmtune.data.corpus`), not as one row per line."""
+
+    def read(self, source: str, split: str) -> Table:
+        """Plain-text corpora are read as documents (see `lmtune.data.corpus`), not as one row per line."""
+        return read_corpus(source, split)
 
     def fit(self, train: Table, data: DataConfig) -> None:
         train.require(data.text)

@@ -18,19 +18,21 @@ import torch.nn.functional as F
 
 from lmtune.config import DataConfig
 from lmtune.data import Table
+from lmtune.data.collate import model_inputs
 from lmtune.errors import DataError
 from lmtune.evaluation.squad import squad_scores
-from lmtune.tasks.base import TASKS
+from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
 
 DEFAULTS = {"doc_stride": 128, "max_answer_length": 30, "n_best": 20, "allow_no_answer": False}
 
 
 @TASKS.register("qa")
-class QuestionAnswering:
+class QuestionAnswering(Task):
     name = "qa"
     primary_metric = "f1"
-    greater_is_better = True
-    metric_names = ("loss", "exact_match", "f1")
+    # the official SQuAD scores are percentages; one question of a few hundred moves EM by 0.2-0.5
+    metrics = (LOSS, Metric("exact_match", True, "percent", 0.5), Metric("f1", True, "percent", 0.5))
+    capabilities = Capabilities(spans=True)
     default_columns = {"text": "question", "text_pair": "context", "label": "answers"}
     """Columns when the config names none: the SQuAD / Hugging Face ``squad`` layout."""
 
@@ -38,7 +40,7 @@ class QuestionAnswering:
         self.options = {**DEFAULTS, **(options or {})}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> QuestionAnswering:
+    def from_state(cls, state: dict[str, Any], cfg: Any = None) -> QuestionAnswering:
         return cls(state.get("options"))
 
     def state(self) -> dict[str, Any]:
@@ -83,31 +85,29 @@ class QuestionAnswering:
     def build_model(self, source: str | Path, **kwargs: Any) -> torch.nn.Module:
         from transformers import AutoModelForQuestionAnswering
 
-        return AutoModelForQuestionAnswering.from_pretrained(source, **kwargs)
+        from lmtune.models import pretrained
+
+        return pretrained(AutoModelForQuestionAnswering.from_pretrained, source, **kwargs)
 
     # ---- training ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def extract(outputs: Any) -> torch.Tensor:
-        """(batch, seq, 2) start and end scores: what evaluation keeps of a forward pass."""
-        return torch.stack([outputs.start_logits, outputs.end_logits], -1)
-
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
-        return self.example_losses(outputs, batch, label_smoothing).mean()
-
-    def example_losses(self, outputs: Any, batch: dict[str, torch.Tensor],
-                       label_smoothing: float = 0.0) -> torch.Tensor:
-        """Mean of the start and end cross-entropies of each feature, (n,)."""
-        start = F.cross_entropy(outputs.start_logits.float(), batch["start_positions"], reduction="none",
-                                label_smoothing=label_smoothing)
-        end = F.cross_entropy(outputs.end_logits.float(), batch["end_positions"], reduction="none",
-                              label_smoothing=label_smoothing)
+        """Mean over features of the mean of the start and end cross-entropies."""
+        start = F.cross_entropy(outputs.start_logits.float(), batch["start_positions"], label_smoothing=label_smoothing)
+        end = F.cross_entropy(outputs.end_logits.float(), batch["end_positions"], label_smoothing=label_smoothing)
         return (start + end) / 2
 
     # ---- evaluation and prediction -----------------------------------------------------------------
 
-    def evaluate_outputs(self, scores: list[torch.Tensor], features: list[dict],
-                         example_losses: bool = False) -> dict[str, Any]:
+    def score_batch(self, model: Any, batch: dict[str, torch.Tensor], examples: list[dict], indices: list[int],
+                    scoring: Scoring) -> list[torch.Tensor]:
+        """Each feature's start and end scores, (its length, 2) in fp32."""
+        out = model(**model_inputs(batch))
+        scores = torch.stack([out.start_logits, out.end_logits], -1).float().cpu()
+        return [scores[row, : len(example["input_ids"])] for row, example in enumerate(examples)]
+
+    def aggregate(self, scores: list[torch.Tensor], features: list[dict],
+                  example_losses: bool = False) -> dict[str, Any]:
         """Loss over features, then EM/F1 over the questions (each question's windows combined)."""
         losses = torch.stack([self._feature_loss(s, f) for s, f in zip(scores, features, strict=True)])
         answers = self.answers(scores, features)
@@ -160,7 +160,7 @@ class QuestionAnswering:
                 candidate["score"] = p  # probability among this window's candidates
         return found
 
-    def predict_outputs(self, scores: list[torch.Tensor], features: list[dict], rows: int) -> list[dict[str, Any]]:
+    def predictions(self, scores: list[torch.Tensor], features: list[dict], rows: int) -> list[dict[str, Any]]:
         """One prediction per input row: answer text, character span in the context, score."""
         best = self.answers(scores, features)
         out = []

@@ -21,8 +21,8 @@ import torch
 from lmtune.config import DataConfig
 from lmtune.data import Table
 from lmtune.errors import DataError, LmtuneError
-from lmtune.tasks.base import TASKS
-from lmtune.tasks.language_model import IGNORE, TokenTask, load_causal_lm
+from lmtune.tasks.base import TASKS, Capabilities
+from lmtune.tasks.language_model import IGNORE_INDEX, TokenTask, load_causal_lm
 
 log = logging.getLogger("lmtune")
 MESSAGES = "messages"
@@ -44,7 +44,8 @@ DEFAULT_TEMPLATE = (
 @TASKS.register("sft")
 class InstructionTuning(TokenTask):
     name = "sft"
-    metric_names = ("loss", "perplexity", "accuracy")
+    # rows may be chat `messages` instead of instruction/output columns, so no one target column is required
+    capabilities = Capabilities(labelled=False, generates=True, low_precision_logits=True)
     default_columns = {"text": "instruction", "label": "output"}
 
     def __init__(self, chat_template: str | None = None):
@@ -54,7 +55,7 @@ class InstructionTuning(TokenTask):
     def configure(self, cfg: Any) -> None:
         self.chat_template = cfg.lm.chat_template
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], cfg: Any) -> None:
         self.chat_template = state.get("chat_template")
 
     def state(self) -> dict[str, Any]:
@@ -141,13 +142,13 @@ class InstructionTuning(TokenTask):
             messages = self.conversation(table, i, data, with_response=True)
             pieces = self.pieces(messages, tokenizer)
             ids = self._start(tokenizer, pieces[0][0])
-            labels = [IGNORE] * len(ids)
+            labels = [IGNORE_INDEX] * len(ids)
             for text, target in pieces:
                 piece = tokenizer(text, add_special_tokens=False)["input_ids"]
                 ids += piece
-                labels += piece if target else [IGNORE] * len(piece)
+                labels += piece if target else [IGNORE_INDEX] * len(piece)
             ids, labels = ids[:max_length], labels[:max_length]
-            if all(t == IGNORE for t in labels[1:]):  # truncation left no response token to learn from
+            if all(t == IGNORE_INDEX for t in labels[1:]):  # truncation left no response token to learn from
                 dropped += 1
                 continue
             examples.append({"input_ids": ids, "labels": labels, "row": i})

@@ -9,6 +9,7 @@ rows, ``eval_seconds``); ``lmtune eval`` generates for every row.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ import torch.nn.functional as F
 
 from lmtune.config import DataConfig
 from lmtune.data import Table
+from lmtune.data.collate import IGNORE_INDEX, model_inputs, pad_batch
 from lmtune.errors import DataError, LmtuneError
 from lmtune.extras import require
-from lmtune.tasks.base import TASKS
+from lmtune.models import checkpoint_keys, note_new, pretrained
+from lmtune.tasks.base import LOSS, TASKS, Metric, Scoring, Task
 
-IGNORE = -100
 DEFAULTS = {"architecture": "auto", "max_target_length": 64, "num_beams": 4, "length_penalty": 1.0,
             "no_repeat_ngram_size": 3, "min_length": 5, "prompt": "\nSummary:"}
 WARM_START_SEED = 0
@@ -31,11 +33,10 @@ REFERENCES = "references"
 
 
 @TASKS.register("summarization")
-class Summarization:
+class Summarization(Task):
     name = "summarization"
     primary_metric = "loss"
-    greater_is_better = False
-    metric_names = ("loss", "rouge1", "rouge2", "rougeL")
+    metrics = (LOSS, *(Metric(name, True, "percent", 0.5) for name in ("rouge1", "rouge2", "rougeL")))
     default_columns = {"text": "document", "label": "summary"}
 
     def __init__(self, options: dict[str, Any] | None = None):
@@ -45,7 +46,7 @@ class Summarization:
         self.eval_seconds: float | None = None
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Summarization:
+    def from_state(cls, state: dict[str, Any], cfg: Any = None) -> Summarization:
         return cls(state.get("options"))
 
     def state(self) -> dict[str, Any]:
@@ -76,9 +77,9 @@ class Summarization:
         config = AutoConfig.from_pretrained(source)
         kind = self._kind(config)
         if kind == "causal":
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            model = pretrained(AutoModelForCausalLM.from_pretrained, source, **kwargs)
         elif getattr(config, "is_encoder_decoder", False) and type(config).__name__ == "EncoderDecoderConfig":
-            model = EncoderDecoderModel.from_pretrained(source, **kwargs)  # a run's own (already warm-started)
+            model = pretrained(EncoderDecoderModel.from_pretrained, source, **kwargs)  # a run's own (warm-started)
         else:
             # the decoder's cross-attention is new: seeded, so the same base is built every time (a LoRA
             # run saves only its adapters and reloads them onto this base)
@@ -88,6 +89,7 @@ class Summarization:
                     source, source, encoder_attn_implementation=kwargs.get("attn_implementation"),
                     decoder_attn_implementation=kwargs.get("attn_implementation"))
             model.name_or_path = str(source)  # what a LoRA adapter records as its base
+            note_new(_warm_start_new(model, source))
         self._special_tokens(model, source)
         return model
 
@@ -142,7 +144,7 @@ class Summarization:
                 target = summaries[i] + [ids["end"]] if labelled else []
                 example["input_ids"] = context + target
                 if labelled:
-                    example["labels"] = [IGNORE] * len(context) + target
+                    example["labels"] = [IGNORE_INDEX] * len(context) + target
             else:
                 example["input_ids"] = document
                 if labelled:
@@ -165,14 +167,8 @@ class Summarization:
 
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
         logits, labels = self._aligned(outputs, batch)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
                                label_smoothing=label_smoothing)
-
-    def example_losses(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits, labels = self._aligned(outputs, batch)
-        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-        counts = (labels != IGNORE).sum(-1).clamp(min=1)
-        return per_token.sum(-1) / counts
 
     def _aligned(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) lined up: a causal LM's position t predicts token t + 1."""
@@ -183,76 +179,79 @@ class Summarization:
 
     # ---- evaluation and generation ------------------------------------------------------------------
 
-    @torch.no_grad()
-    def evaluate_model(self, model: Any, examples: list[dict], batch_size: int, pad_id: int, device: Any,
-                       autocast: Any, example_losses: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
-        """Teacher-forced loss over all examples, and ROUGE over (up to ``eval_generate``) generated ones.
+    def score_batch(self, model: Any, batch: dict[str, torch.Tensor], examples: list[dict], indices: list[int],
+                    scoring: Scoring) -> list[tuple[float, int, str | None]]:
+        """(summed NLL of the reference summary, its tokens, the generated summary or None) of each example.
 
-        Not sharded: every process evaluates everything (``shard`` is accepted for the common signature)."""
-        from contextlib import nullcontext
+        Evaluation generates for the first ``eval_generate`` examples (all when None) while within
+        ``eval_seconds`` of the start; prediction generates for every example and has no reference."""
+        sums: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+        if "labels" in batch:
+            logits, labels = self._aligned(model(**model_inputs(batch)), batch)
+            per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                        reduction="none")
+            counts = (labels != IGNORE_INDEX).sum(-1)
+            sums = list(zip(per_token.sum(-1).double().tolist(), counts.tolist(), strict=True))
+        summaries: list[str | None] = [None] * len(examples)
+        if scoring.purpose == "predict" or self._generate_now(scoring):
+            chosen = [k for k, i in enumerate(indices)
+                      if scoring.purpose == "predict" or self.eval_generate is None or i < self.eval_generate]
+            if chosen:
+                for k, text in zip(chosen, self.generate(model, [examples[k] for k in chosen]), strict=True):
+                    summaries[k] = text
+        return [(nll, n, summary) for (nll, n), summary in zip(sums, summaries, strict=True)]
 
-        from lmtune.data import collate
-        from lmtune.data.batching import eval_batches
-        from lmtune.data.collate import TARGETS
+    def _generate_now(self, scoring: Scoring) -> bool:
+        if self.eval_generate == 0:
+            return False
+        return self.eval_seconds is None or time.monotonic() - scoring.started < self.eval_seconds
 
-        was_training = model.training
-        model.eval()
-        losses = [0.0] * len(examples)
-        for indices in eval_batches([len(e["input_ids"]) for e in examples], batch_size):
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], pad_id).items()}
-            with autocast if autocast is not None else nullcontext():
-                outputs = model(**{k: v for k, v in batch.items() if k not in TARGETS})
-            for i, value in zip(indices, self.example_losses(outputs, batch).tolist(), strict=True):
-                losses[i] = value
-        tokens = [sum(1 for t in e["labels"] if t != IGNORE) for e in examples]
-        result: dict[str, Any] = {"loss": round(sum(v * n for v, n in zip(losses, tokens, strict=True))
-                                                / max(sum(tokens), 1), 6)}
-        limit = len(examples) if self.eval_generate is None else self.eval_generate
-        if limit:
-            deadline = time.monotonic() + self.eval_seconds if self.eval_seconds else None
-            chosen = examples[:limit]
-            summaries = self.generate(model, chosen, batch_size, pad_id, device, deadline)
-            result.update(rouge(summaries, [e["references"] for e in chosen[: len(summaries)]]))
-            result["generated"] = len(summaries)
-        model.train(was_training)
+    def aggregate(self, records: list[tuple[float, int, str | None]], examples: list[dict],
+                  example_losses: bool = False) -> dict[str, Any]:
+        """Teacher-forced loss per summary token, and ROUGE over the examples that were summarized."""
+        tokens = sum(n for _, n, _ in records)
+        result: dict[str, Any] = {"loss": round(math.fsum(nll for nll, _, _ in records) / max(tokens, 1), 6)}
+        done = [(summary, ex["references"]) for (_, _, summary), ex in zip(records, examples, strict=True)
+                if summary is not None]
+        if done:
+            result.update(rouge([d[0] for d in done], [d[1] for d in done]))
+            result["generated"] = len(done)
         if example_losses:
-            result["example_losses"] = [round(v, 5) for v in losses]
+            result["example_losses"] = [round(nll / max(n, 1), 5) for nll, n, _ in records]
         return result
 
+    def predictions(self, records: list[tuple[float, int, str | None]], examples: list[dict],
+                    rows: int) -> list[dict[str, Any]]:
+        return [{"summary": summary} for _, _, summary in records]
+
     @torch.no_grad()
-    def generate(self, model: Any, examples: list[dict], batch_size: int, pad_id: int, device: Any,
-                 deadline: float | None = None) -> list[str]:
-        """Beam-search summaries of ``examples`` (stops early, returning those done, past ``deadline``)."""
-        model = getattr(model, "module", model)  # DDP
-        tokenizer = self.tokenizer
-        out: list[str] = []
+    def generate(self, model: Any, examples: list[dict]) -> list[str]:
+        """Beam-search summaries of ``examples`` (one batch)."""
+        pad_id = self.options["ids"]["pad"]
+        device = next(model.parameters()).device
         options = self.options
         settings = {"num_beams": options["num_beams"], "length_penalty": options["length_penalty"],
                     "no_repeat_ngram_size": options["no_repeat_ngram_size"],
                     "min_new_tokens": options["min_length"], "max_new_tokens": options["max_target_length"],
                     "early_stopping": True}
-        for start in range(0, len(examples), batch_size):
-            if deadline is not None and time.monotonic() > deadline and out:
-                break
-            chunk = examples[start:start + batch_size]
-            prompts = [e["input_ids"][: e.get("prompt_length", len(e["input_ids"]))] for e in chunk]
-            if self.causal:  # decoder-only: pad on the left so every prompt ends where generation starts
-                longest = max(map(len, prompts))
-                ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in prompts], device=device)
-                mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
-            else:
-                longest = max(map(len, prompts))
-                ids = torch.tensor([p + [pad_id] * (longest - len(p)) for p in prompts], device=device)
-                mask = torch.tensor([[1] * len(p) + [0] * (longest - len(p)) for p in prompts], device=device)
-            generated = model.generate(input_ids=ids, attention_mask=mask, **settings)
-            if self.causal:
-                generated = generated[:, ids.shape[1]:]
-            out += tokenizer.batch_decode(generated, skip_special_tokens=True)
-        return [" ".join(s.split()) for s in out]
+        prompts = [e["input_ids"][: e.get("prompt_length", len(e["input_ids"]))] for e in examples]
+        # decoder-only: pad on the left so every prompt ends where generation starts
+        ids, mask = pad_batch(prompts, pad_id, left=self.causal)
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **settings)
+        if self.causal:
+            generated = generated[:, ids.shape[1]:]
+        return [" ".join(s.split()) for s in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
-    def predict_model(self, model: Any, examples: list[dict], batch_size: int, pad_id: int,
-                      device: Any) -> list[dict[str, Any]]:
-        return [{"summary": s} for s in self.generate(model, examples, batch_size, pad_id, device)]
+
+def _warm_start_new(model: Any, source: str | Path) -> list[str]:
+    """The decoder's parameters that the encoder checkpoint does not have (cross-attention, maybe the LM head):
+    they start random and must train."""
+    keys = checkpoint_keys(source)
+    if keys is None:
+        return []
+    prefix = model.decoder.base_model_prefix + "."
+    return [f"decoder.{name}" for name, _ in model.decoder.named_parameters()
+            if name not in keys and name.removeprefix(prefix) not in keys]
 
 
 def _references(table: Table, index: int, data: DataConfig) -> list[str]:

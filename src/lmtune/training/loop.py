@@ -14,10 +14,11 @@ import torch
 
 from lmtune.config import TrainConfig
 from lmtune.data import collate, epoch_batches, shard
-from lmtune.data.collate import TARGETS
-from lmtune.errors import Stopped
+from lmtune.data.collate import model_inputs
+from lmtune.errors import LmtuneError, Stopped
 from lmtune.evaluation import evaluate_examples
 from lmtune.integrity import FileCheckError, check_checkpoint
+from lmtune.models import bare_model
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
     TrainState,
@@ -70,7 +71,9 @@ def plan_steps(n_examples: int, cfg: TrainConfig, world_size: int) -> tuple[int,
     batches = math.ceil(n_examples / cfg.batch_size)
     per_process = batches // world_size if world_size > 1 else batches
     if per_process == 0:
-        raise ValueError(f"{n_examples} training examples make no batch for each of {world_size} processes")
+        raise LmtuneError(f"data.train: {n_examples} training examples make no batch of train.batch_size="
+                          f"{cfg.batch_size} for each of {world_size} processes; use more data, a smaller batch "
+                          "or fewer processes")
     per_epoch = math.ceil(per_process / cfg.grad_accum)
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
     return per_epoch, total
@@ -89,7 +92,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, inputs.lr_scales)
     scheduler = build_scheduler(optimizer, cfg, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if getattr(inputs.task, "low_precision_logits", False):
+    if inputs.task.capabilities.low_precision_logits:
         _keep_output_precision(model)
     state, resume_from, skipped = _resume(accelerator, inputs.run_dir)
     tracker = Tracker(inputs.run_dir, total, state.step, accelerator.is_main_process)
@@ -97,69 +100,105 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         tracker.message(warning)
     if resume_from is not None:
         tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
-    lengths = [len(ex["input_ids"]) for ex in inputs.train]
-    window = _Window()
-    model.train()
-    while state.step < total and not state.stopped_early:
-        batches = shard(
-            epoch_batches(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length),
-            accelerator.process_index, accelerator.num_processes,
-        )
-        evaluated = False
-        for i in range(state.batch, len(batches)):
-            group_start = i - i % cfg.grad_accum
-            group_size = min(cfg.grad_accum, len(batches) - group_start)
-            step_ends = i == group_start + group_size - 1
-            window.start()
-            if inputs.batch_examples is not None:
-                examples = inputs.batch_examples(state.epoch, batches[i])
-            else:
-                examples = [inputs.train[j] for j in batches[i]]
-            batch = {k: v.to(accelerator.device) for k, v in collate(examples, inputs.pad_id).items()}
-            with nullcontext() if step_ends else accelerator.no_sync(model):
-                features = {k: v for k, v in batch.items() if k not in TARGETS}
-                if inputs.rdrop:
-                    loss, task_loss = rdrop_loss(model, features, batch, inputs.task, inputs.rdrop,
-                                                 inputs.label_smoothing)
-                else:
-                    loss = task_loss = inputs.task.loss(model(**features), batch,
-                                                        label_smoothing=inputs.label_smoothing)
-                accelerator.backward(loss / group_size)
-            window.add(task_loss.detach(), len(batches[i]) * accelerator.num_processes)
-            state.batch = i + 1
-            evaluated = False
-            if step_ends:
-                _optimizer_step(accelerator, model, optimizer, scheduler, inputs.max_grad_norm)
-                state.step += 1
-                window.stop(state)
-                tracker.advance(window.rate())
-                if state.step % cfg.log_every == 0:
-                    _log_train(accelerator, tracker, window, state, scheduler, per_epoch)
-                if cfg.eval_every and state.step % cfg.eval_every == 0:
-                    _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
-                    evaluated = True
-                if state.step < total and not state.stopped_early:
-                    _stop_if_asked(accelerator, inputs, cfg, state, evaluated)
-                if state.step >= total or state.stopped_early:
-                    if state.batch == len(batches):  # the run ends exactly at an epoch's end
-                        _log_epoch(tracker, state)
-                    break
-            else:
-                window.stop(state)
-        else:
-            _log_epoch(tracker, state)
-            state.epoch += 1
-            state.batch = 0
-            state.epoch_start_seconds = state.train_seconds
-            if not evaluated:
-                _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
-            continue
-        if not evaluated:
-            _evaluate_and_save(accelerator, model, inputs, cfg, state, tracker, per_epoch)
+    _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, per_epoch, total).run()
     tracker.close()
     if inputs.restore_best and state.best_step not in (None, state.step):
         _restore(accelerator, inputs, state, tracker)
     return state
+
+
+@dataclass
+class _Loop:
+    """The epochs of one `fit`: batches → forward/backward → optimizer steps → evaluations and checkpoints."""
+
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    inputs: FitInputs
+    cfg: TrainConfig
+    state: TrainState
+    tracker: Tracker
+    per_epoch: int
+    total: int
+
+    def __post_init__(self) -> None:
+        self.window = _Window()
+        self.lengths = [len(ex["input_ids"]) for ex in self.inputs.train]
+
+    def run(self) -> None:
+        state, cfg = self.state, self.cfg
+        self.model.train()
+        while state.step < self.total and not state.stopped_early:
+            batches = shard(epoch_batches(self.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length),
+                            self.accelerator.process_index, self.accelerator.num_processes)
+            finished, evaluated = self._epoch(batches)
+            if finished:
+                _log_epoch(self.tracker, state)
+                state.epoch += 1
+                state.batch = 0
+                state.epoch_start_seconds = state.train_seconds
+            if not evaluated:  # every epoch, and the run, end with an evaluation and a checkpoint
+                self._evaluate_and_save()
+
+    def _epoch(self, batches: list[list[int]]) -> tuple[bool, bool]:
+        """Train from the current batch on: (whether the epoch was finished, whether its last step evaluated)."""
+        state, evaluated = self.state, False
+        for i in range(state.batch, len(batches)):
+            group_start = i - i % self.cfg.grad_accum
+            group_size = min(self.cfg.grad_accum, len(batches) - group_start)
+            step_ends = i == group_start + group_size - 1
+            self._forward_backward(batches[i], group_size, step_ends)
+            state.batch = i + 1
+            if not step_ends:
+                self.window.stop(state)
+                evaluated = False
+                continue
+            evaluated = self._step()
+            if state.step >= self.total or state.stopped_early:
+                if state.batch == len(batches):  # the run ends exactly at an epoch's end
+                    _log_epoch(self.tracker, state)
+                return False, evaluated
+        return True, evaluated
+
+    def _forward_backward(self, indices: list[int], group_size: int, step_ends: bool) -> None:
+        inputs, accelerator = self.inputs, self.accelerator
+        self.window.start()
+        if inputs.batch_examples is not None:
+            examples = inputs.batch_examples(self.state.epoch, indices)
+        else:
+            examples = [inputs.train[j] for j in indices]
+        batch = {k: v.to(accelerator.device) for k, v in collate(examples, inputs.pad_id).items()}
+        with nullcontext() if step_ends else accelerator.no_sync(self.model):
+            features = model_inputs(batch)
+            if inputs.rdrop:
+                loss, task_loss = rdrop_loss(self.model, features, batch, inputs.task, inputs.rdrop,
+                                             inputs.label_smoothing)
+            else:
+                loss = task_loss = inputs.task.loss(self.model(**features), batch,
+                                                    label_smoothing=inputs.label_smoothing)
+            accelerator.backward(loss / group_size)
+        self.window.add(task_loss.detach(), len(indices) * accelerator.num_processes)
+
+    def _step(self) -> bool:
+        """An optimizer step and what follows it (log, evaluation, SIGTERM); whether it evaluated."""
+        state, cfg = self.state, self.cfg
+        _optimizer_step(self.accelerator, self.model, self.optimizer, self.scheduler, self.inputs.max_grad_norm)
+        state.step += 1
+        self.window.stop(state)
+        self.tracker.advance(self.window.rate())
+        if state.step % cfg.log_every == 0:
+            _log_train(self.accelerator, self.tracker, self.window, state, self.scheduler, self.per_epoch)
+        evaluated = bool(cfg.eval_every) and state.step % cfg.eval_every == 0
+        if evaluated:
+            self._evaluate_and_save()
+        if state.step < self.total and not state.stopped_early:
+            _stop_if_asked(self.accelerator, self.inputs, cfg, state, evaluated)
+        return evaluated
+
+    def _evaluate_and_save(self) -> None:
+        _evaluate_and_save(self.accelerator, self.model, self.inputs, self.cfg, self.state, self.tracker,
+                           self.per_epoch)
 
 
 def _resume(accelerator: Any, run_dir: Path) -> tuple[TrainState, Path | None, list[str]]:
@@ -220,7 +259,7 @@ def _keep_output_precision(model: Any) -> None:
 
     from accelerate.utils.operations import ConvertOutputsToFp32
 
-    inner = getattr(model, "module", model)  # DDP
+    inner = bare_model(model)
     forward = inner.forward
     wrapper = getattr(getattr(forward, "__func__", forward), "__wrapped__", None)
     if isinstance(wrapper, ConvertOutputsToFp32):

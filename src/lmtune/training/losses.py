@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+from lmtune.data.collate import IGNORE_INDEX
+
 CHUNK = 512
 """Rows per chunk: the fp32 copy of a chunk (rows × vocabulary) stays small enough to stay in cache."""
 
@@ -19,7 +20,7 @@ CHUNK = 512
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-        valid = targets != IGNORE
+        valid = targets != IGNORE_INDEX
         count = valid.sum().clamp(min=1).to(torch.float32)
         grad = torch.empty_like(logits) if logits.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
@@ -52,8 +53,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` (rows × vocabulary) against ``targets`` (rows; IGNORE rows skipped)."""
-    valid = targets != IGNORE
+    """Mean cross-entropy of ``logits`` (rows × vocabulary) against ``targets`` (rows; IGNORE_INDEX rows skipped)."""
+    valid = targets != IGNORE_INDEX
     if valid.float().mean() < 0.5:  # sparse targets (masked LM): score only the rows that count
         logits, targets = logits[valid], targets[valid]
     return _ChunkedCrossEntropy.apply(logits, targets, label_smoothing)

@@ -6,6 +6,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lmtune.config import TrainConfig
+from lmtune.errors import LmtuneError
 
 
 def build_optimizer(
@@ -31,7 +32,7 @@ def build_optimizer(
         scale = (lr_scales or {}).get(id(param), 1.0)
         groups.setdefault((lr * scale, decay), []).append(param)
     if not groups:
-        raise ValueError("the strategy left no trainable parameter")
+        raise LmtuneError("strategy.name: the strategy left no trainable parameter; use lora or full instead")
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     return torch.optim.AdamW(param_groups, lr=lr, fused=True)
 

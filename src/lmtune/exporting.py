@@ -1,0 +1,38 @@
+"""`lmtune export RUN`: the run's model as a plain transformers directory (LoRA adapters merged on request)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lmtune import rundir
+from lmtune.errors import LmtuneError
+from lmtune.inference import load
+from lmtune.strategies.lora import is_adapter_dir, merge_adapter
+
+
+def export(run_dir: str | Path, out_dir: str | Path | None = None, merge: bool = False) -> Path:
+    """Write the run's model as a plain transformers directory (LoRA adapters merged when ``merge``).
+
+    Returns:
+        The directory written (default ``RUN/merged``).
+    """
+    run = load(run_dir)
+    target = Path(out_dir) if out_dir else run.run_dir / "merged"
+    model = run.model
+    if is_adapter_dir(run.run_dir / rundir.MODEL):
+        if not merge:
+            raise LmtuneError(f"{run.run_dir}: the model is a LoRA adapter; pass --merge to fold it into the weights")
+        model = merge_adapter(model)
+    if target.exists() and any(target.iterdir()):
+        raise LmtuneError(f"--out: {target} is not empty")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    run.tokenizer.save_pretrained(tmp)
+    if target.exists():
+        target.rmdir()
+    tmp.replace(target)
+    return target

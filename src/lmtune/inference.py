@@ -1,0 +1,129 @@
+"""A finished run loaded for inference: ``lmtune.load(RUN).predict([...])``, ``.evaluate(path)``, ``.generate()``.
+
+Prediction and evaluation go through the one evaluation loop with the run's own evaluation batch size and
+precision, so `lmtune predict`, `lmtune eval` and validation during training score an input identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune import rundir
+from lmtune.config import DataConfig, RunConfig
+from lmtune.data import Table
+from lmtune.errors import LmtuneError
+from lmtune.evaluation import evaluate_examples, predict_examples
+from lmtune.models import from_hub_or_local, load_tokenizer
+from lmtune.strategies.lora import is_adapter_dir, load_adapter_model
+from lmtune.tasks import TASKS, Task
+from lmtune.training.precision import resolve_precision
+
+
+@dataclass
+class Run:
+    """A finished run: its directory, config, task, model and tokenizer."""
+
+    run_dir: Path
+    config: RunConfig
+    task: Task
+    model: Any
+    tokenizer: Any
+
+    def predict(self, texts: list[str] | list[tuple[str, str]] | Table) -> list[dict]:
+        """Predictions for raw texts (or (text, pair) tuples, or a Table of input rows), in input order."""
+        data = self.config.data
+        if self.task.capabilities.generates:  # language models continue (or answer) each input
+            table = texts if isinstance(texts, Table) else _texts_table(texts, data)
+            return [{"generated": self.generate(prompt)} for prompt in self.task.prompts(table, data)]
+        table = _input_table(texts, data) if isinstance(texts, Table) else _texts_table(texts, data)
+        examples = self.task.encode(table, self.tokenizer, _unlabelled(data), self.config.train.max_length)
+        return predict_examples(self.model, examples, self.task, self.config.train.eval_batch,
+                                self.tokenizer.pad_token_id, len(table), self.autocast())
+
+    def evaluate(self, data: str | Table, max_samples: int | None = None) -> dict[str, Any]:
+        """Loss and task metrics on labelled data (a file path or a Table)."""
+        table = (data if isinstance(data, Table) else self.task.read(data, "test")).head(max_samples)
+        if self.task.capabilities.labelled:
+            table.require(self.config.data.label)
+        examples = self.task.encode(table, self.tokenizer, self.config.data, self.config.train.max_length)
+        return evaluate_examples(self.model, examples, self.task, self.config.train.eval_batch,
+                                 self.tokenizer.pad_token_id, autocast=self.autocast())
+
+    def generate(self, prompt: str | dict, settings: Any = None, on_text: Callable[[str], None] | None = None,
+                 **options: Any) -> str:
+        """A language model's continuation of ``prompt`` (sft: its response to an instruction).
+
+        Args:
+            prompt: text; for sft also a row (``instruction``/``input``, or chat ``messages``).
+            settings: a `lmtune.generation.GenerationSettings`; or give its fields as ``options``
+                (max_new_tokens, temperature (0: greedy), top_k, top_p, repetition_penalty, seed).
+            on_text: called with each new piece of text as it is generated (streaming).
+        """
+        from lmtune.generation import GenerationSettings, generate
+
+        if not self.task.capabilities.generates:
+            raise LmtuneError(f"{self.run_dir}: task {self.config.task!r} does not generate text; "
+                              "generation needs a causal_lm or sft run")
+        settings = settings or GenerationSettings(**options)
+        ids = self.task.prompt_ids(prompt, self.tokenizer)
+        return generate(self.model, self.tokenizer, ids, settings, on_text)
+
+    def autocast(self) -> Any:
+        """The mixed-precision context the run was trained (and validated) with."""
+        precision = resolve_precision(self.config.train.precision, torch.cuda.is_available())
+        if precision == "no":
+            return nullcontext()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def load(run_dir: str | Path) -> Run:
+    """Load a finished run directory for prediction and evaluation."""
+    path, cfg, task_state = rundir.read_run(run_dir)
+    task = restore_task(cfg, task_state)
+    source = str(path / rundir.MODEL)
+    if is_adapter_dir(path / rundir.MODEL):
+        model = load_adapter_model(path / rundir.MODEL, lambda base: from_hub_or_local(task.build_model, base))
+    else:
+        model = from_hub_or_local(task.build_model, source)
+    model.eval()
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return Run(path, cfg, task, model, load_tokenizer(source))
+
+
+def restore_task(cfg: RunConfig, task_state: dict[str, Any]) -> Task:
+    """The task of a saved run (its labels, options and seeds), for every consumer of a run directory."""
+    return TASKS.get(cfg.task).from_state(task_state, cfg)
+
+
+def _texts_table(texts: list, data: DataConfig) -> Table:
+    rows = []
+    for item in texts:
+        if isinstance(item, (tuple, list)):
+            rows.append({data.text: item[0], data.text_pair: item[1]})
+        else:
+            rows.append({data.text: item})
+    columns = [data.text] + ([data.text_pair] if data.text_pair else [])
+    return Table("<input>", columns, rows)
+
+
+def _input_table(table: Table, data: DataConfig) -> Table:
+    """Accept prediction inputs whose text column is called ``text`` (plain lines, simple JSONL)."""
+    if data.text in table.columns or "text" not in table.columns:
+        table.require(data.text, data.text_pair)
+        return table
+    rows = [{**row, data.text: row["text"]} for row in table.rows]
+    renamed = Table(table.source, [*table.columns, data.text], rows, table.lines)
+    renamed.require(data.text_pair)
+    return renamed
+
+
+def _unlabelled(data: DataConfig) -> DataConfig:
+    return replace(data, label="\0no-label")  # predictions never read a label column

@@ -1,0 +1,66 @@
+"""A task's model made trainable by a strategy: loaded (with the config's dropout), reported (weights the
+checkpoint did not have), checked (the strategy leaves something to train), and scaled (layer-wise LR)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from lmtune.errors import LmtuneError
+from lmtune.models import from_hub_or_local, loading_report
+from lmtune.strategies import anatomy
+from lmtune.strategies.base import trainable_parameters
+
+log = logging.getLogger("lmtune")
+
+_DROPOUT_KEYS = {
+    "dropout": ("hidden_dropout_prob", "resid_pdrop", "embd_pdrop", "hidden_dropout", "dropout"),
+    "attention_dropout": ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"),
+    "classifier_dropout": ("classifier_dropout", "summary_first_dropout"),
+}
+"""regularization.* → the names model configs use for them (BERT, GPT-2, Llama and others)."""
+
+
+def trainable_model(cfg: Any, task: Any, source: str) -> tuple[Any, torch.nn.Module, int, dict[int, float]]:
+    """(strategy, the model it made trainable, its block count, learning-rate scale per parameter id).
+
+    Raises:
+        LmtuneError: the strategy leaves nothing of this model to train, or asks for more blocks than it has.
+    """
+    strategy = cfg.strategy.build()
+    with loading_report() as report:
+        base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention,
+                                 **_dropout_overrides(cfg, source))
+    if report.summary():
+        log.info("model: %s; these train with every strategy", report.summary())
+    layers = anatomy.num_layers(base)
+    model = strategy.apply(base, frozenset(report.new + report.resized))
+    if trainable_parameters(model)[0] == 0:
+        raise LmtuneError(f"strategy.name: {cfg.strategy.name} leaves no parameter of this {cfg.task} model to "
+                          f"train ({_why_nothing(base)}); use lora or full instead")
+    lr_scales = {id(p): strategy.lr_scale(name, layers) for name, p in model.named_parameters()}
+    return strategy, model, layers, lr_scales
+
+
+def _why_nothing(model: torch.nn.Module) -> str:
+    reasons = []
+    if not any(name.endswith(".bias") for name, _ in model.named_parameters()):
+        reasons.append("it has no bias terms")
+    if getattr(model.config, "tie_word_embeddings", False) and not any(
+            anatomy.is_head(name) for name, _ in model.named_parameters()):
+        reasons.append("its output head is its input embedding matrix (tied), so there is no separate head")
+    return " and ".join(reasons) or "no parameter matches what it trains"
+
+
+def _dropout_overrides(cfg: Any, source: str) -> dict[str, float]:
+    """``from_pretrained`` config overrides for the regularization's dropout settings."""
+    from transformers import AutoConfig
+
+    settings = cfg.regularization
+    wanted = {key: getattr(settings, key) for key in _DROPOUT_KEYS if getattr(settings, key) is not None}
+    if not wanted:
+        return {}
+    model_config = from_hub_or_local(AutoConfig.from_pretrained, source).to_dict()
+    return {name: value for key, value in wanted.items() for name in _DROPOUT_KEYS[key] if name in model_config}

@@ -1,0 +1,60 @@
+"""Every registered task satisfies the task contract, and no consumer probes a task for hooks."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from lmtune.tasks import TASKS
+from lmtune.tasks.base import Capabilities, Metric, Task
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "lmtune"
+NAMES = TASKS.names()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_task_implements_the_whole_contract(name):
+    cls = TASKS.get(name)
+    assert issubclass(cls, Task) and cls.name == name
+    assert not inspect.isabstract(cls), f"{name} leaves abstract: {sorted(cls.__abstractmethods__)}"
+    task = cls()  # constructible with defaults, as `from_state` and `make_task` need
+    assert isinstance(task.capabilities, Capabilities)
+    assert task.state() == cls.from_state(task.state(), None).state()  # the saved state round-trips
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_task_declares_its_metrics(name):
+    cls = TASKS.get(name)
+    assert cls.metrics[0].name == "loss" and not cls.metrics[0].greater_is_better
+    assert len(set(cls.metric_names)) == len(cls.metrics)
+    assert cls.primary_metric in cls.metric_names
+    for metric in cls.metrics:
+        assert isinstance(metric, Metric) and metric.scale in ("fraction", "percent", "nats", "perplexity")
+        assert 0 < metric.min_delta < (1 if metric.scale == "fraction" else math.inf)
+        assert metric.unit == (100.0 if metric.scale == "percent" else 1.0)
+
+
+def test_capabilities_that_need_hooks_have_them():
+    for name in NAMES:
+        cls = TASKS.get(name)
+        if cls.capabilities.generates:
+            assert cls.prompts is not Task.prompts and cls.prompt_ids is not Task.prompt_ids, name
+        if cls.capabilities.remasked:
+            assert cls.training_batches is not Task.training_batches, name
+        if cls.capabilities.packed:
+            assert cls.training_examples is not Task.training_examples, name
+        if cls.capabilities.class_labels:
+            assert cls.gold is not Task.gold, name
+
+
+PROBE = re.compile(r"\b(hasattr|getattr)\(\s*(self\.)?(task|inputs\.task|c\.task|run\.task|data\.task)\b")
+
+
+def test_no_consumer_probes_a_task():
+    offenders = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if PROBE.search(line)]
+    assert offenders == []
