@@ -79,13 +79,16 @@ def test_damaged_run_files(capsys, run, name, content, problem):
     assert _fails(capsys, *_predict(run)).startswith(f"{run / name}: {problem}")
 
 
-def test_damaged_metrics_for_report_and_diagnose(capsys, caplog, run):
+def test_damaged_metrics_for_report_and_diagnose(capsys, caplog, run, monkeypatch):
     final = (run / "metrics.json").read_text()
     (run / "metrics.json").write_text('{"validation": {"accuracy": 0.8')
     assert _fails(capsys, "report", str(run)).startswith(f"{run / 'metrics.json'}: not valid JSON")
     assert not (run / "report.html").exists()
     (run / "metrics.json").write_text(final)
     (run / "diagnosis.json").write_text('{"state": "healthy"}')  # derived data: diagnosed again, not refused
+    from lmtune.reporting import build
+
+    monkeypatch.setattr(build, "SECTIONS", [("Diagnosis", build._diagnosis)])  # only what this test is about
     assert main(["report", str(run), "--out", str(run / "r.html")]) == 0
     assert f"{run / 'diagnosis.json'}: a diagnosis lacks 'findings'; the file is damaged; diagnosing the run again" \
         in caplog.text
@@ -111,3 +114,21 @@ def test_no_traceback_from_a_real_process(run):
                             timeout=300)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_missing_database_driver_is_one_line_before_any_work(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    out = tmp_path / "cmp"
+    message = _fails(capsys, "compare", str(REPO / "examples" / "sentiment.yaml"), f"output={tmp_path / 'x'}",
+                     "--storage", "postgresql://lmtune@127.0.0.1:5999/study", "--out", str(out))
+    assert message == ("--storage: postgresql through the psycopg driver needs the psycopg[binary] package, "
+                       "which is not installed (psycopg): pip install 'psycopg[binary]'")
+    assert not out.exists()
+
+
+def test_a_missing_attribution_package_is_one_line(capsys, monkeypatch, run):
+    monkeypatch.setitem(sys.modules, "captum", None)
+    message = _fails(capsys, "explain", str(run), "--text", "a fine film", "--method", "ig", "--no-png",
+                     "--no-checks", "--no-base", "--out", str(run / "x"))
+    assert message.startswith("--method ig: Integrated Gradients (gradxinput and occlusion work without it): "
+                              "needs the captum package, which is not installed: pip install 'captum'")

@@ -41,14 +41,19 @@ def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path)
     metrics = json.loads(result.stdout)
     assert metrics["f1"] == expected["validation"]["f1"]  # eval reproduces the logged validation
     assert metrics["exact_match"] == expected["validation"]["exact_match"]
-    untrained = untrained_run(whole).evaluate(str(squad_slice["eval"]))
-    assert metrics["f1"] > untrained["f1"] + 2 and metrics["loss"] < untrained["loss"]  # it learned
+    assert metrics["loss"] < untrained_run(whole).evaluate(str(squad_slice["eval"]))["loss"]
 
     rows = [json.loads(x) for x in squad_slice["eval"].read_text().splitlines()[:3]]
     result = subprocess.run(lmtune_command("predict", str(whole), "--input", str(squad_slice["eval"])),
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     predictions = [json.loads(x) for x in result.stdout.splitlines()]
     assert len(predictions) == 16
+    # predict and eval take one path: SQuAD's scores of predict's answers are eval's scores
+    from lmtune.evaluation.squad import squad_scores
+
+    references = [json.loads(x)["answers"]["text"] for x in squad_slice["eval"].read_text().splitlines()]
+    assert squad_scores([p["answer"] for p in predictions], references) == {
+        "exact_match": metrics["exact_match"], "f1": metrics["f1"]}
     for row, p in zip(rows, predictions, strict=False):
         assert p["text"] == row["question"] and row["context"][p["start"]:p["end"]] == p["answer"]
         assert 0 <= p["score"] <= 1
@@ -80,3 +85,32 @@ def test_qa_with_lora_and_freezing(squad_slice, tmp_path, strategy):
 
     [answer] = lmtune.load(out).predict([("Who won?", "The Denver Broncos won the game.")])
     assert "The Denver Broncos won the game."[answer["start"]:answer["end"]] == answer["answer"]
+
+
+def test_qa_learns_to_answer(tmp_path):
+    """Eight SQuAD steps are too few to move F1 off zero; on questions whose answer follows one pattern, a few
+    steps take the bundled model from no right answer to most of them."""
+    import random
+
+    rng = random.Random(0)
+    names = ["Anna", "Boris", "Carla", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Irene", "Jonas", "Kira"]
+    rows = []
+    for _ in range(56):
+        name, thing, city = rng.choice(names), rng.choice(["race", "prize", "cup", "title"]), rng.choice(
+            ["Paris", "Oslo", "Rome", "Lima"])
+        context = f"In {city}, {name} won the {thing} after a long day. The crowd cheered for {name}."
+        rows.append({"question": f"Who won the {thing} in {city}?", "context": context,
+                     "answers": {"text": [name], "answer_start": [context.index(name)]}})
+    for name, part in (("train", rows[:44]), ("eval", rows[44:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    out = tmp_path / "run"
+    result = subprocess.run(lmtune_command("train", str(REPO / "examples" / "squad.yaml"),
+                                           f"data.train={tmp_path / 'train.jsonl'}",
+                                           f"data.validation={tmp_path / 'eval.jsonl'}", f"output={out}",
+                                           "train.max_length=64", "train.batch_size=8", "train.max_steps=6",
+                                           "train.eval_train_samples=8"),
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    trained = json.loads((out / "metrics.json").read_text())["validation"]
+    untrained = untrained_run(out).evaluate(str(tmp_path / "eval.jsonl"))
+    assert untrained["f1"] < 50 and trained["f1"] > untrained["f1"] + 30  # it learned

@@ -28,7 +28,7 @@ def slices(tmp_path_factory):
 def _train(s, out):
     return lmtune_command("train", str(REPO / "examples" / "dialogsum.yaml"), f"model={s['model']}",
                           f"data.train={s['train']}", f"data.validation={s['test']}", f"output={out}",
-                          "train.max_steps=6", "train.eval_every=2", "train.batch_size=4", "train.max_length=96",
+                          "train.max_steps=30", "train.eval_every=10", "train.batch_size=4", "train.max_length=96",
                           "summarization.eval_generate=2", "summarization.num_beams=2",
                           "summarization.max_target_length=16", "train.lr=1e-3")
 
@@ -38,7 +38,7 @@ def test_summarization_trains_resumes_evaluates_and_predicts(slices, tmp_path):
     result = subprocess.run(_train(slices, whole), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr
     killed = tmp_path / "killed"
-    kill_at_checkpoint(_train(slices, killed), killed, step=2)
+    kill_at_checkpoint(_train(slices, killed), killed, step=10)
     result = subprocess.run(_train(slices, killed), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0 and "resumed from step-" in result.stderr, result.stderr
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))

@@ -99,3 +99,51 @@ def test_runs_saved_by_an_older_lmtune_still_load_and_resume(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     _check_compatible(tmp_path, cfg)  # no error: the same run
     assert load_config(_upgrade(old)) == cfg
+
+
+def test_runs_from_before_a_setting_keep_the_behaviour_they_were_trained_with(tmp_path):
+    """Runs written before early stopping ended with their last weights and scored no training sample: read
+    or resumed today, they keep doing so (today's defaults would restore the best weights)."""
+    import yaml
+
+    from lmtune.config import config_to_dict
+    from lmtune.rundir import prepare_run_dir, read_run
+
+    cfg = load_config({"data": {"train": "t.csv"}, "output": str(tmp_path)})
+    old = config_to_dict(cfg)
+    old.pop("early_stopping")
+    old["train"].pop("eval_train_samples")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "task.json").write_text('{"task": "classification", "labels": [0, 1]}')
+    _, _, resumed = prepare_run_dir(cfg)  # the same config resumes it, with its own behaviour
+    assert resumed.early_stopping.restore_best is False and resumed.train.eval_train_samples == 0
+    _, loaded, _ = read_run(tmp_path, finished=False)
+    assert loaded.early_stopping.restore_best is False and loaded.train.eval_train_samples == 0
+    new = tmp_path / "new"
+    _, _, fresh = prepare_run_dir(load_config({"data": {"train": "t.csv"}, "output": str(new)}))
+    assert fresh.early_stopping.restore_best is True and fresh.train.eval_train_samples == 512
+
+
+@pytest.mark.parametrize(("layers", "ok"), [(0, True), (2, True), (0.25, True), (1.0, False), (2.5, False),
+                                             (-1, False)])
+def test_strategy_layers_is_a_count_or_a_fraction(layers, ok):
+    config = {"data": {"train": "t.csv"}, "strategy": {"name": "freeze", "layers": layers}}
+    if ok:
+        assert load_config(config).strategy.layers == layers
+    else:
+        with pytest.raises(ConfigError, match=r"strategy.layers: .* is neither a block count"):
+            load_config(config)
+
+
+def test_freezing_more_blocks_than_the_model_has_is_refused():
+    from lmtune.errors import LmtuneError
+    from lmtune.strategies.freeze import frozen_count
+
+    assert frozen_count(0.5, 6) == 3 and frozen_count(6, 6) == 6
+    with pytest.raises(LmtuneError, match="strategy.layers: 7 blocks to freeze, but the model has 6"):
+        frozen_count(7, 6)
+
+
+def test_mlm_augmentation_needs_a_named_masked_lm():
+    with pytest.raises(ConfigError, match="augmentation.mlm_model: required by method 'mlm'"):
+        load_config({"data": {"train": "t.csv"}, "augmentation": {"methods": ["mlm"]}})

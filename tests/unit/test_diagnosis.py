@@ -121,7 +121,7 @@ def test_data_problems_leaks_contradictions_imbalance_and_label_noise(tmp_path):
     rows += [{"text": "Good  film 3", "label": 0}]  # contradicts row 3 (case and spacing differ)
     val_rows = [{"text": "good film 1", "label": 1}, {"text": "bad film 2", "label": 1},
                 {"text": "new one", "label": 0}]
-    val = [(0.70, 0.6), (0.80, 0.45), (0.84, 0.40), (0.85, 0.38)]
+    val = [(0.70, 0.6), (0.80, 0.45), (0.84, 0.40), (0.843, 0.39)]  # a plateau: the last gain is noise
     sample = [(0.71, 0.58), (0.82, 0.42), (0.86, 0.36), (0.87, 0.35)]
     losses = [[0.1] * 37 for _ in range(4)]
     for row in losses[2:]:

@@ -21,19 +21,10 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
         example fields (e.g. QA offsets) stay out of the batch.
     """
     longest = max(len(ex["input_ids"]) for ex in examples)
-    ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), longest), dtype=torch.long)
-    has_types = "token_type_ids" in examples[0]
-    types = torch.zeros((len(examples), longest), dtype=torch.long) if has_types else None
-    for row, ex in enumerate(examples):
-        n = len(ex["input_ids"])
-        ids[row, :n] = torch.tensor(ex["input_ids"], dtype=torch.long)
-        mask[row, :n] = 1
-        if types is not None:
-            types[row, :n] = torch.tensor(ex["token_type_ids"], dtype=torch.long)
+    ids, mask = pad_batch([ex["input_ids"] for ex in examples], pad_id)
     batch = {"input_ids": ids, "attention_mask": mask}
-    if types is not None:
-        batch["token_type_ids"] = types
+    if "token_type_ids" in examples[0]:
+        batch["token_type_ids"] = _pad([ex["token_type_ids"] for ex in examples], 0)
     if "hidden" in examples[0]:  # cached frozen-layer outputs, (len, hidden) each
         hidden = torch.zeros((len(examples), longest, examples[0]["hidden"].shape[-1]), dtype=torch.float32)
         for row, ex in enumerate(examples):

@@ -33,7 +33,7 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
     watch = watched_metric(cfg, task)
     declared = task.metric(watch)
     maximize = cfg.early_stopping.maximize(declared.greater_is_better)
-    state = assess(Curves.from_log(read_log(path)), cfg, watch, maximize, final, declared.unit)
+    state = assess(Curves.from_log(read_log(path)), cfg, watch, maximize, final, declared)
     data: list[Finding] = []
     if task.capabilities.class_labels:  # the data checks are about class labels
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from lmtune.config import RunConfig
 from lmtune.diagnosis.findings import Finding, Suggestion
+from lmtune.tasks.base import Metric
 
 GAP = 0.05
 """A train-sample minus validation difference above this (5 accuracy points) is a real gap."""
@@ -46,10 +47,11 @@ class Curves:
 
 
 def assess(curves: Curves, cfg: RunConfig, watch: str, maximize: bool, final: dict[str, Any] | None,
-           unit: float) -> Finding:
+           metric: Metric) -> Finding:
     """The finding that names the run's state, with its evidence and next steps.
 
-    ``unit``: the watched metric's declared unit (100 for a metric in percent): thresholds are for [0, 1].
+    ``metric``: the watched metric's declaration: its unit (100 for percent; thresholds are written for [0, 1])
+    and its smallest meaningful difference (an improvement above it is progress, not noise).
     """
     final = final or {}
     unstable = _instability(curves, cfg)
@@ -64,7 +66,7 @@ def assess(curves: Curves, cfg: RunConfig, watch: str, maximize: bool, final: di
     values = [m.get(watch) for _, m in curves.validation]
     best = max(range(len(values)), key=lambda i: sign * values[i])
     used = _index_of(steps, final.get("restored_step")) if final.get("restored_step") else len(steps) - 1
-    fact = _Facts(curves, watch, sign, steps, values, best, used, unit)
+    fact = _Facts(curves, watch, sign, steps, values, best, used, metric.unit, metric.min_delta)
     overfit = _overfitting(fact, cfg)
     if overfit is not None:
         return overfit
@@ -87,6 +89,12 @@ class _Facts:
     """Index of the evaluation whose weights the run ends with (the restored one, else the last)."""
     scale: float = 1.0
     """100 for metrics in percent: thresholds are for [0, 1]."""
+    min_delta: float = 0.0
+    """The metric's smallest meaningful difference, in its own units."""
+
+    def last_gain(self) -> float:
+        """How much the last evaluation improved on the one before, in the metric's units."""
+        return self.sign * (self.values[-1] - self.values[-2]) if len(self.values) > 1 else 0.0
 
     def sample(self, i: int) -> float | None:
         record = self.curves.train_sample.get(self.steps[i])
@@ -198,11 +206,16 @@ def _underfitting(f: _Facts, cfg: RunConfig, final: dict[str, Any]) -> Finding |
             why = "the model barely beats always predicting the most frequent class"
             evidence.append(f"training-sample accuracy {train_last:.4f}, majority-class rate {baseline:.4f}")
     gap = f.gap(last)
-    still_learning = f.best == last and _loss_still_falling(f.curves) and (gap is None or gap < GAP)
+    falling, gaining = _loss_still_falling(f.curves), f.last_gain() > f.min_delta
+    still_learning = f.best == last and (falling or gaining) and (gap is None or gap < GAP)
     if why is None and still_learning:
         why = "validation and training were still improving when training ended"
         evidence.append(f"validation {f.watch} was best at the last evaluation ({f.values[last]:.4f})")
-        evidence.append("training loss fell more than 10% over the last quarter of the logged steps")
+        if gaining:
+            evidence.append(f"the last evaluation improved {f.watch} by {f.last_gain():.4f}, more than the "
+                            f"{f.min_delta:g} that counts as a real difference for it")
+        if falling:
+            evidence.append("training loss fell more than 10% over the last quarter of the logged steps")
         if gap is not None:
             evidence.append(f"train/validation gap is small: {gap * f.scale:.4f}")
     if why is None:

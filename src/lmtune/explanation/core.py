@@ -170,9 +170,9 @@ class Explainer:
         return {"probability": round(probability, 6),
                 "attention_change_per_layer": [round(float(c), 4) for c in change],
                 "attribution_rank_correlation": correlations,
-                "note": "the base model's classification head is untrained (freshly initialised, seeded)"
-                if self.run.config.task == "classification" else
-                "the model the run started from (a scratch model: its seeded random initialisation)"}
+                "note": "the model the run started from (a scratch model: its seeded random initialisation)"
+                if self.run.task.capabilities.generates else
+                "the base model's task head is untrained (freshly initialised, seeded)"}
 
 
 def _content_correlation(example: Example, a: list[float], b: list[float]) -> float:

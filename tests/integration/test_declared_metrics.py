@@ -1,0 +1,64 @@
+"""compare and diagnose on logs the real loop wrote, for tasks whose metrics are not fractions: QA's F1 is in
+percent (compare's noise floor is 0.5 points, not 0.005) and a language model watches its loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmtune.cli.main import main
+from lmtune.tasks.qa import QuestionAnswering
+from tests.conftest import REPO
+from tests.integration.test_compare import _winner_by_the_stated_rule
+
+pytestmark = pytest.mark.integration
+
+
+def test_compare_on_qa_uses_the_percent_noise_floor(squad_slice, tmp_path, capsys):
+    floor = QuestionAnswering.metric("f1").min_delta
+    code = main(["compare", str(REPO / "examples" / "squad.yaml"), f"data.train={squad_slice['train']}",
+                 f"data.validation={squad_slice['eval']}", f"output={tmp_path / 'qa'}", "train.max_length=128",
+                 "data.doc_stride=32", "train.batch_size=8", "train.eval_train_samples=8",
+                 "--strategies", "head,lora", "--budget", "4", "--no-prune"])
+    assert code == 0
+    board = json.loads((tmp_path / "qa-compare" / "leaderboard.json").read_text())
+    assert board["metric"] == "f1" and f"max(std_best + std, {floor:g})" in board["rule"]
+    assert all(r["status"] == "complete" and 0 <= r["mean"] <= 100 for r in board["rows"])
+    assert board["winner"] == _winner_by_the_stated_rule(board["rows"], noise_floor=floor)
+    capsys.readouterr()
+
+    # the diagnosis of a trial reads F1 as percent: its train/validation gap is in F1 points over 100
+    trial = tmp_path / "qa-compare" / "trials" / "lora-v0-s42"
+    assert main(["diagnose", str(trial), "--json"]) == 0
+    diagnosis = json.loads(capsys.readouterr().out)
+    log = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    sample = [x for x in log if x["split"] == "train_sample"][-1]
+    validation = [x for x in log if x["split"] == "validation"][-1]
+    gap = (sample["f1"] - validation["f1"])
+    evidence = " ".join(line for finding in diagnosis["findings"] for line in finding["evidence"])
+    if diagnosis["state"] != "unknown":
+        assert f"{gap:.4f}" in evidence or f"{gap:.2f}" in evidence
+    assert diagnosis["state"] != "overfitting" or gap / 100 > 0.05  # the 0.05 threshold is for a [0, 1] scale
+
+
+def test_a_language_model_still_learning_is_underfitting(stories_slice, tmp_path, capsys):
+    run = tmp_path / "lm"
+    code = main(["train", str(REPO / "examples" / "tinystories.yaml"), "model=scratch:tiny",
+                 f"data.train={stories_slice['train']}", f"data.validation={stories_slice['validation']}",
+                 f"output={run}", "lm.vocab_size=400", "train.max_steps=16", "train.eval_every=4",
+                 "train.max_length=64", "train.batch_size=8", "train.lr=5e-4", "train.warmup=0",
+                 "train.eval_train_samples=8",
+                 "data.max_train_samples=20", "data.max_eval_samples=6", "train.log_every=1"])
+    assert code == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(run), "--json"]) == 0
+    diagnosis = json.loads(capsys.readouterr().out)
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in log if x["split"] == "validation"]
+    assert losses == sorted(losses, reverse=True)  # the logged validation loss fell at every evaluation
+    assert diagnosis["state"] == "underfitting"
+    assert diagnosis["findings"][0]["title"] == ("underfitting: validation and training were still improving "
+                                                 "when training ended")
+    assert "train.epochs=" in " ".join(s for f in diagnosis["findings"] for t in f["suggestions"]
+                                       for s in t["overrides"])
