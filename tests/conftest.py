@@ -206,3 +206,26 @@ def untrained_run(run_dir: Path):
     torch.manual_seed(cfg.train.seed)
     source = resolve_model(cfg.model)
     return Run(path, cfg, task, task.build_model(source).eval(), load_tokenizer(source))
+
+
+@pytest.fixture(scope="session")
+def easy_qa(tmp_path_factory) -> dict[str, Path]:
+    """Extractive QA whose answer always follows one pattern (who won): the bundled model learns it in a few
+    steps, where a few steps of real SQuAD leave F1 at 0. 44 training and 12 evaluation questions."""
+    import random
+
+    rng = random.Random(0)
+    names = ["Anna", "Boris", "Carla", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Irene", "Jonas", "Kira"]
+    rows = []
+    for _ in range(56):
+        name, thing, city = rng.choice(names), rng.choice(["race", "prize", "cup", "title"]), rng.choice(
+            ["Paris", "Oslo", "Rome", "Lima"])
+        context = f"In {city}, {name} won the {thing} after a long day. The crowd cheered for {name}."
+        rows.append({"question": f"Who won the {thing} in {city}?", "context": context,
+                     "answers": {"text": [name], "answer_start": [context.index(name)]}})
+    out = tmp_path_factory.mktemp("easy-qa")
+    paths = {}
+    for name, part in (("train", rows[:44]), ("eval", rows[44:])):
+        paths[name] = out / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in part))
+    return paths

@@ -87,30 +87,17 @@ def test_qa_with_lora_and_freezing(squad_slice, tmp_path, strategy):
     assert "The Denver Broncos won the game."[answer["start"]:answer["end"]] == answer["answer"]
 
 
-def test_qa_learns_to_answer(tmp_path):
+def test_qa_learns_to_answer(easy_qa, tmp_path):
     """Eight SQuAD steps are too few to move F1 off zero; on questions whose answer follows one pattern, a few
     steps take the bundled model from no right answer to most of them."""
-    import random
-
-    rng = random.Random(0)
-    names = ["Anna", "Boris", "Carla", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Irene", "Jonas", "Kira"]
-    rows = []
-    for _ in range(56):
-        name, thing, city = rng.choice(names), rng.choice(["race", "prize", "cup", "title"]), rng.choice(
-            ["Paris", "Oslo", "Rome", "Lima"])
-        context = f"In {city}, {name} won the {thing} after a long day. The crowd cheered for {name}."
-        rows.append({"question": f"Who won the {thing} in {city}?", "context": context,
-                     "answers": {"text": [name], "answer_start": [context.index(name)]}})
-    for name, part in (("train", rows[:44]), ("eval", rows[44:])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     out = tmp_path / "run"
     result = subprocess.run(lmtune_command("train", str(REPO / "examples" / "squad.yaml"),
-                                           f"data.train={tmp_path / 'train.jsonl'}",
-                                           f"data.validation={tmp_path / 'eval.jsonl'}", f"output={out}",
+                                           f"data.train={easy_qa['train']}",
+                                           f"data.validation={easy_qa['eval']}", f"output={out}",
                                            "train.max_length=64", "train.batch_size=8", "train.max_steps=6",
                                            "train.eval_train_samples=8"),
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())["validation"]
-    untrained = untrained_run(out).evaluate(str(tmp_path / "eval.jsonl"))
+    untrained = untrained_run(out).evaluate(str(easy_qa["eval"]))
     assert untrained["f1"] < 50 and trained["f1"] > untrained["f1"] + 30  # it learned
