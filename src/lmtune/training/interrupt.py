@@ -32,11 +32,17 @@ def _handle(signum: int, frame: FrameType | None) -> None:
              signal.Signals(signum).name)
 
 
-def stop_requested(accelerator: Any) -> int | None:
-    """The signal number if any process was asked to stop (the same answer on every process), else None."""
+def stop_requested(accelerator: Any, step: int, every: int) -> int | None:
+    """The signal number if any process was asked to stop (the same answer on every process), else None.
+
+    With several processes the answer needs an all-reduce, so it is asked only every ``every`` steps (the
+    log interval): a stop may come that many steps later, but the training step pays no extra collective.
+    """
     import torch
 
     if accelerator.num_processes == 1:
         return _received[0] if _received else None
+    if step % every:
+        return None
     flag = torch.tensor([1.0 if _received else 0.0], device=accelerator.device)
     return signal.SIGTERM if accelerator.reduce(flag, reduction="sum").item() > 0 else None

@@ -221,7 +221,7 @@ def _resume(accelerator: Any, run_dir: Path) -> tuple[TrainState, Path | None, l
 
 def _stop_if_asked(accelerator: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState, saved: bool) -> None:
     """After an optimizer step: on SIGTERM, write a checkpoint (unless this step just did) and stop."""
-    signum = stop_requested(accelerator)
+    signum = stop_requested(accelerator, state.step, cfg.log_every)
     if signum is None:
         return
     if not saved:
