@@ -75,6 +75,15 @@ def explain(run_dir, texts, out_dir=None, **options):
                        **options)
 
 
+def serve(runs, **limits):
+    """The ASGI app of `lmtune serve` for ``runs`` (run directories, or NAME=RUN), to mount in other ASGI code or
+    run with any ASGI server; ``limits``: the fields of `lmtune.serving.Limits` (max_batch_size, ...)."""
+    from lmtune.serving import Limits, create_app
+
+    return create_app([runs] if isinstance(runs, (str, bytes)) or hasattr(runs, "__fspath__") else
+                      [str(r) for r in runs], Limits(**limits))
+
+
 def report(run_dir, out=None):
     """Write the run's self-contained HTML report (default RUN/report.html); returns its path."""
     from lmtune.reporting import write_report
@@ -83,4 +92,4 @@ def report(run_dir, out=None):
 
 
 __all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "compare", "export", "load", "load_config",
-           "train", "diagnose", "explain", "report", "generate", "import_llama2c"]
+           "train", "diagnose", "explain", "report", "generate", "import_llama2c", "serve"]

@@ -1,16 +1,24 @@
-"""Text generation from a causal LM: greedy or sampled (temperature, top-k, top-p), with a repetition
-penalty, streamed piece by piece to a callback (the terminal, an HTTP response)."""
+"""Text generation from a causal LM, for `lmtune generate`, `lmtune predict` and `lmtune serve` alike.
+
+One decoding loop runs several prompts together (left-padded, one forward pass per new token for all of
+them), each with its own settings (greedy or sampled: temperature, top-k, top-p, repetition penalty), its
+own random generator (a seed makes one request reproducible whatever else is in the batch, and never
+touches the global seed), its own stop strings and its own stream of text pieces. A row that finishes or is
+cancelled stops costing anything but its slot in the batch; the loop ends when every row has finished.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
 from lmtune.errors import LmtuneError
+
+FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -44,63 +52,174 @@ class GenerationSettings:
         if problems:
             raise LmtuneError("; ".join(problems))
 
-    def to_generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens,
-                                  "repetition_penalty": self.repetition_penalty}
-        if self.temperature == 0:
-            return {**kwargs, "do_sample": False, "temperature": None, "top_k": None, "top_p": None}
-        return {**kwargs, "do_sample": True, "temperature": self.temperature, "top_k": self.top_k or 0,
-                "top_p": self.top_p or 1.0}
+
+@dataclass
+class Job:
+    """One prompt to continue, and (once `generate_batch` returns) what came of it."""
+
+    prompt_ids: list[int]
+    settings: GenerationSettings = GenerationSettings()
+    stop: tuple[str, ...] = ()
+    """Strings that end the text where they first appear (not included in it)."""
+    on_text: Callable[[str], None] | None = None
+    """Called with each new piece of text as soon as it is final (streaming)."""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set from any thread to stop this row (a client that went away)."""
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    completion_tokens: int = 0
 
 
-class _Stream:
-    """A transformers streamer that hands each newly decoded piece of text to ``on_text``.
-
-    Decoding the whole continuation each time (not token by token) keeps multi-byte characters and
-    word-piece joins right; only the new suffix is passed on.
-    """
-
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
-        self.tokenizer, self.on_text = tokenizer, on_text
-        self.ids: list[int] = []
-        self.sent = 0
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first passes the prompt
-            self.prompt_seen = True
-            return
-        self.ids += value.reshape(-1).tolist()
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its other bytes
-            return
-        if len(text) > self.sent:
-            self.on_text(text[self.sent:])
-            self.sent = len(text)
-
-    def end(self) -> None:
-        pass
+def context_limit(model: Any) -> int | None:
+    """The model's context length in tokens (None: unbounded)."""
+    return getattr(model.config, "max_position_embeddings", None)
 
 
-@torch.no_grad()
+def check_prompt(model: Any, length: int) -> None:
+    """A prompt of ``length`` tokens must leave room for at least one new token."""
+    limit = context_limit(model)
+    if length == 0:
+        raise LmtuneError("prompt: empty; the model needs at least one token to continue")
+    if limit and length >= limit:
+        raise LmtuneError(f"prompt: {length} tokens do not fit the model's context of {limit}")
+
+
 def generate(model: Any, tokenizer: Any, prompt_ids: list[int], settings: GenerationSettings,
              on_text: Callable[[str], None] | None = None) -> str:
     """The continuation of ``prompt_ids`` as text (special tokens dropped); stops at EOS or the token limit."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids], device=device)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and ids.shape[1] >= limit:
-        raise LmtuneError(f"prompt: {ids.shape[1]} tokens do not fit the model's context of {limit}")
-    kwargs = settings.to_generate_kwargs()
-    if limit:
-        kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], limit - ids.shape[1])
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    streamer = _Stream(tokenizer, on_text) if on_text else None
-    with torch.random.fork_rng(devices=[]) if settings.seed is not None else nullcontext():
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), eos_token_id=eos,
-                             pad_token_id=pad, streamer=streamer, **kwargs)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    job = Job(prompt_ids, settings, on_text=on_text)
+    generate_batch(model, tokenizer, [job])
+    return job.text
 
+
+@torch.inference_mode()
+def generate_batch(model: Any, tokenizer: Any, jobs: list[Job]) -> None:
+    """Continue every job's prompt together; each job's ``text``, ``finish_reason`` and token count are set."""
+    for job in jobs:
+        check_prompt(model, len(job.prompt_ids))
+    device = next(model.parameters()).device
+    limit = context_limit(model)
+    rows = [_Row(job, tokenizer, limit, device) for job in jobs]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    width = max(len(job.prompt_ids) for job in jobs)
+    ids = torch.full((len(jobs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(jobs), width), dtype=torch.long)
+    for i, job in enumerate(jobs):  # left padding: every row's next token is at the last position
+        ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
+        mask[i, width - len(job.prompt_ids):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    while True:
+        logits = out.logits[:, -1].float()
+        chosen = [row.step(logits[i]) if not row.done else pad for i, row in enumerate(rows)]
+        if all(row.done for row in rows):
+            return
+        step = torch.tensor(chosen, device=device).unsqueeze(1)
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=out.past_key_values,
+                    use_cache=True)
+
+
+class _Row:
+    """The state of one job in the decoding loop: its tokens, its sampler and its text stream."""
+
+    def __init__(self, job: Job, tokenizer: Any, limit: int | None, device: torch.device):
+        self.job, self.tokenizer = job, tokenizer
+        self.budget = job.settings.max_new_tokens
+        if limit:
+            self.budget = min(self.budget, limit - len(job.prompt_ids))
+        self.history = torch.tensor(job.prompt_ids, device=device)
+        self.generated: list[int] = []
+        self.sent = 0
+        self.eos = tokenizer.eos_token_id
+        self.generator = None
+        if job.settings.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            if job.settings.seed is None:
+                self.generator.seed()  # fresh entropy; the global generator is never read or moved
+            else:
+                self.generator.manual_seed(job.settings.seed)
+
+    @property
+    def done(self) -> bool:
+        return self.job.finish_reason is not None
+
+    def step(self, logits: torch.Tensor) -> int:
+        """Pick this row's next token from its logits, update its text; returns the token fed back in."""
+        if self.job.cancelled.is_set():
+            self._finish("cancelled")
+            return self.eos or 0
+        token = self._choose(logits)
+        if token == self.eos:
+            self._finish("stop")
+            return token
+        self.generated.append(token)
+        self.job.completion_tokens = len(self.generated)
+        self.history = torch.cat([self.history, self.history.new_tensor([token])])
+        self._emit(final=len(self.generated) >= self.budget)
+        return token
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        settings = self.job.settings
+        if settings.repetition_penalty != 1.0:
+            seen = logits[self.history]
+            logits = logits.clone()
+            logits[self.history] = torch.where(seen < 0, seen * settings.repetition_penalty,
+                                               seen / settings.repetition_penalty)
+        if settings.temperature == 0:
+            return int(logits.argmax())
+        logits = logits / settings.temperature
+        if settings.top_k:
+            kth = torch.topk(logits, min(settings.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if settings.top_p is not None and settings.top_p < 1:
+            ordered, order = logits.sort(descending=True)
+            before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # mass of the tokens ranked above
+            logits = logits.clone()
+            logits[order[before >= settings.top_p]] = float("-inf")  # the most likely token always stays
+        return int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
+
+    def _emit(self, final: bool) -> None:
+        """Pass on the text that can no longer change: not a possible start of a stop string, nor half a
+        character (decoding the whole continuation keeps multi-byte characters and word pieces right)."""
+        text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
+        stops = [(text.find(s), s) for s in self.job.stop if s and s in text]
+        if stops:
+            text = text[: min(stops)[0]]
+            self._send(text)
+            self._finish("stop", text)
+            return
+        if final:
+            self._send(text)
+            self._finish("length", text)
+            return
+        safe = len(text) - _held_back(text, self.job.stop)
+        if text[:safe].endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its other bytes
+            safe -= 1
+        self._send(text[:safe])
+
+    def _send(self, text: str) -> None:
+        if len(text) > self.sent and self.job.on_text is not None:
+            self.job.on_text(text[self.sent:])
+        self.sent = max(self.sent, len(text))
+
+    def _finish(self, reason: FinishReason, text: str | None = None) -> None:
+        if text is None:
+            text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
+            if reason != "cancelled":
+                self._send(text)
+        self.job.text = text
+        self.job.finish_reason = reason
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` could be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if stop.startswith(text[-n:]):
+                longest = n
+                break
+    return longest

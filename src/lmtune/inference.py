@@ -39,12 +39,22 @@ class Run:
         """Predictions for raw texts (or (text, pair) tuples, or a Table of input rows), in input order."""
         data = self.config.data
         if self.task.capabilities.generates:  # language models continue (or answer) each input
+            from lmtune.generation import GenerationSettings, Job, generate_batch
+
             table = texts if isinstance(texts, Table) else _texts_table(texts, data)
-            return [{"generated": self.generate(prompt)} for prompt in self.task.prompts(table, data)]
+            jobs = [Job(self.task.prompt_ids(prompt, self.tokenizer), GenerationSettings())
+                    for prompt in self.task.prompts(table, data)]
+            for start in range(0, len(jobs), self.config.train.eval_batch):
+                generate_batch(self.model, self.tokenizer, jobs[start:start + self.config.train.eval_batch])
+            return [{"generated": job.text} for job in jobs]
         table = _input_table(texts, data) if isinstance(texts, Table) else _texts_table(texts, data)
-        examples = self.task.encode(table, self.tokenizer, _unlabelled(data), self.config.train.max_length)
+        examples = self.encode_inputs(table)
         return predict_examples(self.model, examples, self.task, self.config.train.eval_batch,
                                 self.tokenizer.pad_token_id, len(table), self.autocast())
+
+    def encode_inputs(self, table: Table) -> list[dict]:
+        """The examples of unlabelled input rows, as prediction (CLI, Python or HTTP) scores them."""
+        return self.task.encode(table, self.tokenizer, _unlabelled(self.config.data), self.config.train.max_length)
 
     def evaluate(self, data: str | Table, max_samples: int | None = None) -> dict[str, Any]:
         """Loss and task metrics on labelled data (a file path or a Table)."""

@@ -84,6 +84,15 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from lmtune.serving import Limits, run_server
+
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits) if getattr(args, f.name) is not None})
+    return run_server(args.runs, args.host, args.port, limits, args.log_level)
+
+
 def _import(args: argparse.Namespace) -> int:
     from lmtune.llama2c import import_llama2c
 
@@ -247,6 +256,26 @@ def _inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling")
     p.add_argument("--no-stream", action="store_true", help="print the text when it is complete")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("serve", help="serve runs over HTTP: predict, explain, OpenAI-compatible generation")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directory, or NAME=RUN to name it")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _limit_options(p)
+    p.set_defaults(func=_serve)
+
+
+def _limit_options(p: argparse.ArgumentParser) -> None:
+    """One option per field of `lmtune.serving.Limits`, with its default and doc in the help."""
+    from dataclasses import fields
+
+    from lmtune.serving.limits import Limits
+
+    docs = Limits.field_docs()
+    for f in fields(Limits):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=float if isinstance(f.default, float) else int,
+                       default=None, help=f"{docs[f.name]} Default: {f.default}.")
 
 
 def _insight_commands(sub: argparse._SubParsersAction) -> None:

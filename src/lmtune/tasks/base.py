@@ -104,6 +104,9 @@ class Task(abc.ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     default_columns: ClassVar[dict[str, str]] = {}
     """Column names used when the config names none (e.g. QA: question / context / answers)."""
+    input_fields: ClassVar[tuple[str, ...]] = ("text",)
+    """The fields of one input in an HTTP request (`lmtune serve`), the main text first; a bare string is the
+    main text. `input_row` turns them into a row of the run's columns."""
 
     # ---- construction and saved state -------------------------------------------------------------
 
@@ -133,6 +136,30 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def encode(self, table: Table, tokenizer: Any, data: DataConfig, max_length: int) -> list[dict]:
         """Tokenized examples, with targets when the table has them."""
+
+    def input_row(self, fields: dict[str, str], data: DataConfig) -> dict[str, str]:
+        """A prediction row (the run's column names) from one request input's ``fields`` (`input_fields`).
+
+        The fields map in order onto the text and pair columns: a field whose column the run has is required,
+        one whose column it lacks is refused (a pair given to a run trained on single texts).
+        """
+        from lmtune.errors import DataError
+
+        accepted = self.accepted_fields(data)
+        row = {}
+        for name, column in zip(self.input_fields, (data.text, data.text_pair), strict=False):
+            if name not in accepted and name in fields:
+                raise DataError(f"{name}: this {self.name} run takes no {name} (it was trained without one)")
+            if name in accepted and name not in fields:
+                raise DataError(f"{name}: missing; this {self.name} run needs {' and '.join(accepted)}")
+            if name in accepted:
+                row[column] = fields[name]
+        return row
+
+    def accepted_fields(self, data: DataConfig) -> list[str]:
+        """The `input_fields` a run with these data columns takes (all of them required by default)."""
+        return [name for name, column in zip(self.input_fields, (data.text, data.text_pair), strict=False)
+                if column is not None]
 
     def training_examples(self, examples: list[dict], max_length: int) -> list[dict]:
         """What training iterates over (packed tasks: blocks of documents); evaluation uses ``examples``."""

@@ -26,6 +26,7 @@ class Classification(Task):
     metrics = (LOSS, Metric("accuracy", True, "fraction", 0.005), Metric("macro_f1", True, "fraction", 0.005))
     # word-level text edits keep the label (an assumption of augmentation, true for most text classes)
     capabilities = Capabilities(class_labels=True, augmentable=True, rdrop=True)
+    input_fields = ("text", "text_pair")
 
     def __init__(self, labels: list[str | int] | None = None):
         self.labels: list[str | int] = list(labels or [])

@@ -153,6 +153,12 @@ class CausalLM(TokenTask):
         """The inputs of ``lmtune predict``: each row's text, to be continued."""
         return table.texts(data.text if data.text in table.columns else "text")
 
-    def prompt_ids(self, text: str, tokenizer: Any) -> list[int]:
-        """A prompt as the model saw documents in training: BOS, then the text."""
-        return document_ids([text], tokenizer)[0][: None if tokenizer.bos_token_id is not None else -1]
+    def prompt_ids(self, prompt: str | list[dict], tokenizer: Any) -> list[int]:
+        """A prompt as the model saw documents in training: BOS, then the text. Chat ``messages`` (a list) are
+        rendered first with the tokenizer's chat template, else lmtune's (the one sft runs learn)."""
+        if isinstance(prompt, list):
+            from lmtune.tasks.sft import DEFAULT_TEMPLATE
+
+            prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True,
+                                                   chat_template=tokenizer.chat_template or DEFAULT_TEMPLATE)
+        return document_ids([prompt], tokenizer)[0][: None if tokenizer.bos_token_id is not None else -1]

@@ -34,6 +34,7 @@ class QuestionAnswering(Task):
     metrics = (LOSS, Metric("exact_match", True, "percent", 0.5), Metric("f1", True, "percent", 0.5))
     capabilities = Capabilities(spans=True)
     default_columns = {"text": "question", "text_pair": "context", "label": "answers"}
+    input_fields = ("question", "context")
     """Columns when the config names none: the SQuAD / Hugging Face ``squad`` layout."""
 
     def __init__(self, options: dict[str, Any] | None = None):

@@ -47,6 +47,7 @@ class InstructionTuning(TokenTask):
     # rows may be chat `messages` instead of instruction/output columns, so no one target column is required
     capabilities = Capabilities(labelled=False, generates=True, low_precision_logits=True)
     default_columns = {"text": "instruction", "label": "output"}
+    input_fields = ("instruction", INPUT)
 
     def __init__(self, chat_template: str | None = None):
         self.chat_template = chat_template
@@ -102,6 +103,14 @@ class InstructionTuning(TokenTask):
                                 "text")
             messages.append({"role": "assistant", "content": output})
         return messages
+
+    def input_row(self, fields: dict[str, str], data: DataConfig) -> dict[str, str]:
+        if data.text not in fields and "instruction" not in fields:
+            raise DataError("instruction: missing; an sft run answers an instruction (with an optional input)")
+        return {data.text: fields.get("instruction", fields.get(data.text)), INPUT: fields.get(INPUT)}
+
+    def accepted_fields(self, data: DataConfig) -> list[str]:
+        return list(self.input_fields)  # the input is optional
 
     # ---- conversations → tokens -----------------------------------------------------------------
 

@@ -38,6 +38,7 @@ class Summarization(Task):
     primary_metric = "loss"
     metrics = (LOSS, *(Metric(name, True, "percent", 0.5) for name in ("rouge1", "rouge2", "rougeL")))
     default_columns = {"text": "document", "label": "summary"}
+    input_fields = ("document",)
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.options = {**DEFAULTS, **(options or {})}

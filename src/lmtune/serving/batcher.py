@@ -1,0 +1,141 @@
+"""Micro-batching: requests wait in a bounded queue and run together on the model.
+
+A request is validated and tokenized before it joins the queue, so a batch holds only work that can run.
+When a request arrives to an idle model it runs at once; when others are already waiting (the model is
+busy, or requests arrive together) a batch waits up to ``max_wait_ms`` to fill, up to ``max_batch_size``
+inputs and ``max_batch_tokens`` padded tokens. The model runs in one worker thread shared by every run of
+the server, so the event loop keeps answering (health, 429s, streams) while a batch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmtune.serving.errors import ApiError
+from lmtune.serving.limits import Limits
+from lmtune.serving.metrics import Metrics
+
+
+@dataclass(eq=False)
+class Item:
+    """One request's work in a queue."""
+
+    payload: Any
+    size: int
+    """Inputs (or prompts) in it."""
+    tokens: int
+    """Its longest input, in tokens (for the padded-token budget of a batch)."""
+    future: asyncio.Future
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class Batcher:
+    """The queue of one run and one kind of work (predict, generate, explain), and the task that drains it.
+
+    ``run`` is called in the worker thread with a batch's payloads and returns one result per payload (an
+    exception instance for a payload that failed: it fails only its own request).
+    """
+
+    def __init__(self, model: str, kind: str, run: Callable[[list[Any]], list[Any]], limits: Limits,
+                 executor: Executor, metrics: Metrics, max_batch_size: int | None = None):
+        self.model, self.kind, self.run = model, kind, run
+        self.limits, self.executor, self.metrics = limits, executor, metrics
+        self.max_batch_size = max_batch_size or limits.max_batch_size
+        self._queue: deque[Item] = deque()
+        self._arrived = asyncio.Event()
+        self._seconds_per_input = 0.05
+        """Running estimate of compute time per input, for Retry-After."""
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        return sum(item.size for item in self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._drain(), name=f"batcher {self.model}/{self.kind}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def submit(self, payload: Any, size: int, tokens: int, cancelled: threading.Event | None = None) -> Item:
+        """Queue a request's work; its ``future`` gets the result. 429 when the queue is full."""
+        if self._queue and self.queued + size > self.limits.max_queue:
+            wait = max(1, math.ceil(self.queued * self._seconds_per_input))
+            self.metrics.rejections.labels(reason="queue_full").inc()
+            raise ApiError(429, f"the queue of {self.model!r} is full ({self.queued} inputs waiting); "
+                                f"retry in {wait} s", headers={"Retry-After": str(wait)})
+        item = Item(payload, size, tokens, asyncio.get_running_loop().create_future(),
+                    cancelled or threading.Event())
+        self._queue.append(item)
+        self._update_depth()
+        self._arrived.set()
+        return item
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            busy = len(self._queue) > 1  # others already waiting: worth a few ms to fill the batch
+            batch = self._take([])
+            deadline = loop.time() + self.limits.max_wait_ms / 1000
+            while busy and self._room(batch) and not self._queue and (left := deadline - loop.time()) > 0:
+                self._arrived.clear()  # (a queued item left over did not fit: the batch is full)
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except TimeoutError:
+                    break
+                batch = self._take(batch)
+            self._update_depth()
+            await self._run(loop, batch)
+
+    def _room(self, batch: list[Item]) -> bool:
+        return sum(item.size for item in batch) < self.max_batch_size
+
+    def _fits(self, batch: list[Item], item: Item) -> bool:
+        size = sum(i.size for i in batch) + item.size
+        longest = max([i.tokens for i in batch] + [item.tokens])
+        return size <= self.max_batch_size and size * longest <= self.limits.max_batch_tokens
+
+    def _take(self, batch: list[Item]) -> list[Item]:
+        """Move queued items into ``batch`` while they fit (the first one always does)."""
+        while self._queue and (not batch or self._fits(batch, self._queue[0])):
+            batch.append(self._queue.popleft())
+        return batch
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[Item]) -> None:
+        live = [item for item in batch if not item.cancelled.is_set() and not item.future.done()]
+        if len(live) < len(batch):
+            self.metrics.rejections.labels(reason="client_gone").inc(len(batch) - len(live))
+        if not live:
+            return
+        size = sum(item.size for item in live)
+        self.metrics.batch_size.labels(model=self.model, kind=self.kind).observe(size)
+        started = time.monotonic()
+        try:
+            results = await loop.run_in_executor(self.executor, self.run, [item.payload for item in live])
+        except Exception as err:  # noqa: BLE001 - `run` isolates payloads; this is a failure of the whole batch
+            results = [err] * len(live)
+        elapsed = time.monotonic() - started
+        self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / size
+        for item, result in zip(live, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    def _update_depth(self) -> None:
+        self.metrics.queue_depth.labels(model=self.model, kind=self.kind).set(self.queued)

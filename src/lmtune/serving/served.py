@@ -1,0 +1,175 @@
+"""The runs a server holds: loaded once, named, their shared weights stored once, and the work each kind of
+request does on them (run in the server's worker thread, a batch at a time)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune.data import Table
+from lmtune.errors import LmtuneError
+from lmtune.evaluation import score_examples
+from lmtune.generation import Job, generate_batch
+from lmtune.inference import Run, load
+
+log = logging.getLogger("lmtune")
+
+
+@dataclass
+class ServedRun:
+    name: str
+    run: Run
+    explainers: dict[int, Any] = field(default_factory=dict)
+    """Per IG step count, built on first use (explaining is optional and costs a fp32 copy's worth of work)."""
+
+    @property
+    def generates(self) -> bool:
+        return self.run.task.capabilities.generates
+
+    def info(self) -> dict[str, Any]:
+        task = self.run.task
+        out: dict[str, Any] = {
+            "name": self.name, "task": task.name, "run_dir": str(self.run.run_dir), "model": self.run.config.model,
+            "strategy": self.run.config.strategy.name, "input_fields": task.accepted_fields(self.run.config.data),
+            "max_length": self.run.config.train.max_length,
+            "endpoints": (["/v1/predict", "/v1/completions", "/v1/chat/completions"] if self.generates
+                          else ["/v1/predict"]) + (["/v1/explain"] if explainable(self) else []),
+        }
+        if task.capabilities.class_labels:
+            out["labels"] = [str(label) for label in task.state()["labels"]]
+        return out
+
+    # ---- work, in the worker thread -------------------------------------------------------------------
+
+    def predict(self, payloads: list[tuple[list[dict], int]], batch_size: int) -> list[Any]:
+        """Predictions for several requests' encoded examples at once, one list of rows per request."""
+        examples = [example for request, _ in payloads for example in request]
+        try:
+            records = score_examples(self.run.model, examples, self.run.task, batch_size,
+                                     self.run.tokenizer.pad_token_id, autocast=self.run.autocast(), purpose="predict")
+        except Exception:  # noqa: BLE001 - find the one request that breaks the batch; the others still get answers
+            if len(payloads) == 1:
+                raise
+            return [_one(self.predict, payload, batch_size) for payload in payloads]
+        out, start = [], 0
+        for request, rows in payloads:
+            out.append(self.run.task.predictions(records[start:start + len(request)], request, rows))
+            start += len(request)
+        return out
+
+    def generate(self, payloads: list[list[Job]]) -> list[Any]:
+        """Every request's jobs decoded together; each request gets its (finished) jobs back."""
+        jobs = [job for request in payloads for job in request]
+        try:
+            generate_batch(self.run.model, self.run.tokenizer, jobs)
+        except Exception:  # noqa: BLE001 - as for predict
+            if len(payloads) == 1:
+                raise
+            return [_one(self.generate, payload) for payload in payloads]
+        return payloads
+
+    def explain(self, payloads: list[Any]) -> list[Any]:
+        out = []
+        for request in payloads:
+            try:
+                out.append(self._explain(request))
+            except Exception as err:  # noqa: BLE001 - handed back to the request's own future
+                out.append(err)
+        return out
+
+    def _explain(self, request: Any) -> dict[str, Any]:
+        from lmtune.explanation.core import Explainer
+
+        explainer = self.explainers.get(request.steps)
+        if explainer is None:
+            explainer = Explainer(self.run, ("ig", "gradxinput", "occlusion"), steps=request.steps, checks=False,
+                                  compare_base=False)
+            self.explainers = {request.steps: explainer}  # one at a time: each holds a reference to the model
+        results = explainer.explain_all(request.text, request.text_pair, request.target)
+        return {"model": self.name, "method": request.method,
+                "explanations": [_explanation(e, request.method, encoder=not self.generates) for e in results]}
+
+
+def _one(work: Any, *args: Any) -> Any:
+    """``work`` on one request alone: its result, or the exception that fails only that request."""
+    try:
+        return work([args[0]], *args[1:])[0]
+    except Exception as err:  # noqa: BLE001 - handed back to the request's own future
+        return err
+
+
+def _explanation(e: Any, method: str, encoder: bool) -> dict[str, Any]:
+    out = {"text": e.text, "predicted": e.predicted, "target": e.target, "probability": round(e.probability, 6),
+           "tokens": e.tokens, "words": e.words,
+           "token_attributions": [round(float(s), 6) for s in e.attributions[method]],
+           "word_attributions": [round(float(s), 6) for s in e.word_attributions(method)]}
+    if encoder:  # how much each token feeds the first ([CLS]) position through all layers
+        out["rollout"] = [round(float(s), 6) for s in e.rollout[0].tolist()]
+    return out
+
+
+def explainable(served: ServedRun) -> bool:
+    from lmtune.explanation.targets import TARGETS
+
+    return TARGETS.check(served.run.config.task) is None
+
+
+def names_and_paths(specs: list[str]) -> list[tuple[str, Path]]:
+    """``RUN`` or ``NAME=RUN`` → (name, path); the name defaults to the directory's name and must be unique."""
+    out: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name or spec, spec
+        if not name or any(name == n for n, _ in out):
+            raise LmtuneError(f"serve: two runs are named {name!r}; name them with NAME=RUN")
+        out.append((name, Path(path)))
+    if not out:
+        raise LmtuneError("serve: no run given; pass one or more run directories")
+    return out
+
+
+def load_runs(specs: list[str]) -> list[ServedRun]:
+    """Load every run; weights identical across runs (a shared base under LoRA adapters, frozen layers) are
+    kept once in memory."""
+    served = [ServedRun(name, load(path)) for name, path in names_and_paths(specs)]
+    saved = share_weights([s.run.model for s in served])
+    if saved:
+        log.info("serve: %d MB of weights are shared between runs", saved // 2**20)
+    return served
+
+
+def share_weights(models: list[torch.nn.Module]) -> int:
+    """Make tensors that are equal across models one tensor in memory; returns the bytes saved.
+
+    Tensors are matched by name (PEFT's wrapping prefixes removed), shape, dtype and value, so only weights
+    that are truly the same are shared: a LoRA run's base weights, never its adapters or heads.
+    """
+    seen: dict[tuple[str, tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
+    saved = 0
+    for model in models:
+        for module_name, module in model.named_modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                key = (_plain_name(f"{module_name}.{name}"), tuple(param.shape), param.dtype)
+                twin = next((t for t in seen.get(key, []) if torch.equal(t, param.data)), None)
+                if twin is None:
+                    seen.setdefault(key, []).append(param.data)
+                elif twin.data_ptr() != param.data.data_ptr():
+                    param.data = twin
+                    saved += param.numel() * param.element_size()
+    return saved
+
+
+def _plain_name(name: str) -> str:
+    for prefix in ("base_model.model.",):
+        name = name.removeprefix(prefix)
+    return name.replace(".base_layer.", ".").replace(".original_module.", ".")
+
+
+def table_of(served: ServedRun, rows: list[dict[str, str]]) -> Table:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return Table("request", columns, rows)
