@@ -109,7 +109,7 @@ def generate_batch(model: Any, tokenizer: Any, jobs: list[Job]) -> None:
         mask[i, width - len(job.prompt_ids):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     while True:
         logits = out.logits[:, -1].float()
         chosen = [row.step(logits[i]) if not row.done else pad for i, row in enumerate(rows)]
@@ -118,8 +118,8 @@ def generate_batch(model: Any, tokenizer: Any, jobs: list[Job]) -> None:
         step = torch.tensor(chosen, device=device).unsqueeze(1)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
         positions = positions[:, -1:] + 1
-        out = model(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=out.past_key_values,
-                    use_cache=True)
+        out = model(input_ids=step, attention_mask=mask, position_ids=positions, cache=out.cache, use_cache=True,
+                    logits_to_keep=1)
 
 
 class _Row:

@@ -7,22 +7,14 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA, kill_at_checkpoint, lmtune_command, make_tiny_bert, untrained_run
+from tests.conftest import REPO, kill_at_checkpoint, lmtune_command, untrained_run
 
 pytestmark = pytest.mark.integration
-DIALOGSUM = SHARED_DATA / "summarization" / "dialogsum"
 
 
 @pytest.fixture(scope="module")
-def slices(tmp_path_factory):
-    if not DIALOGSUM.is_dir():
-        pytest.skip(f"shared data not found at {DIALOGSUM}")
-    out = tmp_path_factory.mktemp("dialogsum")
-    train = DIALOGSUM.joinpath("train.jsonl").read_text().splitlines()[:32]
-    test = DIALOGSUM.joinpath("test.jsonl").read_text().splitlines()[:4]
-    (out / "train.jsonl").write_text("\n".join(train) + "\n")
-    (out / "test.jsonl").write_text("\n".join(test) + "\n")
-    return {"train": out / "train.jsonl", "test": out / "test.jsonl", "model": make_tiny_bert(out / "bert", 2, 64)}
+def slices(dialogsum):
+    return dialogsum
 
 
 def _train(s, out):

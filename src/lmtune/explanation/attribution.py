@@ -113,9 +113,12 @@ def gradient_x_input(model: Any, example: Example, score: Score) -> list[float]:
     """Gradient of the score w.r.t. each token's word embedding, dotted with that embedding."""
     captured: dict[str, torch.Tensor] = {}
 
-    def keep(_module: Any, _inputs: Any, output: torch.Tensor) -> None:
+    def keep(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if not output.requires_grad:  # frozen embeddings (a LoRA or frozen-layer run): differentiate from here
+            output = output.detach().requires_grad_()
         output.retain_grad()
         captured["embeddings"] = output
+        return output
 
     handle = model.get_input_embeddings().register_forward_hook(keep)
     try:

@@ -51,6 +51,9 @@ class State:
     draining: bool = False
     failed: str | None = None
     in_flight: int = 0
+    shared_bytes: int = 0
+    loading: asyncio.Task | None = None
+    """Bytes of weights stored once for several runs (e.g. the base model under several LoRA adapters)."""
     started: float = field(default_factory=time.time)
 
     @property
@@ -77,11 +80,12 @@ def create_app(runs: list[str], limits: Limits | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        loading = asyncio.get_running_loop().create_task(_load(state))
+        _start_loading(state)
         try:
             yield
         finally:
-            loading.cancel()
+            if state.loading is not None:
+                state.loading.cancel()
             for batcher in state.batchers.values():
                 await batcher.stop()
             state.executor.shutdown(wait=False, cancel_futures=True)
@@ -104,10 +108,17 @@ def create_app(runs: list[str], limits: Limits | None = None) -> Starlette:
     return app
 
 
+def _start_loading(state: State) -> None:
+    """Begin loading the runs (once): at startup, or at the first request where no lifespan ran (an app
+    mounted inside another, whose lifespan Starlette does not run)."""
+    if state.loading is None:
+        state.loading = asyncio.get_running_loop().create_task(_load(state))
+
+
 async def _load(state: State) -> None:
     loop = asyncio.get_running_loop()
     try:
-        served = await loop.run_in_executor(state.executor, load_runs, state.specs)
+        served, state.shared_bytes = await loop.run_in_executor(state.executor, load_runs, state.specs)
     except Exception as err:  # noqa: BLE001 - reported by /ready and by `lmtune serve`, which then exits
         state.failed = str(err) if isinstance(err, LmtuneError) else f"{type(err).__name__}: {err}"
         log.error("serve: %s", state.failed)
@@ -138,6 +149,7 @@ def _endpoint(route: str, ready: bool = True) -> Callable[[Handler], Callable[[R
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             state: State = request.app.state.lmtune
+            _start_loading(state)
             started = time.monotonic()
             state.in_flight += 1
             state.metrics.in_flight.inc()
@@ -222,6 +234,7 @@ async def _info(request: Request, state: State) -> Response:
 
     return JSONResponse({
         "runs": [run.info() for run in state.runs.values()],
+        "shared_weights_bytes": state.shared_bytes,
         "limits": state.limits.to_dict(),
         "versions": {"lmtune": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
     })
@@ -256,6 +269,9 @@ async def _result(request: Request, state: State, item: Item) -> Any:
     finally:
         gone.cancel()
     if item.future in done:
+        error = item.future.exception()
+        if isinstance(error, LmtuneError):  # the work found the input wrong (e.g. an unknown explain target)
+            raise invalid(str(error).removeprefix("--"))
         return item.future.result()
     item.cancelled.set()
     if gone in done:
@@ -285,12 +301,16 @@ async def _predict(request: Request, state: State) -> Response:
     body = bodies.predict_request(raw, tuple(served.run.task.accepted_fields(served.run.config.data)), state.limits)
     if served.generates:  # language models answer /v1/predict as `lmtune predict` does: greedy continuations
         rows, jobs = await _in_thread(state, lambda: _prompt_jobs(served, body.inputs, body.truncate, state.limits))
-        item = state.batcher(served, "generate").submit(jobs, len(jobs), max(len(j.prompt_ids) for j in jobs))
+        cancelled = threading.Event()
+        for job in jobs:
+            job.cancelled = cancelled
+        item = state.batcher(served, "generate").submit(jobs, len(jobs), max(len(j.prompt_ids) for j in jobs),
+                                                        cancelled)
+        item.future.add_done_callback(lambda _: _count_generation(state, served, jobs))
         finished = await _result(request, state, item)
         if isinstance(finished, Response):
             return finished
         predictions = [{"generated": job.text} for job in finished]
-        state.metrics.tokens.labels(model=served.name, kind="generated").inc(sum(j.completion_tokens for j in jobs))
     else:
         rows, examples = await _in_thread(state, lambda: _encode(served, body.inputs, body.truncate, state.limits))
         longest = max(len(example["input_ids"]) for example in examples)
@@ -379,12 +399,15 @@ async def _explain(request: Request, state: State) -> Response:
                       "qa and causal_lm runs", "model")
     fields = {name: value for name, value in zip(served.run.task.input_fields, (body.text, body.text_pair),
                                                  strict=False) if value is not None}
-    await _in_thread(state, lambda: _within_limit(served.run.tokenizer, fields, served.run.task.input_fields,
-                                                           state.limits.max_input_tokens, False, 0))
+    run = served.run
+
+    def check() -> None:  # the fields this run takes (a pair only for pair runs), within the token limit
+        run.task.input_row(fields, run.config.data)
+        _within_limit(run.tokenizer, fields, run.task.input_fields, state.limits.max_input_tokens, False, 0)
+
+    await _in_thread(state, check)
     item = state.batcher(served, "explain").submit(body, 1, 1)
     result = await _result(request, state, item)
-    if isinstance(result, LmtuneError):
-        raise invalid(str(result))
     return result if isinstance(result, Response) else JSONResponse(result)
 
 
@@ -421,14 +444,21 @@ async def _generate(request: Request, state: State, body: bodies.GenerationReque
             job.on_text = lambda text, i=i: loop.call_soon_threadsafe(pieces.put_nowait, (i, text))
     item = state.batcher(served, "generate").submit(jobs, len(jobs), max(len(j.prompt_ids) for j in jobs),
                                                     cancelled)
+    item.future.add_done_callback(lambda _: _count_generation(state, served, jobs))
     if body.stream:
         return StreamingResponse(_events(state, served, item, jobs, pieces, reply), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     finished = await _result(request, state, item)
     if isinstance(finished, Response):
         return finished
-    state.metrics.tokens.labels(model=served.name, kind="generated").inc(sum(j.completion_tokens for j in jobs))
     return JSONResponse(reply.whole(jobs))
+
+
+def _count_generation(state: State, served: ServedRun, jobs: list[Job]) -> None:
+    state.metrics.tokens.labels(model=served.name, kind="generated").inc(sum(j.completion_tokens for j in jobs))
+    stopped = sum(job.finish_reason == "cancelled" for job in jobs)
+    if stopped:
+        state.metrics.rejections.labels(reason="generation_stopped").inc(stopped)
 
 
 async def _events(state: State, served: ServedRun, item: Item, jobs: list[Job], pieces: asyncio.Queue,
@@ -463,8 +493,6 @@ async def _events(state: State, served: ServedRun, item: Item, jobs: list[Job], 
                 yield _sse(reply.chunk(i, {} if reply.chat else "", _reason(job)))
             if reply.include_usage:
                 yield _sse(reply.usage_chunk(jobs))
-            state.metrics.tokens.labels(model=served.name, kind="generated").inc(
-                sum(j.completion_tokens for j in jobs))
         yield "data: [DONE]\n\n"
     finally:
         item.cancelled.set()  # no-op when finished; stops the decoding when the client went away

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from lmtune.serving.errors import ApiError, invalid
 from lmtune.serving.limits import Limits
 
 ROLES = ("system", "user", "assistant")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 MAX_STOPS = 4
 
 
@@ -42,6 +44,11 @@ async def read_json(request: Request, limits: Limits) -> dict[str, Any]:
         raise ApiError(400, f"body: not valid JSON ({err})") from None
     except RecursionError:
         raise ApiError(400, "body: JSON nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text):  # JSON may escape half of a UTF-16 pair, which no tokenizer can read
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "body: a string holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)") from None
     if not isinstance(value, dict):
         raise invalid(f"body: expected a JSON object, got {_kind(value)}")
     return value

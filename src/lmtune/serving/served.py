@@ -23,8 +23,8 @@ log = logging.getLogger("lmtune")
 class ServedRun:
     name: str
     run: Run
-    explainers: dict[int, Any] = field(default_factory=dict)
-    """Per IG step count, built on first use (explaining is optional and costs a fp32 copy's worth of work)."""
+    explainers: dict[tuple[str, int], Any] = field(default_factory=dict)
+    """Per (method, IG steps), built on first use (explainers are light: they share the run's model)."""
 
     @property
     def generates(self) -> bool:
@@ -84,11 +84,11 @@ class ServedRun:
     def _explain(self, request: Any) -> dict[str, Any]:
         from lmtune.explanation.core import Explainer
 
-        explainer = self.explainers.get(request.steps)
+        key = (request.method, request.steps)
+        explainer = self.explainers.get(key)
         if explainer is None:
-            explainer = Explainer(self.run, ("ig", "gradxinput", "occlusion"), steps=request.steps, checks=False,
-                                  compare_base=False)
-            self.explainers = {request.steps: explainer}  # one at a time: each holds a reference to the model
+            explainer = Explainer(self.run, (request.method,), steps=request.steps, checks=False, compare_base=False)
+            self.explainers[key] = explainer
         results = explainer.explain_all(request.text, request.text_pair, request.target)
         return {"model": self.name, "method": request.method,
                 "explanations": [_explanation(e, request.method, encoder=not self.generates) for e in results]}
@@ -133,14 +133,14 @@ def names_and_paths(specs: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def load_runs(specs: list[str]) -> list[ServedRun]:
+def load_runs(specs: list[str]) -> tuple[list[ServedRun], int]:
     """Load every run; weights identical across runs (a shared base under LoRA adapters, frozen layers) are
-    kept once in memory."""
+    kept once in memory. Returns the runs and the bytes that sharing saved."""
     served = [ServedRun(name, load(path)) for name, path in names_and_paths(specs)]
     saved = share_weights([s.run.model for s in served])
     if saved:
         log.info("serve: %d MB of weights are shared between runs", saved // 2**20)
-    return served
+    return served, saved
 
 
 def share_weights(models: list[torch.nn.Module]) -> int:
