@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 python -m pip install -q --disable-pip-version-check -e ".[dev]"
-# Headless Chromium renders the HTML report in the tests (Debian package; skipped where it cannot be installed).
-if ! command -v chromium >/dev/null 2>&1; then
+# Headless Chromium renders the HTML report in the tests, and ChromeDriver lets Selenium drive the serve playground
+# (Debian packages; those tests are skipped where they cannot be installed, unless LMTUNE_REQUIRE_BROWSER is set).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
     else
-        echo "setup: chromium not installed (needs root and apt-get); the report's browser test will be skipped"
+        echo "setup: chromium/chromedriver not installed (needs root and apt-get); the browser tests will be skipped"
     fi
 fi

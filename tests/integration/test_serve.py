@@ -105,8 +105,18 @@ def test_http_predictions_equal_lmtune_predict_for_every_task(server, task_runs,
         "sft": ([{"instruction": "Is this review positive?", "input": "a witty film"}],
                 [{"instruction": "Is this review positive?", "input": "a witty film"}]),
     }
+    import lmtune
+
     for name, (rows, inputs) in cases.items():
-        expected = cli_predict(task_runs[name], rows, tmp_path)
+        if name == "cls":  # the command line prints the rows the Python API returns, with the input's text
+            expected = cli_predict(task_runs[name], rows, tmp_path)
+        else:  # (in-process: a process per run would double this test's time)
+            run = lmtune.load(task_runs[name])
+            texts = [row.get(run.config.data.text) for row in rows]
+            from lmtune.data import Table
+
+            predicted = run.predict(Table("rows", list(rows[0]), rows))
+            expected = [{"text": text, **p} for text, p in zip(texts, predicted, strict=True)]
         response = post(server, "/v1/predict", {"model": name, "inputs": inputs})
         assert response.status_code == 200, response.text
         assert response.json() == {"model": name, "predictions": expected}, name
