@@ -64,6 +64,40 @@ class Server:
         self.proc.wait(60)
 
 
+class Connection:
+    """A lean HTTP/1.1 keep-alive client (asyncio streams): on 2 cores an httpx client takes a good share of
+    the CPU the server needs, so the load generator does as little as it can."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict) -> tuple[int, dict[str, str], bytes]:
+        reused = self.writer is not None
+        try:
+            return await self._post(path, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            self.reader = self.writer = None  # the server closed it while idle (keep-alive timeout): reconnect
+            return await self._post(path, body)
+
+    async def _post(self, path: str, body: dict) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        data = json.dumps(body).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        content = await self.reader.readexactly(int(headers.get("content-length", 0)))
+        if headers.get("connection", "").lower() == "close":
+            self.writer.close()
+            self.reader = self.writer = None
+        return int(head[0].split()[1]), headers, content
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -71,23 +105,23 @@ def percentile(values: list[float], q: float) -> float:
 
 async def closed_loop(url: str, sentences: list[str], clients: int, seconds: float) -> dict:
     """``clients`` each send one sentence, wait for the answer, and send the next, for ``seconds``."""
+    port = int(url.rsplit(":", 1)[1])
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     end = time.monotonic() + seconds
 
-    async def client(k: int, http: httpx.AsyncClient) -> None:
-        i = k
+    async def client(k: int) -> None:
+        connection, i = Connection(port), k
         while time.monotonic() < end:
             started = time.monotonic()
-            response = await http.post(f"{url}/v1/predict", json={"inputs": [sentences[i % len(sentences)]]})
+            status, _, _ = await connection.post("/v1/predict", {"inputs": [sentences[i % len(sentences)]]})
             latencies.append(time.monotonic() - started)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            statuses[status] = statuses.get(status, 0) + 1
             i += clients
 
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as http:
-        began = time.monotonic()
-        await asyncio.gather(*(client(k, http) for k in range(clients)))
-        elapsed = time.monotonic() - began
+    began = time.monotonic()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    elapsed = time.monotonic() - began
     return {"clients": clients, "requests": len(latencies), "rps": round(len(latencies) / elapsed, 1),
             "p50_ms": round(1000 * percentile(latencies, 0.5), 1),
             "p99_ms": round(1000 * percentile(latencies, 0.99), 1), "statuses": statuses}
@@ -95,23 +129,32 @@ async def closed_loop(url: str, sentences: list[str], clients: int, seconds: flo
 
 async def open_loop(url: str, sentences: list[str], rate: float, seconds: float) -> dict:
     """Requests arrive at ``rate`` per second whatever the answers (the load a server cannot slow down)."""
+    port = int(url.rsplit(":", 1)[1])
     accepted: list[float] = []
     refused: list[float] = []
+    other: dict[int, int] = {}
+    idle: list[Connection] = []
 
-    async def one(i: int, http: httpx.AsyncClient) -> None:
+    async def one(i: int) -> None:
+        connection = idle.pop() if idle else Connection(port)
         started = time.monotonic()
-        response = await http.post(f"{url}/v1/predict", json={"inputs": [sentences[i % len(sentences)]]})
-        (accepted if response.status_code == 200 else refused).append(time.monotonic() - started)
-        assert response.status_code in (200, 429), response.text
+        status, headers, _ = await connection.post("/v1/predict", {"inputs": [sentences[i % len(sentences)]]})
+        elapsed = time.monotonic() - started
+        idle.append(connection)
+        if status == 200:
+            accepted.append(elapsed)
+        elif status == 429 and int(headers["retry-after"]) >= 1:
+            refused.append(elapsed)
+        else:
+            other[status] = other.get(status, 0) + 1
 
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=2000)) as http:
-        tasks, start = [], time.monotonic()
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            tasks.append(asyncio.create_task(one(i, http)))
-        await asyncio.gather(*tasks)
+    tasks, start = [], time.monotonic()
+    for i in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
     return {"offered_rps": round(rate, 1), "accepted": len(accepted), "refused_429": len(refused),
-            "accepted_p99_ms": round(1000 * percentile(accepted, 0.99), 1),
+            "other": other, "accepted_p99_ms": round(1000 * percentile(accepted, 0.99), 1),
             "refused_p99_ms": round(1000 * percentile(refused, 0.99), 1)}
 
 
@@ -157,52 +200,82 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20, help="length of each load phase")
     parser.add_argument("--soak-seconds", type=float, default=600)
+    parser.add_argument("--phases", default="load,overload,soak,lm", help="which phases to run (comma-separated)")
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
     with (SHARED / "sst2" / "dev.tsv").open(encoding="utf-8") as handle:
         sentences = [row["sentence"] for row in csv.DictReader(handle, delimiter="\t")]
     with tempfile.TemporaryDirectory() as tmp:
         run = str(classifier(Path(tmp)))
-        rows = []
-        for name, options in (("batched", []), ("max-batch-size 1", ["--max-batch-size", "1"])):
-            server = Server([run], *options)
-            asyncio.run(closed_loop(server.url, sentences, 8, 3))  # warm-up
-            for clients in (1, 32):
-                rows.append({"server": name, **asyncio.run(closed_loop(server.url, sentences, clients, args.seconds))})
-            server.stop()
-        print(table(rows, ["server", "clients", "requests", "rps", "p50_ms", "p99_ms", "statuses"]))
-        batched, single = rows[1], rows[3]
-        print(f"\nbatched / unbatched throughput at 32 clients: {batched['rps'] / single['rps']:.2f}x; "
-              f"batched p99 at 32 clients: {batched['p99_ms']} ms")
+        if "load" in phases:
+            load_phase(run, sentences, args.seconds)
+        if "overload" in phases:
+            overload_phase(run, sentences, args.seconds)
+        if "soak" in phases:
+            soak_phase(run, sentences, args.soak_seconds)
+        if "lm" in phases:
+            lm_phase(Path(tmp), args.seconds)
 
-        server = Server([run], "--max-queue", "32")
-        asyncio.run(closed_loop(server.url, sentences, 8, 3))
-        saturated = asyncio.run(closed_loop(server.url, sentences, 32, args.seconds))
-        overload = asyncio.run(open_loop(server.url, sentences, 2 * saturated["rps"], args.seconds))
-        server.stop()
-        print("\n" + table([{**saturated, "phase": "saturated (32 clients)"}],
-                           ["phase", "rps", "p50_ms", "p99_ms"]))
-        print(table([overload], list(overload)))
-        print(f"overload: accepted p99 {overload['accepted_p99_ms']} ms = "
-              f"{overload['accepted_p99_ms'] / saturated['p99_ms']:.2f}x the saturated p99 without overload; "
-              f"429s answered with p99 {overload['refused_p99_ms']} ms")
 
-        server = Server([run])
-        asyncio.run(closed_loop(server.url, sentences, 32, 10))  # warm-up: allocator and caches settle
-        before = server.rss_mib()
-        soak = asyncio.run(closed_loop(server.url, sentences, 32, args.soak_seconds))
-        after = server.rss_mib()
+def load_phase(run: str, sentences: list[str], seconds: float) -> None:
+    rows = []
+    for name, options in (("batched", []), ("max-batch-size 1", ["--max-batch-size", "1"])):
+        server = Server([run], *options)
+        asyncio.run(closed_loop(server.url, sentences, 8, 3))  # warm-up
+        for clients in (1, 32):
+            rows.append({"server": name, **asyncio.run(closed_loop(server.url, sentences, clients, seconds))})
         server.stop()
-        print(f"\nsoak: {soak['requests']} requests in {args.soak_seconds:g} s ({soak['rps']} rps, statuses "
-              f"{soak['statuses']}); RSS {before:.0f} MiB -> {after:.0f} MiB ({100 * (after / before - 1):+.1f}%)")
+    print(table(rows, ["server", "clients", "requests", "rps", "p50_ms", "p99_ms", "statuses"]))
+    batched, single = rows[1], rows[3]
+    print(f"\nbatched / unbatched throughput at 32 clients: {batched['rps'] / single['rps']:.2f}x; "
+          f"batched p99 at 32 clients: {batched['p99_ms']} ms")
 
-        stories = Path(tmp) / "stories260K"
-        lmtune("import", "llama2c", str(SHARED / "models" / "stories260K"), str(stories))
-        server = Server([str(stories)])
-        asyncio.run(streams(server.url, 2, 3))
-        lm = [asyncio.run(streams(server.url, n, args.seconds)) for n in (1, 8)]
-        server.stop()
-        print("\n" + table(lm, ["streams", "tokens", "tokens_per_s"]))
-        print(f"8 streams / 1 stream: {lm[1]['tokens_per_s'] / lm[0]['tokens_per_s']:.2f}x tokens/s")
+
+def overload_phase(run: str, sentences: list[str], seconds: float) -> None:
+    server = Server([run], "--max-queue", "32")
+    asyncio.run(closed_loop(server.url, sentences, 8, 3))
+    unloaded = asyncio.run(closed_loop(server.url, sentences, 1, seconds / 2))
+    saturated = asyncio.run(closed_loop(server.url, sentences, 32, seconds))
+    overload = asyncio.run(open_loop(server.url, sentences, 2 * saturated["rps"], seconds))
+    server.stop()
+    print("\n" + table([{**unloaded, "phase": "1 client"}, {**saturated, "phase": "saturated (32 clients)"}],
+                       ["phase", "rps", "p50_ms", "p99_ms"]))
+    print(table([overload], list(overload)))
+    print(f"overload: accepted p99 {overload['accepted_p99_ms']} ms = "
+          f"{overload['accepted_p99_ms'] / saturated['p99_ms']:.2f}x the saturated p99 without overload "
+          f"({overload['accepted_p99_ms'] / unloaded['p99_ms']:.2f}x the 1-client p99); "
+          f"429s answered with p99 {overload['refused_p99_ms']} ms")
+
+
+def soak_phase(run: str, sentences: list[str], soak_seconds: float) -> None:
+    server = Server([run])
+    asyncio.run(closed_loop(server.url, sentences, 32, 10))  # warm-up: allocator and caches settle
+    before = server.rss_mib()
+    samples, requests, statuses = [], 0, {}
+    chunks = max(1, round(soak_seconds / 60))
+    for _ in range(chunks):  # the RSS after every minute of load
+        part = asyncio.run(closed_loop(server.url, sentences, 32, soak_seconds / chunks))
+        requests += part["requests"]
+        for status, n in part["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + n
+        samples.append(round(server.rss_mib()))
+    server.stop()
+    after = samples[-1]
+    print(f"\nsoak: {requests} requests in {soak_seconds:g} s ({requests / soak_seconds:.1f} rps, "
+          f"statuses {statuses}); RSS after warm-up {before:.0f} MiB, then per minute {samples}: "
+          f"{100 * (after / before - 1):+.1f}% overall, {100 * (after / samples[0] - 1):+.1f}% after the first "
+          "minute")
+
+
+def lm_phase(tmp: Path, seconds: float) -> None:
+    stories = tmp / "stories260K"
+    lmtune("import", "llama2c", str(SHARED / "models" / "stories260K"), str(stories))
+    server = Server([str(stories)])
+    asyncio.run(streams(server.url, 2, 3))
+    lm = [asyncio.run(streams(server.url, n, seconds)) for n in (1, 8)]
+    server.stop()
+    print("\n" + table(lm, ["streams", "tokens", "tokens_per_s"]))
+    print(f"8 streams / 1 stream: {lm[1]['tokens_per_s'] / lm[0]['tokens_per_s']:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

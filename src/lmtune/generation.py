@@ -112,7 +112,8 @@ def generate_batch(model: Any, tokenizer: Any, jobs: list[Job]) -> None:
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     while True:
         logits = out.logits[:, -1].float()
-        chosen = [row.step(logits[i]) if not row.done else pad for i, row in enumerate(rows)]
+        greedy = logits.argmax(-1).tolist()  # one op for every row that decodes greedily
+        chosen = [pad if row.done else row.step(logits[i], greedy[i]) for i, row in enumerate(rows)]
         if all(row.done for row in rows):
             return
         step = torch.tensor(chosen, device=device).unsqueeze(1)
@@ -123,17 +124,28 @@ def generate_batch(model: Any, tokenizer: Any, jobs: list[Job]) -> None:
 
 
 class _Row:
-    """The state of one job in the decoding loop: its tokens, its sampler and its text stream."""
+    """The state of one job in the decoding loop: its tokens, its sampler and its text.
+
+    Text is decoded incrementally (as text-generation servers do): each step decodes only the tokens since the
+    last complete piece, together with the few before them so that word-piece joins and leading spaces come
+    out as in a whole decode; a piece that ends in half a UTF-8 character waits for its other bytes.
+    """
 
     def __init__(self, job: Job, tokenizer: Any, limit: int | None, device: torch.device):
         self.job, self.tokenizer = job, tokenizer
         self.budget = job.settings.max_new_tokens
         if limit:
             self.budget = min(self.budget, limit - len(job.prompt_ids))
-        self.history = torch.tensor(job.prompt_ids, device=device)
+        self.tokens = list(job.prompt_ids)
+        """Prompt and generated tokens (the repetition penalty's history)."""
         self.generated: list[int] = []
+        self.prefix_offset = self.read_offset = 0
+        """Decoding window over ``generated``: [prefix, read) is context already turned into text."""
+        self.text = ""
         self.sent = 0
+        self.longest_stop = max((len(stop) for stop in job.stop), default=0)
         self.eos = tokenizer.eos_token_id
+        self.greedy = job.settings.temperature == 0 and job.settings.repetition_penalty == 1.0
         self.generator = None
         if job.settings.temperature > 0:
             self.generator = torch.Generator(device=device)
@@ -146,28 +158,36 @@ class _Row:
     def done(self) -> bool:
         return self.job.finish_reason is not None
 
-    def step(self, logits: torch.Tensor) -> int:
-        """Pick this row's next token from its logits, update its text; returns the token fed back in."""
+    def step(self, logits: torch.Tensor, greedy: int) -> int:
+        """Pick this row's next token (``greedy``: the argmax, already computed), update its text; returns
+        the token fed back in."""
         if self.job.cancelled.is_set():
             self._finish("cancelled")
             return self.eos or 0
-        token = self._choose(logits)
+        token = greedy if self.greedy else self._choose(logits)
         if token == self.eos:
             self._finish("stop")
             return token
         self.generated.append(token)
+        self.tokens.append(token)
         self.job.completion_tokens = len(self.generated)
-        self.history = torch.cat([self.history, self.history.new_tensor([token])])
-        self._emit(final=len(self.generated) >= self.budget)
+        self._extend_text()
+        if self.done:
+            return token
+        if len(self.generated) >= self.budget:
+            self._finish("length")
+        else:
+            self._send(len(self.text) - _held_back(self.text, self.job.stop))
         return token
 
     def _choose(self, logits: torch.Tensor) -> int:
         settings = self.job.settings
         if settings.repetition_penalty != 1.0:
-            seen = logits[self.history]
+            history = torch.tensor(self.tokens, device=logits.device)
+            seen = logits[history]
             logits = logits.clone()
-            logits[self.history] = torch.where(seen < 0, seen * settings.repetition_penalty,
-                                               seen / settings.repetition_penalty)
+            logits[history] = torch.where(seen < 0, seen * settings.repetition_penalty,
+                                          seen / settings.repetition_penalty)
         if settings.temperature == 0:
             return int(logits.argmax())
         logits = logits / settings.temperature
@@ -181,36 +201,34 @@ class _Row:
             logits[order[before >= settings.top_p]] = float("-inf")  # the most likely token always stays
         return int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
 
-    def _emit(self, final: bool) -> None:
-        """Pass on the text that can no longer change: not a possible start of a stop string, nor half a
-        character (decoding the whole continuation keeps multi-byte characters and word pieces right)."""
-        text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
-        stops = [(text.find(s), s) for s in self.job.stop if s and s in text]
-        if stops:
-            text = text[: min(stops)[0]]
-            self._send(text)
-            self._finish("stop", text)
-            return
-        if final:
-            self._send(text)
-            self._finish("length", text)
-            return
-        safe = len(text) - _held_back(text, self.job.stop)
-        if text[:safe].endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its other bytes
-            safe -= 1
-        self._send(text[:safe])
+    def _extend_text(self, final: bool = False) -> None:
+        """Add the newly complete text; a stop string that now appears ends the row there."""
+        decode = self.tokenizer.decode
+        context = decode(self.generated[self.prefix_offset:self.read_offset], skip_special_tokens=True)
+        whole = decode(self.generated[self.prefix_offset:], skip_special_tokens=True)
+        if len(whole) <= len(context) or (whole.endswith("\ufffd") and not final):
+            return  # nothing new yet, or half a character
+        checked_from = max(0, len(self.text) - self.longest_stop + 1)
+        self.text += whole[len(context):]
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.generated)
+        hits = [i for i in (self.text.find(stop, checked_from) for stop in self.job.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self._finish("stop")
 
-    def _send(self, text: str) -> None:
-        if len(text) > self.sent and self.job.on_text is not None:
-            self.job.on_text(text[self.sent:])
-        self.sent = max(self.sent, len(text))
+    def _send(self, upto: int) -> None:
+        if upto > self.sent and self.job.on_text is not None:
+            self.job.on_text(self.text[self.sent:upto])
+        self.sent = max(self.sent, upto)
 
-    def _finish(self, reason: FinishReason, text: str | None = None) -> None:
-        if text is None:
-            text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
-            if reason != "cancelled":
-                self._send(text)
-        self.job.text = text
+    def _finish(self, reason: FinishReason) -> None:
+        if reason != "cancelled" and self.read_offset < len(self.generated):
+            self._extend_text(final=True)  # a last piece still waiting for the rest of a character
+            if self.done:  # that piece completed a stop string
+                return
+        if reason != "cancelled":
+            self._send(len(self.text))  # whatever was held back as a possible start of a stop string
+        self.job.text = self.text
         self.job.finish_reason = reason
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -33,6 +34,7 @@ from lmtune.serving import requests as bodies
 from lmtune.serving.batcher import Batcher, Item
 from lmtune.serving.errors import ApiError, invalid
 from lmtune.serving.limits import Limits
+from lmtune.serving.memory import HeapTrimmer
 from lmtune.serving.metrics import Metrics
 from lmtune.serving.served import ServedRun, explainable, load_runs, table_of
 
@@ -46,7 +48,8 @@ class State:
     metrics: Metrics = field(default_factory=Metrics)
     runs: dict[str, ServedRun] = field(default_factory=dict)
     batchers: dict[tuple[str, str], Batcher] = field(default_factory=dict)
-    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "lmtune-model"))
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "lmtune-model",
+                                                                                    initializer=_background))
     loaded: bool = False
     draining: bool = False
     failed: str | None = None
@@ -73,6 +76,18 @@ class State:
         return self.batchers[served.name, kind]
 
 
+MODEL_NICENESS = 10
+
+
+def _background() -> None:
+    """The model thread (and the torch threads it starts) yield the CPU to the event loop: answering, refusing
+    and streaming stay quick while a batch computes, and the model still gets every idle cycle."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MODEL_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: the same work at the same priority
+        pass
+
+
 def create_app(runs: list[str], limits: Limits | None = None) -> Starlette:
     """The ASGI app serving ``runs`` (run directories, or NAME=RUN); it loads them in the background at
     startup and answers /ready with 200 once every one is loaded."""
@@ -97,15 +112,25 @@ def create_app(runs: list[str], limits: Limits | None = None) -> Starlette:
         Route("/info", _endpoint("info")(_info), methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
         Route("/v1/models", _endpoint("models")(_models), methods=["GET"]),
-        Route("/v1/predict", _endpoint("predict")(_predict), methods=["POST"]),
-        Route("/v1/explain", _endpoint("explain")(_explain), methods=["POST"]),
-        Route("/v1/completions", _endpoint("completions")(_completions), methods=["POST"]),
-        Route("/v1/chat/completions", _endpoint("chat")(_chat), methods=["POST"]),
+        Route("/v1/predict", _endpoint("predict", kinds=("predict", "generate"))(_predict), methods=["POST"]),
+        Route("/v1/explain", _endpoint("explain", kinds=("explain",))(_explain), methods=["POST"]),
+        Route("/v1/completions", _endpoint("completions", kinds=("generate",))(_completions), methods=["POST"]),
+        Route("/v1/chat/completions", _endpoint("chat", kinds=("generate",))(_chat), methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
     app.state.lmtune = state
     return app
+
+
+def _then(work: Callable[[list], list], after: Callable[[], None]) -> Callable[[list], list]:
+    def run(payloads: list) -> list:
+        try:
+            return work(payloads)
+        finally:
+            after()
+
+    return run
 
 
 def _start_loading(state: State) -> None:
@@ -123,6 +148,7 @@ async def _load(state: State) -> None:
         state.failed = str(err) if isinstance(err, LmtuneError) else f"{type(err).__name__}: {err}"
         log.error("serve: %s", state.failed)
         return
+    trim = HeapTrimmer()
     for run in served:
         state.runs[run.name] = run
         kinds = {"predict": lambda p, r=run: r.predict(p, state.limits.max_batch_size)}
@@ -131,7 +157,7 @@ async def _load(state: State) -> None:
         if explainable(run):
             kinds["explain"] = run.explain
         for kind, work in kinds.items():
-            batcher = Batcher(run.name, kind, work, state.limits, state.executor, state.metrics,
+            batcher = Batcher(run.name, kind, _then(work, trim), state.limits, state.executor, state.metrics,
                               max_batch_size=1 if kind == "explain" else None)
             batcher.start()
             state.batchers[run.name, kind] = batcher
@@ -145,7 +171,11 @@ async def _load(state: State) -> None:
 Handler = Callable[[Request, State], Awaitable[Response]]
 
 
-def _endpoint(route: str, ready: bool = True) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+def _endpoint(route: str, ready: bool = True,
+              kinds: tuple[str, ...] = ()) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """``kinds``: the queues the route feeds; when every one of them is full the request is refused before its
+    body is read, so that refusing costs an overloaded server next to nothing."""
+
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             state: State = request.app.state.lmtune
@@ -157,10 +187,15 @@ def _endpoint(route: str, ready: bool = True) -> Callable[[Handler], Callable[[R
             try:
                 if ready and not state.ready:
                     raise _not_ready(state)
+                if kinds:
+                    _refuse_if_overloaded(state, kinds)
                 response = await handler(request, state)
                 streaming = isinstance(response, StreamingResponse)
             except ApiError as err:
                 response = err.response()
+            except ClientDisconnect:  # gone while sending its body: nobody reads an answer
+                state.metrics.rejections.labels(reason="client_gone").inc()
+                response = Response(status_code=499)
             except Exception as err:  # noqa: BLE001 - a bug must still answer JSON and leave the server up
                 log.exception("serve: %s failed", route)
                 response = ApiError(500, f"internal error: {type(err).__name__}: {err}").response()
@@ -177,6 +212,12 @@ def _endpoint(route: str, ready: bool = True) -> Callable[[Handler], Callable[[R
         return endpoint
 
     return wrap
+
+
+def _refuse_if_overloaded(state: State, kinds: tuple[str, ...]) -> None:
+    queues = [b for (_, kind), b in state.batchers.items() if kind in kinds]
+    if queues and all(b.full for b in queues):
+        raise min(queues, key=lambda b: b.queued).refusal()
 
 
 def _done(state: State, route: str, started: float) -> None:
@@ -285,9 +326,16 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _in_thread(state: State, work: Callable[[], Any]) -> Any:
-    """Tokenizing and checking run off the event loop (a 1 MB body takes a while), not on the model's thread."""
+INLINE_BYTES = 16384
+"""Bodies up to this size are tokenized on the event loop (well under a millisecond: cheaper than a thread
+handoff); larger ones in a thread, so that a 1 MB body never stalls the loop."""
+
+
+async def _in_thread(request: Request, work: Callable[[], Any]) -> Any:
+    """Tokenizing and checking: off the event loop for large bodies, never on the model's thread."""
     try:
+        if int(request.headers.get("content-length") or INLINE_BYTES + 1) <= INLINE_BYTES:
+            return work()
         return await asyncio.to_thread(work)
     except LmtuneError as err:  # the task's own validation of an input (DataError), or a prompt too long
         raise invalid(str(err), "inputs") from None
@@ -300,7 +348,7 @@ async def _predict(request: Request, state: State) -> Response:
     served = state.run(bodies.Body(raw, ("model", "inputs", "truncate")).string("model"))
     body = bodies.predict_request(raw, tuple(served.run.task.accepted_fields(served.run.config.data)), state.limits)
     if served.generates:  # language models answer /v1/predict as `lmtune predict` does: greedy continuations
-        rows, jobs = await _in_thread(state, lambda: _prompt_jobs(served, body.inputs, body.truncate, state.limits))
+        rows, jobs = await _in_thread(request, lambda: _prompt_jobs(served, body.inputs, body.truncate, state.limits))
         cancelled = threading.Event()
         for job in jobs:
             job.cancelled = cancelled
@@ -312,7 +360,7 @@ async def _predict(request: Request, state: State) -> Response:
             return finished
         predictions = [{"generated": job.text} for job in finished]
     else:
-        rows, examples = await _in_thread(state, lambda: _encode(served, body.inputs, body.truncate, state.limits))
+        rows, examples = await _in_thread(request, lambda: _encode(served, body.inputs, body.truncate, state.limits))
         longest = max(len(example["input_ids"]) for example in examples)
         state.metrics.tokens.labels(model=served.name, kind="input").inc(sum(len(e["input_ids"]) for e in examples))
         item = state.batcher(served, "predict").submit((examples, len(rows)), len(rows), longest)
@@ -405,7 +453,7 @@ async def _explain(request: Request, state: State) -> Response:
         run.task.input_row(fields, run.config.data)
         _within_limit(run.tokenizer, fields, run.task.input_fields, state.limits.max_input_tokens, False, 0)
 
-    await _in_thread(state, check)
+    await _in_thread(request, check)
     item = state.batcher(served, "explain").submit(body, 1, 1)
     result = await _result(request, state, item)
     return result if isinstance(result, Response) else JSONResponse(result)
@@ -431,7 +479,7 @@ async def _generate(request: Request, state: State, body: bodies.GenerationReque
                       "sft run (use /v1/predict)", "model")
     settings = GenerationSettings(max_new_tokens=body.max_tokens, temperature=body.temperature,
                                   top_p=body.top_p if body.temperature > 0 else None, seed=body.seed)
-    jobs = await _in_thread(state, lambda: [_job(served, prompt, settings, body.stop, body.truncate, state.limits, i)
+    jobs = await _in_thread(request, lambda: [_job(served, prompt, settings, body.stop, body.truncate, state.limits, i)
                                             for i, prompt in enumerate(body.prompts)])
     cancelled = threading.Event()
     for job in jobs:

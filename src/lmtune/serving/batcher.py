@@ -50,6 +50,8 @@ class Batcher:
         self.limits, self.executor, self.metrics = limits, executor, metrics
         self.max_batch_size = max_batch_size or limits.max_batch_size
         self._queue: deque[Item] = deque()
+        self._queued = 0
+        """Inputs in ``_queue``."""
         self._arrived = asyncio.Event()
         self._seconds_per_input = 0.05
         """Running estimate of compute time per input, for Retry-After."""
@@ -57,7 +59,18 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return sum(item.size for item in self._queue)
+        return self._queued
+
+    @property
+    def full(self) -> bool:
+        return self.queued >= self.limits.max_queue
+
+    def refusal(self) -> ApiError:
+        """429, with the time the queue needs to drain as Retry-After."""
+        wait = max(1, math.ceil(self.queued * self._seconds_per_input))
+        self.metrics.rejections.labels(reason="queue_full").inc()
+        return ApiError(429, f"the queue of {self.model!r} is full ({self.queued} inputs waiting); retry in {wait} s",
+                        headers={"Retry-After": str(wait)})
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._drain(), name=f"batcher {self.model}/{self.kind}")
@@ -70,13 +83,11 @@ class Batcher:
     def submit(self, payload: Any, size: int, tokens: int, cancelled: threading.Event | None = None) -> Item:
         """Queue a request's work; its ``future`` gets the result. 429 when the queue is full."""
         if self._queue and self.queued + size > self.limits.max_queue:
-            wait = max(1, math.ceil(self.queued * self._seconds_per_input))
-            self.metrics.rejections.labels(reason="queue_full").inc()
-            raise ApiError(429, f"the queue of {self.model!r} is full ({self.queued} inputs waiting); "
-                                f"retry in {wait} s", headers={"Retry-After": str(wait)})
+            raise self.refusal()
         item = Item(payload, size, tokens, asyncio.get_running_loop().create_future(),
                     cancelled or threading.Event())
         self._queue.append(item)
+        self._queued += size
         self._update_depth()
         self._arrived.set()
         return item
@@ -112,6 +123,7 @@ class Batcher:
         """Move queued items into ``batch`` while they fit (the first one always does)."""
         while self._queue and (not batch or self._fits(batch, self._queue[0])):
             batch.append(self._queue.popleft())
+            self._queued -= batch[-1].size
         return batch
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[Item]) -> None:

@@ -8,6 +8,7 @@ exits 0. A second signal stops it at once.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from types import FrameType
 
@@ -56,6 +57,9 @@ def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, limit
     for _, path in names_and_paths(runs):  # a wrong path or damaged run fails here, in one line, before binding
         read_run(path)
     limits = limits or Limits()
+    # the model thread holds the GIL between torch ops; a shorter switch interval lets the event loop in sooner
+    # (429s and health checks answered in milliseconds while a batch computes)
+    sys.setswitchinterval(0.0005)
     app = create_app(runs, limits)
     state: State = app.state.lmtune
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
