@@ -18,6 +18,7 @@ import asyncio
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -182,6 +183,15 @@ async def streams(url: str, count: int, seconds: float) -> dict:
     return {"streams": count, "tokens": tokens, "tokens_per_s": round(tokens / elapsed, 1)}
 
 
+def server_p99_ms(metrics: str, status: str) -> float:
+    """The p99 of the server's own request time for ``status`` answers of /v1/predict: the upper bound of the
+    histogram bucket that holds it (the time the server spends, without the client's own delays)."""
+    buckets = [(float(m.group(1)), float(m.group(2))) for m in re.finditer(
+        rf'lmtune_request_seconds_bucket{{le="([^"]+)",route="predict",status="{status}"}} (\S+)', metrics)]
+    total = max((n for _, n in buckets), default=0)
+    return next((round(1000 * le, 1) for le, n in sorted(buckets) if n >= 0.99 * total), float("nan"))
+
+
 def classifier(tmp: Path) -> Path:
     """A classifier run on the bundled MiniLM (a few steps: serving speed does not depend on its accuracy)."""
     out = tmp / "cls"
@@ -237,14 +247,20 @@ def overload_phase(run: str, sentences: list[str], seconds: float) -> None:
     unloaded = asyncio.run(closed_loop(server.url, sentences, 1, seconds / 2))
     saturated = asyncio.run(closed_loop(server.url, sentences, 32, seconds))
     overload = asyncio.run(open_loop(server.url, sentences, 2 * saturated["rps"], seconds))
+    metrics = httpx.get(f"{server.url}/metrics").text
     server.stop()
+    overload["server_200_p99_ms"] = server_p99_ms(metrics, "200")
+    overload["server_429_p99_ms"] = server_p99_ms(metrics, "429")
     print("\n" + table([{**unloaded, "phase": "1 client"}, {**saturated, "phase": "saturated (32 clients)"}],
                        ["phase", "rps", "p50_ms", "p99_ms"]))
     print(table([overload], list(overload)))
-    print(f"overload: accepted p99 {overload['accepted_p99_ms']} ms = "
+    print(f"overload: accepted p99 {overload['accepted_p99_ms']} ms at the client "
+          f"({overload['server_200_p99_ms']} ms inside the server, which counts the warm-up and saturated phases "
+          "too) = "
           f"{overload['accepted_p99_ms'] / saturated['p99_ms']:.2f}x the saturated p99 without overload "
           f"({overload['accepted_p99_ms'] / unloaded['p99_ms']:.2f}x the 1-client p99); "
-          f"429s answered with p99 {overload['refused_p99_ms']} ms")
+          f"429s answered with p99 {overload['refused_p99_ms']} ms at the client, "
+          f"{overload['server_429_p99_ms']} ms inside the server")
 
 
 def soak_phase(run: str, sentences: list[str], soak_seconds: float) -> None:

@@ -22,6 +22,8 @@ TASK = "task.json"
 VERSIONS = "versions.json"
 FINAL_METRICS = "metrics.json"
 MODEL = "model"
+STATUS = "status.json"
+"""Why an unfinished run stopped (failed or killed), for `lmtune runs`; removed when the run finishes."""
 _MODEL_TMP = ".model-"
 
 ABSENT_MEANT = {"early_stopping.restore_best": False, "train.eval_train_samples": 0}
@@ -31,6 +33,8 @@ Every other added setting's default is what older runs did."""
 
 RESUMABLE_CHANGES = {"train.threads", "train.log_every", "train.eval_batch_size", "output"}
 """Keys that may differ when a run is resumed: they change speed or logging, not the result."""
+RESUMABLE_SECTIONS = {"tracking"}
+"""Sections that may differ when a run is resumed (where it is reported, not what it is)."""
 
 
 def prepare_run_dir(cfg: RunConfig) -> tuple[Path, bool, RunConfig]:
@@ -150,7 +154,7 @@ def _check_compatible(run_dir: Path, cfg: RunConfig) -> RunConfig:
     diffs = [
         f"{key}: {old!r} → {new!r}"
         for key, old, new in _diff(upgraded, config_to_dict(cfg))
-        if key not in RESUMABLE_CHANGES and key not in legacy
+        if key not in RESUMABLE_CHANGES and key.split(".")[0] not in RESUMABLE_SECTIONS and key not in legacy
     ]
     if diffs:
         raise LmtuneError(

@@ -83,6 +83,24 @@ class RunLock:
         self._fd = None
 
 
+def live_holder(run_dir: Path) -> dict | None:
+    """The process writing ``run_dir`` now ({} when it cannot be told), or None when nobody holds its lock."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        return holder if holder is not None else {}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_holder(fd: int) -> dict | None:
     raw = os.pread(fd, 4096, 0)
     if not raw.strip():

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from lmtune import rundir
 from lmtune.config import RunConfig, load_config
 from lmtune.data import Table
 from lmtune.data.splits import load_tables
-from lmtune.errors import LmtuneError
+from lmtune.errors import LmtuneError, Stopped
 from lmtune.evaluation import evaluate_examples
 from lmtune.integrity import read_json_object
 from lmtune.models import load_tokenizer, resolve_model
@@ -29,6 +30,7 @@ from lmtune.runlock import RunLock
 from lmtune.strategies import directory_size, trainable_parameters
 from lmtune.strategies.fit import trainable_model
 from lmtune.tasks import TASKS, Task
+from lmtune.trackers import TrackingSession
 from lmtune.training.checkpoint import latest_checkpoint
 from lmtune.training.frozen_cache import attach_cache, detach_cache, remove_spill
 from lmtune.training.precision import default_threads, resolve_precision
@@ -42,6 +44,7 @@ TRAIN_SAMPLE = "train_sample.json"
 def train(
     config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...] = (),
     on_eval: Callable[[int, dict], None] | None = None, show_diagnosis: bool = True,
+    tracking_parent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (or resume fine-tuning) as the config says; return the final metrics.
 
@@ -53,31 +56,59 @@ def train(
         overrides: ``key=value`` strings applied to a YAML config.
         on_eval: called with (step, validation metrics) after each evaluation; raising stops training.
         show_diagnosis: log the run's diagnosis at the end (it is written to RUN/diagnosis.json either way).
+        tracking_parent: the experiment-tracker records of the comparison this run is a trial of.
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     run_dir = rundir.check_output(cfg)
     # one writer per run directory; under torchrun the first process holds the lock for the whole job
     with RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
-        return _train_locked(cfg, on_eval, show_diagnosis)
+        return _train_locked(cfg, on_eval, show_diagnosis, tracking_parent)
 
 
-def _train_locked(cfg: RunConfig, on_eval: Callable[[int, dict], None] | None, show: bool) -> dict[str, Any]:
+def _train_locked(cfg: RunConfig, on_eval: Callable[[int, dict], None] | None, show: bool,
+                  tracking_parent: dict[str, Any] | None) -> dict[str, Any]:
     run_dir, finished, cfg = rundir.prepare_run_dir(cfg)
     if finished:
         log.info("%s already holds this finished run; nothing to do", run_dir)
         return read_json_object(run_dir / rundir.FINAL_METRICS, "the run's final metrics")
     rundir.remove_partial_model(run_dir)
     data = prepare_data(cfg, run_dir)
+    main = int(os.environ.get("RANK", "0")) == 0
+    trackers = TrackingSession(cfg, run_dir, tracking_parent).start() if main else None  # before any training
     accelerator = _accelerator(cfg)
     try:
-        final = _fit_and_finish(accelerator, cfg, data, run_dir, on_eval)
+        final = _fit_and_finish(accelerator, cfg, data, run_dir, on_eval, trackers)
+    except BaseException as err:
+        from optuna.exceptions import TrialPruned  # a comparison stopped this trial early, on purpose
+
+        status = "KILLED" if isinstance(err, (Stopped, KeyboardInterrupt, TrialPruned)) else "FAILED"
+        if main and (run_dir / rundir.CONFIG).is_file():  # `lmtune runs` tells failed from killed
+            rundir.write_text_atomic(run_dir / rundir.STATUS, json.dumps(
+                {"status": status.lower(), "message": str(err)[:500], "time": round(time.time(), 3)}))
+        if trackers is not None:  # a SIGKILL leaves the tracker run RUNNING: the resumed run finishes it
+            trackers.finish(status)
+        raise
     finally:
         main_process = accelerator.is_main_process  # read before _release resets accelerate's state
         remove_spill(run_dir / ".frozen-cache")
         _release(accelerator)
     if main_process:
+        (run_dir / rundir.STATUS).unlink(missing_ok=True)  # an earlier attempt's failure is over
         _diagnose(run_dir, show)
+        if trackers is not None and trackers.active:
+            if cfg.tracking.log_artifacts == "final":
+                _write_report(run_dir)
+            trackers.finish("FINISHED", final)
     return final
+
+
+def _write_report(run_dir: Path) -> None:
+    from lmtune.reporting import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as err:  # noqa: BLE001 - the run is saved; its report is an extra for the tracker
+        log.warning("could not write the report for the tracker (%s: %s)", type(err).__name__, err)
 
 
 @dataclass
@@ -179,7 +210,7 @@ def _accelerator(cfg: RunConfig) -> Any:
 
 
 def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: Path,
-                    on_eval: Callable[[int, dict], None] | None) -> dict[str, Any]:
+                    on_eval: Callable[[int, dict], None] | None, trackers: Any) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from lmtune.training.loop import fit
@@ -197,6 +228,8 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
         data.tokenizer.pad_token_id, cfg.train.eval_batch, accelerator, run_dir / ".frozen-cache",
     )
     inputs = _fit_inputs(cfg, data, run_dir, lr_scales, on_eval, accelerator.is_main_process)
+    if trackers is not None and trackers.active:
+        inputs.on_record = trackers.record
     state = fit(accelerator, model, inputs, cfg.train)
     return _finish(accelerator, model, data, strategy, cfg, state, run_dir, cache_info)
 

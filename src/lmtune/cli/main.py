@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     from lmtune.training import interrupt
 
     interrupt.install()
-    metrics = runs.train(args.config, args.overrides)
+    metrics = runs.train(args.config, _with_report_to(args))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary line, not one per process
         sys.stdout.write(json.dumps(_headline(metrics)) + "\n")
     return 0
@@ -112,11 +112,35 @@ def _compare(args: argparse.Namespace) -> int:
     from lmtune.config import load_config
     from lmtune.selection import compare
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, _with_report_to(args))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     board = compare(config, strategies, seeds=args.seeds, trials=args.trials, budget=args.budget,
                     storage=args.storage, out_dir=args.out, prune=not args.no_prune)
     sys.stdout.write(board.text() + "\n")
+    return 0
+
+
+def _with_report_to(args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) + ([f"tracking.report_to={args.report_to}"] if args.report_to else [])
+
+
+def _track(args: argparse.Namespace) -> int:
+    from lmtune.trackers.replay import replay
+
+    trackers = [t.strip() for t in args.to.split(",") if t.strip()]
+    summary = replay(args.run, trackers, args.mlflow_uri)
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from lmtune.listing import list_runs, table
+
+    found = list_runs(args.dir)
+    if args.json:
+        sys.stdout.write("".join(json.dumps(run) + "\n" for run in found))
+    else:
+        sys.stdout.write(table(found) + "\n")
     return 0
 
 
@@ -197,11 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_to_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", help="experiment trackers, comma-separated (mlflow, tensorboard, wandb, "
+                                       "trackio): the same as tracking.report_to=...")
+
+
 def _training_commands(sub: argparse._SubParsersAction) -> None:
     """train, compare, import, export: commands that write run directories."""
     p = sub.add_parser("train", help="fine-tune as a YAML config says (resumes an unfinished run)")
     p.add_argument("config", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=2e-5")
+    _report_to_option(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("compare", help="train several strategies on the config's data and pick a winner")
@@ -215,7 +245,20 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", help="Optuna storage URL shared by several machines (default: SQLite in --out)")
     p.add_argument("--out", help="comparison directory (default: <output>-compare)")
     p.add_argument("--no-prune", action="store_true", help="run every trial to the end")
+    _report_to_option(p)
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("track", help="log an existing run directory to experiment trackers (MLflow, ...)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--to", required=True, help="comma-separated trackers: mlflow, tensorboard, wandb, trackio")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: the run's tracking.mlflow_uri, "
+                                        "MLFLOW_TRACKING_URI, or MLflow's default)")
+    p.set_defaults(func=_track)
+
+    p = sub.add_parser("runs", help="list run directories: task, model, strategy, status, best metric, age")
+    p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories (default: runs)")
+    p.add_argument("--json", action="store_true", help="one JSON object per run, one per line")
+    p.set_defaults(func=_runs)
 
     p = sub.add_parser("import", help="convert a foreign checkpoint into a run directory")
     p.add_argument("format", choices=["llama2c"], help="checkpoint format")

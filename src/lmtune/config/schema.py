@@ -356,6 +356,40 @@ class EarlyStoppingConfig:
         return greater_is_better
 
 
+TRACKERS = ("mlflow", "tensorboard", "wandb", "trackio")
+ARTIFACTS = ("none", "final")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    report_to: tuple[str, ...] = ()
+    """Experiment trackers to log to: any of mlflow, tensorboard, wandb, trackio (none by default)."""
+    project: str = "lmtune"
+    """MLflow experiment / W&B and trackio project."""
+    run_name: str | None = None
+    """The tracker run's name; default: the run directory's name."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI; else MLFLOW_TRACKING_URI, else MLflow's own default (./mlruns)."""
+    log_artifacts: str = "none"
+    """none | final: report.html, metrics.json, diagnosis.json and config.yaml at the end of the run."""
+    log_model: bool = False
+    """With log_artifacts=final, also the final model folder."""
+
+    def validate(self) -> list[str]:
+        import importlib.util
+
+        problems = [f"tracking.report_to: {name!r} is not one of {', '.join(TRACKERS)}"
+                    for name in self.report_to if name not in TRACKERS]
+        problems += [f"tracking.report_to: {name} needs the {name} package, which is not installed: "
+                     f"pip install {name}" for name in self.report_to
+                     if name in TRACKERS and importlib.util.find_spec(name) is None]
+        if self.log_artifacts not in ARTIFACTS:
+            problems.append(f"tracking.log_artifacts: {self.log_artifacts!r} is not one of {', '.join(ARTIFACTS)}")
+        if self.log_model and self.log_artifacts != "final":
+            problems.append("tracking.log_model: the model is an artifact; set tracking.log_artifacts=final too")
+        return problems
+
+
 @dataclass(frozen=True)
 class RunConfig:
     task: str = "classification"
@@ -372,6 +406,7 @@ class RunConfig:
     qa: QAConfig = field(default_factory=QAConfig)
     summarization: SummarizationConfig = field(default_factory=SummarizationConfig)
     lm: LanguageModelingConfig = field(default_factory=LanguageModelingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: str = "runs/run"
     """Run directory: config, checkpoints, metrics and the final model are written here."""
 

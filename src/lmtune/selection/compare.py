@@ -19,6 +19,7 @@ from lmtune.extras import check_storage
 from lmtune.selection.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
 from lmtune.selection.space import TrialSpec, overrides_for, plan
 from lmtune.tasks import TASKS
+from lmtune.trackers import TrackingSession
 
 log = logging.getLogger("lmtune")
 
@@ -65,15 +66,22 @@ def compare(
     base = _with_eval_points(base)
     study = _open_study(base, storage, root, prune)
     specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
-    for number, spec in enumerate(specs, start=1):
-        if _settled(study, spec.key):
-            continue
-        log.info("[%d/%d] trial %s%s", number, len(specs), spec.key, _best_line(study))
-        study.enqueue_trial({}, user_attrs={"key": spec.key})
-        study.optimize(lambda trial, spec=spec: _objective(trial, spec, base, root), n_trials=1,
-                       catch=(LmtuneError,))
+    # the comparison is the parent record in the experiment trackers, each trial a child of it
+    trackers = TrackingSession(base, root, header=None).start()
+    try:
+        for number, spec in enumerate(specs, start=1):
+            if _settled(study, spec.key):
+                continue
+            log.info("[%d/%d] trial %s%s", number, len(specs), spec.key, _best_line(study))
+            study.enqueue_trial({}, user_attrs={"key": spec.key})
+            study.optimize(lambda trial, spec=spec: _objective(trial, spec, base, root, trackers.state), n_trials=1,
+                           catch=(LmtuneError,))
+    except BaseException as err:
+        trackers.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     board = build_leaderboard(study, strategies, TASKS.get(config.task).metric(_primary_metric(config)))
     write_leaderboard(board, root)
+    trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
     return board
 
 
@@ -104,7 +112,7 @@ def _storage(url: str | None, root: Path) -> Any:
     return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
 
 
-def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path) -> float:
+def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent: dict[str, Any]) -> float:
     import optuna
 
     from lmtune import runs
@@ -116,6 +124,7 @@ def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path) -> floa
     raw = copy.deepcopy(config_to_dict(base))
     raw["strategy"] = {"name": spec.strategy, "cache": base.strategy.cache}
     raw["output"] = str(root / "trials" / spec.key)
+    raw["tracking"] = {**raw["tracking"], "run_name": spec.key}
     cfg = load_config(raw, overrides_for(trial, spec))
     trial.set_user_attr("run_dir", cfg.output)
     metric = _primary_metric(cfg)
@@ -130,7 +139,7 @@ def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path) -> floa
     with _PeakMemory() as memory:
         start = time.perf_counter()
         try:
-            result = runs.train(cfg, on_eval=report, show_diagnosis=False)
+            result = runs.train(cfg, on_eval=report, show_diagnosis=False, tracking_parent=parent)
         except LmtuneError as err:  # e.g. a strategy that leaves nothing of this model to train
             trial.set_user_attr("error", str(err))
             log.info("  %s: %s", spec.key, err)

@@ -183,7 +183,7 @@ def _endpoint(route: str, ready: bool = True,
             started = time.monotonic()
             state.in_flight += 1
             state.metrics.in_flight.inc()
-            streaming = False
+            streaming, response = False, Response(status_code=499)  # 499 until answered: cancelled (client gone)
             try:
                 if ready and not state.ready:
                     raise _not_ready(state)
@@ -201,12 +201,13 @@ def _endpoint(route: str, ready: bool = True,
                 response = ApiError(500, f"internal error: {type(err).__name__}: {err}").response()
             finally:
                 if not streaming:
-                    _done(state, route, started)
+                    _done(state, route, response.status_code, started)
             state.metrics.requests.labels(route=route, status=str(response.status_code)).inc()
             if response.status_code >= 400:
                 state.metrics.rejections.labels(reason=str(response.status_code)).inc()
             if streaming:  # counted in flight until the last event is sent (or the client leaves)
-                response.body_iterator = _counted(response.body_iterator, state, route, started)
+                response.body_iterator = _counted(response.body_iterator, state, route, response.status_code,
+                                                  started)
             return response
 
         return endpoint
@@ -220,18 +221,19 @@ def _refuse_if_overloaded(state: State, kinds: tuple[str, ...]) -> None:
         raise min(queues, key=lambda b: b.queued).refusal()
 
 
-def _done(state: State, route: str, started: float) -> None:
+def _done(state: State, route: str, status: int, started: float) -> None:
     state.in_flight -= 1
     state.metrics.in_flight.dec()
-    state.metrics.latency.labels(route=route).observe(time.monotonic() - started)
+    state.metrics.latency.labels(route=route, status=str(status)).observe(time.monotonic() - started)
 
 
-async def _counted(events: AsyncIterator[str], state: State, route: str, started: float) -> AsyncIterator[str]:
+async def _counted(events: AsyncIterator[str], state: State, route: str, status: int,
+                   started: float) -> AsyncIterator[str]:
     try:
         async for event in events:
             yield event
     finally:
-        _done(state, route, started)
+        _done(state, route, status, started)
 
 
 def _not_ready(state: State) -> ApiError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -16,7 +16,7 @@ class Metrics:
         self.requests = Counter("lmtune_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=r)
         self.latency = Histogram("lmtune_request_seconds", "Time from request to response (streams: to the end)",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+                                 ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("lmtune_queue_depth", "Inputs waiting for a batch", ["model", "kind"], registry=r)
         self.batch_size = Histogram("lmtune_batch_size", "Inputs (or prompts) per batch run on the model",
                                     ["model", "kind"], buckets=BATCH_BUCKETS, registry=r)

@@ -60,6 +60,8 @@ class FitInputs:
     max_grad_norm: float | None = None
     batch_examples: Callable[[int, list[int]], list[dict]] | None = None
     """(epoch, indices) → the training examples of a batch, when they change per epoch (augmentation)."""
+    on_record: Callable[[dict], None] | None = None
+    """Gets every metrics.jsonl line (the run's experiment trackers)."""
     train_sample: list[dict] | None = None
     """Fixed, unaugmented training examples scored at each evaluation (the train/validation gap)."""
     on_eval: Callable[[int, dict], None] | None = None
@@ -95,7 +97,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     if inputs.task.capabilities.low_precision_logits:
         _keep_output_precision(model)
     state, resume_from, skipped = _resume(accelerator, inputs.run_dir)
-    tracker = Tracker(inputs.run_dir, total, state.step, accelerator.is_main_process)
+    tracker = Tracker(inputs.run_dir, total, state.step, accelerator.is_main_process, inputs.on_record)
     for warning in skipped:
         tracker.message(warning)
     if resume_from is not None:

@@ -7,6 +7,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ LOG_FILES = (METRICS_LOG, EXAMPLE_LOSSES_LOG)
 class Tracker:
     """Appends metric lines to ``RUN/metrics.jsonl`` and drives a progress bar; silent off the main process."""
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool,
+                 on_record: Callable[[dict[str, Any]], None] | None = None):
         self.enabled = enabled
+        self.on_record = on_record
+        """Also gets every metrics.jsonl line (the experiment trackers)."""
         self.path = run_dir / METRICS_LOG
         self.bar = None
         self._last_line = self._start_time = time.monotonic()
@@ -45,6 +49,8 @@ class Tracker:
         record = {"time": round(time.time(), 3), **record}
         with (self.path.parent / file).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(_finite(record)) + "\n")
+        if file == METRICS_LOG and self.on_record is not None:
+            self.on_record(record)
 
     def show_loss(self, loss: float) -> None:
         """The latest logged training loss, shown with the progress."""

@@ -1,0 +1,169 @@
+"""Experiment tracking against the real MLflow (SQLite store in a temp dir) and TensorBoard (its own event
+reader), and `lmtune runs`: a killed and resumed run is one tracker run with one continuous history."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO, kill_at_checkpoint, lmtune_command
+
+pytestmark = pytest.mark.integration
+
+
+def _command(sst2_slice, out, store, *extra):
+    return lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+                          f"data.validation={sst2_slice['dev']}", f"output={out}", "train.max_steps=12",
+                          "train.batch_size=16", "train.eval_every=4", "train.log_every=2",
+                          "train.eval_train_samples=16", f"tracking.mlflow_uri={store}", *extra)
+
+
+def _lines(run, split):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(x).get("split") == split]
+
+
+def _client(store):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=store)
+
+
+def _runs(store, experiment="lmtune"):
+    client = _client(store)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def test_a_killed_and_resumed_run_is_one_mlflow_run_with_one_history_and_tensorboard_agrees(sst2_slice, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    command = _command(sst2_slice, out, store, "--report-to", "mlflow,tensorboard")
+    kill_at_checkpoint(command, out, step=8)
+    [killed] = _runs(store)
+    assert killed.info.status == "RUNNING"  # SIGKILL: nobody could close it
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from step-8" in result.stderr
+
+    [run] = _runs(store)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.info.run_name == "run" and run.data.params["train.lr"] == "0.0001"
+    client = _client(store)
+    for split, key in (("validation", "accuracy"), ("train", "loss"), ("train_sample", "loss")):
+        expected = [(line["step"], line[key]) for line in _lines(out, split)]
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"{split}/{key}"))
+        assert history == pytest.approx(expected), (split, history, expected)  # every step once, in order
+    final = json.loads((out / "metrics.json").read_text())["validation"]
+    assert float(run.data.tags["final.validation.accuracy"]) == pytest.approx(final["accuracy"], abs=1e-5)
+    assert run.data.tags["lmtune.diagnosis"] == json.loads((out / "diagnosis.json").read_text())["state"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    scalars = [(e.step, e.value) for e in events.Scalars("validation/accuracy")]
+    assert sorted(scalars) == pytest.approx([(line["step"], line["accuracy"]) for line in _lines(out, "validation")])
+
+
+def test_sigterm_marks_the_tracker_run_killed_and_runs_lists_it(sst2_slice, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_command(sst2_slice, out, store, "tracking.report_to=mlflow", "train.max_steps=400"),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    listed = subprocess.run(lmtune_command("runs", str(tmp_path), "--json"), capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert json.loads(listed.stdout)["status"] == "running"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 128 + signal.SIGTERM
+    [run] = _runs(store)
+    assert run.info.status == "KILLED"
+    listed = subprocess.run(lmtune_command("runs", str(tmp_path), "--json"), capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    row = json.loads(listed.stdout)
+    assert row["status"] == "killed" and row["task"] == "classification" and row["strategy"] == "full"
+    assert row["metric"] == "accuracy" and row["age_s"] < 120
+    table = subprocess.run(lmtune_command("runs", str(tmp_path)), capture_output=True, text=True, cwd=REPO)
+    assert table.stdout.splitlines()[0].split() == ["run", "task", "model", "strategy", "status", "best", "age"]
+
+
+def test_a_run_that_fails_is_marked_failed(sst2_slice, tmp_path):
+    import lmtune
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def fail(step, metrics):
+        raise RuntimeError("evaluation hook broke")
+
+    config = {"task": "classification", "model": "bundled:minilm",
+              "data": {"train": str(sst2_slice["train"]), "validation": str(sst2_slice["dev"]), "text": "sentence"},
+              "train": {"max_steps": 4, "eval_every": 2, "batch_size": 16, "eval_train_samples": 0},
+              "tracking": {"report_to": ["mlflow"], "mlflow_uri": store}, "output": str(tmp_path / "run")}
+    with pytest.raises(RuntimeError, match="evaluation hook broke"):
+        lmtune.train(config, on_eval=fail)
+    [run] = _runs(store)
+    assert run.info.status == "FAILED"
+    from lmtune.listing import list_runs
+
+    assert list_runs(tmp_path)[0]["status"] == "failed"
+
+
+def test_a_tracker_that_cannot_start_stops_the_run_before_it_trains(sst2_slice, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(_command(sst2_slice, out, "http://127.0.0.1:9/", "--report-to", "mlflow",
+                                     "train.max_steps=2"),
+                            capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env={**__import__("os").environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("lmtune: error: tracking.report_to: mlflow could not start (")
+    assert not out.exists()  # nothing trained, nothing left behind
+    missing = subprocess.run(lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"output={out}",
+                                            "tracking.report_to=trackio"), capture_output=True, text=True, cwd=REPO)
+    assert missing.returncode == 2
+    assert "tracking.report_to: trackio needs the trackio package, which is not installed" in missing.stderr
+
+
+def test_track_replays_a_finished_run_once(trained_run, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir, _ = trained_run
+    copy = tmp_path / "sst2"
+    import shutil
+
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
+    for _ in range(2):  # the second replay finds everything logged already
+        result = subprocess.run(lmtune_command("track", str(copy), "--to", "mlflow", "--mlflow-uri", store),
+                                capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr
+    [run] = _runs(store)
+    assert run.info.status == "FINISHED"
+    history = _client(store).get_metric_history(run.info.run_id, "validation/accuracy")
+    assert sorted((m.step, m.value) for m in history) == pytest.approx(
+        [(line["step"], line["accuracy"]) for line in _lines(copy, "validation")])
+
+
+def test_compare_logs_a_parent_run_and_a_child_per_trial(sst2_slice, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        lmtune_command("compare", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+                       f"data.validation={sst2_slice['dev']}", f"output={tmp_path / 'cmp'}", "train.batch_size=16",
+                       "train.eval_train_samples=0", f"tracking.mlflow_uri={store}", "--strategies", "head,bitfit",
+                       "--budget", "4", "--no-prune", "--report-to", "mlflow"),
+        capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr
+    runs = _runs(store)
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["bitfit", "head"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    winner = result.stdout.split("winner: ")[1].split()[0]
+    assert parent.data.tags["lmtune.winner"] == winner
