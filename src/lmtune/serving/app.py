@@ -525,8 +525,8 @@ async def _events(state: State, served: ServedRun, item: Item, jobs: list[Job], 
             done, _ = await asyncio.wait({getter, item.future}, timeout=max(left, 0),
                                          return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
-                index, text = getter.result()
-                yield _sse(reply.chunk(index, {"content": text} if reply.chat else text, None))
+                for index, text in _coalesced(getter.result(), pieces):
+                    yield _sse(reply.chunk(index, {"content": text} if reply.chat else text, None))
                 continue
             getter.cancel()
             if not done:  # past the request timeout: stop generating and say so
@@ -546,6 +546,16 @@ async def _events(state: State, served: ServedRun, item: Item, jobs: list[Job], 
         yield "data: [DONE]\n\n"
     finally:
         item.cancelled.set()  # no-op when finished; stops the decoding when the client went away
+
+
+def _coalesced(first: tuple[int, str], pieces: asyncio.Queue) -> list[tuple[int, str]]:
+    """``first`` and the pieces already waiting, merged per choice: under load one event carries several
+    tokens instead of one event per token (fewer writes for the server and fewer parses for the client)."""
+    merged: dict[int, str] = {first[0]: first[1]}
+    while not pieces.empty():
+        index, text = pieces.get_nowait()
+        merged[index] = merged.get(index, "") + text
+    return list(merged.items())
 
 
 def _sse(payload: dict) -> str:
