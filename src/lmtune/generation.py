@@ -92,35 +92,104 @@ def generate(model: Any, tokenizer: Any, prompt_ids: list[int], settings: Genera
     return job.text
 
 
+Admit = Callable[[int], list[Job]]
+"""Called between decoding steps with the number of free rows; returns jobs to start now (continuous batching)."""
+
+
 @torch.inference_mode()
-def generate_batch(model: Any, tokenizer: Any, jobs: list[Job]) -> None:
-    """Continue every job's prompt together; each job's ``text``, ``finish_reason`` and token count are set."""
-    for job in jobs:
-        check_prompt(model, len(job.prompt_ids))
-    device = next(model.parameters()).device
-    limit = context_limit(model)
-    rows = [_Row(job, tokenizer, limit, device) for job in jobs]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    width = max(len(job.prompt_ids) for job in jobs)
-    ids = torch.full((len(jobs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(jobs), width), dtype=torch.long)
-    for i, job in enumerate(jobs):  # left padding: every row's next token is at the last position
-        ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
-        mask[i, width - len(job.prompt_ids):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    while True:
-        logits = out.logits[:, -1].float()
-        greedy = logits.argmax(-1).tolist()  # one op for every row that decodes greedily
-        chosen = [pad if row.done else row.step(logits[i], greedy[i]) for i, row in enumerate(rows)]
-        if all(row.done for row in rows):
+def generate_batch(model: Any, tokenizer: Any, jobs: list[Job], admit: Admit | None = None,
+                   finished: Callable[[Job], None] | None = None, max_rows: int | None = None) -> None:
+    """Continue every job's prompt together; each job's ``text``, ``finish_reason`` and token count are set.
+
+    Args:
+        admit: between steps, more jobs to join the batch (each is prefilled on its own, then merged in).
+        finished: called with each job as soon as it ends (the others go on).
+        max_rows: the most rows decoding at once (what ``admit`` may fill up to); default: no limit.
+    """
+    batch = _Batch(model, tokenizer)
+    batch.add(jobs)
+    while batch.rows:
+        for job in batch.step():
+            if finished is not None:
+                finished(job)
+        free = (max_rows or len(batch.rows) + 1) - len(batch.rows)
+        if admit is not None and free > 0:
+            batch.add(admit(free))
+
+
+class _Batch:
+    """The rows decoding together: their key/value cache, attention mask and positions (left-padded: every
+    row's next token is at the last position), which rows leave when they end and new ones join."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.limit = context_limit(model)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.mask = self.positions = self.logits = None
+
+    def add(self, jobs: list[Job]) -> None:
+        """Prefill ``jobs`` and merge them into the batch."""
+        if not jobs:
             return
-        step = torch.tensor(chosen, device=device).unsqueeze(1)
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        positions = positions[:, -1:] + 1
-        out = model(input_ids=step, attention_mask=mask, position_ids=positions, cache=out.cache, use_cache=True,
-                    logits_to_keep=1)
+        for job in jobs:
+            check_prompt(self.model, len(job.prompt_ids))
+        width = max(len(job.prompt_ids) for job in jobs)
+        ids = torch.full((len(jobs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, job in enumerate(jobs):
+            ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
+            mask[i, width - len(job.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        rows = [_Row(job, self.tokenizer, self.limit, self.device) for job in jobs]
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.positions = rows, out.cache, mask, positions[:, -1:]
+            self.logits = out.logits[:, -1].float()
+            return
+        length = max(self.mask.shape[1], mask.shape[1])  # pad the shorter side on the left, then stack rows
+        for mine, theirs in zip(self.cache.layers, out.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
+            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
+        self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
+        self.positions = torch.cat([self.positions, positions[:, -1:]])
+        self.logits = torch.cat([self.logits, out.logits[:, -1].float()])
+        self.rows += rows
+
+    def step(self) -> list[Job]:
+        """Every row's next token; returns the jobs that ended, after taking their rows out."""
+        greedy = self.logits.argmax(-1).tolist()  # one op for every row that decodes greedily
+        chosen = [row.step(self.logits[i], greedy[i]) for i, row in enumerate(self.rows)]
+        ended = [row.job for row in self.rows if row.done]
+        keep = [i for i, row in enumerate(self.rows) if not row.done]
+        if len(keep) < len(self.rows):
+            self.rows = [self.rows[i] for i in keep]
+            if not keep:
+                return ended
+            index = torch.tensor(keep, device=self.device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.positions = self.mask[index], self.positions[index]
+            chosen = [chosen[i] for i in keep]
+        step = torch.tensor(chosen, device=self.device).unsqueeze(1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        self.positions = self.positions + 1
+        out = self.model(input_ids=step, attention_mask=self.mask, position_ids=self.positions, cache=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        self.cache, self.logits = out.cache, out.logits[:, -1].float()
+        return ended
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int = -2) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 class _Row:

@@ -110,3 +110,27 @@ def test_a_prompt_must_leave_room_in_the_context(lm):
         generate_batch(model, tok, [Job([65] * 64)])
     with pytest.raises(LmtuneError, match="empty"):
         generate_batch(model, tok, [Job([])])
+
+
+def test_rows_join_a_running_batch_and_leave_it_as_they_end_each_as_if_alone(lm):
+    model, tok = lm
+    prompts = {"first": [256, 72, 105], "second": [256, 65, 66, 67, 68, 69, 70, 71], "third": [256, 90]}
+    lengths = {"first": 12, "second": 5, "third": 9}
+    alone = {}
+    for name, prompt in prompts.items():
+        job = Job(prompt, GenerationSettings(max_new_tokens=lengths[name]))
+        generate_batch(model, tok, [job])
+        alone[name] = job.text
+    jobs = {name: Job(prompt, GenerationSettings(max_new_tokens=lengths[name])) for name, prompt in prompts.items()}
+    waiting = [[], [jobs["second"]], [], [jobs["third"]]]  # joining after the 1st and the 3rd step
+    offered, ended = [], []
+
+    def admit(free: int) -> list:
+        offered.append(free)
+        return waiting.pop(0) if waiting else []
+
+    generate_batch(model, tok, [jobs["first"]], admit=admit, finished=lambda job: ended.append(job), max_rows=2)
+    assert {name: job.text for name, job in jobs.items()} == alone  # the same text as decoded alone
+    assert ended[0] is jobs["second"]  # the shortest ends first, while the others go on
+    assert 1 <= min(offered) and max(offered) <= 2  # never more rows than max_rows
+

@@ -123,10 +123,10 @@ def create_app(runs: list[str], limits: Limits | None = None) -> Starlette:
     return app
 
 
-def _then(work: Callable[[list], list], after: Callable[[], None]) -> Callable[[list], list]:
-    def run(payloads: list) -> list:
+def _then(work: Callable[..., list], after: Callable[[], None]) -> Callable[..., list]:
+    def run(*args: Any) -> list:
         try:
-            return work(payloads)
+            return work(*args)
         finally:
             after()
 
@@ -158,7 +158,7 @@ async def _load(state: State) -> None:
             kinds["explain"] = run.explain
         for kind, work in kinds.items():
             batcher = Batcher(run.name, kind, _then(work, trim), state.limits, state.executor, state.metrics,
-                              max_batch_size=1 if kind == "explain" else None)
+                              max_batch_size=1 if kind == "explain" else None, continuous=kind == "generate")
             batcher.start()
             state.batchers[run.name, kind] = batcher
     state.loaded = True

@@ -37,16 +37,30 @@ class Item:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+class Feed:
+    """What a continuous batch (generation) gets besides its first payloads: ``admit(room)`` takes queued
+    payloads of at most ``room`` inputs in all, between decoding steps; ``done(payload, result)`` answers a
+    request as soon as its work ends. Both are called from the worker thread."""
+
+    def __init__(self, admit: Callable[[int], list[Any]], done: Callable[[Any, Any], None], room: int):
+        self.admit, self.done, self.room = admit, done, room
+
+
 class Batcher:
     """The queue of one run and one kind of work (predict, generate, explain), and the task that drains it.
 
     ``run`` is called in the worker thread with a batch's payloads and returns one result per payload (an
-    exception instance for a payload that failed: it fails only its own request).
+    exception instance for a payload that failed: it fails only its own request). With ``continuous`` it
+    is called with the payloads and a `Feed`, keeps taking queued work while it runs, and answers each
+    request through the feed as it ends.
     """
 
-    def __init__(self, model: str, kind: str, run: Callable[[list[Any]], list[Any]], limits: Limits,
-                 executor: Executor, metrics: Metrics, max_batch_size: int | None = None):
-        self.model, self.kind, self.run = model, kind, run
+    def __init__(self, model: str, kind: str, run: Callable[..., list[Any]], limits: Limits,
+                 executor: Executor, metrics: Metrics, max_batch_size: int | None = None, continuous: bool = False):
+        self.model, self.kind, self.run, self.continuous = model, kind, run, continuous
+        self._lock = threading.Lock()
+        """Guards the queue: the event loop adds to it, and a continuous batch takes from it in the worker."""
+        self._running: dict[int, Item] = {}
         self.limits, self.executor, self.metrics = limits, executor, metrics
         self.max_batch_size = max_batch_size or limits.max_batch_size
         self._queue: deque[Item] = deque()
@@ -86,8 +100,9 @@ class Batcher:
             raise self.refusal()
         item = Item(payload, size, tokens, asyncio.get_running_loop().create_future(),
                     cancelled or threading.Event())
-        self._queue.append(item)
-        self._queued += size
+        with self._lock:
+            self._queue.append(item)
+            self._queued += size
         self._update_depth()
         self._arrived.set()
         return item
@@ -121,9 +136,10 @@ class Batcher:
 
     def _take(self, batch: list[Item]) -> list[Item]:
         """Move queued items into ``batch`` while they fit (the first one always does)."""
-        while self._queue and (not batch or self._fits(batch, self._queue[0])):
-            batch.append(self._queue.popleft())
-            self._queued -= batch[-1].size
+        with self._lock:
+            while self._queue and (not batch or self._fits(batch, self._queue[0])):
+                batch.append(self._queue.popleft())
+                self._queued -= batch[-1].size
         return batch
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[Item]) -> None:
@@ -136,9 +152,21 @@ class Batcher:
         self.metrics.batch_size.labels(model=self.model, kind=self.kind).observe(size)
         started = time.monotonic()
         try:
-            results = await loop.run_in_executor(self.executor, self.run, [item.payload for item in live])
+            if self.continuous:
+                for item in live:
+                    self._running[id(item.payload)] = item
+                feed = Feed(self._admit, lambda payload, result: self._answer(loop, payload, result),
+                            self.max_batch_size)
+                results = await loop.run_in_executor(self.executor, self.run, [item.payload for item in live], feed)
+            else:
+                results = await loop.run_in_executor(self.executor, self.run, [item.payload for item in live])
         except Exception as err:  # noqa: BLE001 - `run` isolates payloads; this is a failure of the whole batch
             results = [err] * len(live)
+            for item in list(self._running.values()):  # admitted while it ran: they fail with it
+                self._running.pop(id(item.payload), None)
+                if not item.future.done():
+                    item.future.set_exception(err)
+        self._update_depth()
         elapsed = time.monotonic() - started
         self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * elapsed / size
         for item, result in zip(live, results, strict=True):
@@ -149,5 +177,35 @@ class Batcher:
             else:
                 item.future.set_result(result)
 
+    def _admit(self, room: int) -> list[Any]:
+        """Queued work for a running continuous batch (worker thread): whole requests, in order, that fit."""
+        taken = []
+        with self._lock:
+            while self._queue and self._queue[0].size <= room:
+                item = self._queue.popleft()
+                self._queued -= item.size
+                if item.cancelled.is_set():
+                    continue
+                room -= item.size
+                self._running[id(item.payload)] = item
+                taken.append(item.payload)
+        if taken:
+            self.metrics.batch_size.labels(model=self.model, kind=self.kind).observe(len(taken))
+        return taken
+
+    def _answer(self, loop: asyncio.AbstractEventLoop, payload: Any, result: Any) -> None:
+        item = self._running.pop(id(payload), None)
+        if item is not None:
+            loop.call_soon_threadsafe(_settle, item.future, result)
+
     def _update_depth(self) -> None:
         self.metrics.queue_depth.labels(model=self.model, kind=self.kind).set(self.queued)
+
+
+def _settle(future: asyncio.Future, result: Any) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

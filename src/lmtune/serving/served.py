@@ -61,15 +61,27 @@ class ServedRun:
             start += len(request)
         return out
 
-    def generate(self, payloads: list[list[Job]]) -> list[Any]:
-        """Every request's jobs decoded together; each request gets its (finished) jobs back."""
-        jobs = [job for request in payloads for job in request]
-        try:
-            generate_batch(self.run.model, self.run.tokenizer, jobs)
-        except Exception:  # noqa: BLE001 - as for predict
-            if len(payloads) == 1:
-                raise
-            return [_one(self.generate, payload) for payload in payloads]
+    def generate(self, payloads: list[list[Job]], feed: Any) -> list[Any]:
+        """Requests' jobs decoded together, continuously: requests queued meanwhile join between steps (a
+        `lmtune.serving.batcher.Feed`), and each request is answered with its jobs as soon as they end."""
+        request_of: dict[int, list[Job]] = {}
+        left: dict[int, int] = {}
+
+        def register(requests: list[list[Job]]) -> list[Job]:
+            for request in requests:
+                left[id(request)] = len(request)
+                request_of.update((id(job), request) for job in request)
+            return [job for request in requests for job in request]
+
+        def finished(job: Job) -> None:
+            request = request_of.pop(id(job))
+            left[id(request)] -= 1
+            if not left[id(request)]:
+                del left[id(request)]
+                feed.done(request, request)
+
+        generate_batch(self.run.model, self.run.tokenizer, register(payloads),
+                       admit=lambda room: register(feed.admit(room)), finished=finished, max_rows=feed.room)
         return payloads
 
     def explain(self, payloads: list[Any]) -> list[Any]:
