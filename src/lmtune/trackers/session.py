@@ -70,6 +70,8 @@ class TrackingSession:
 
     def start(self) -> TrackingSession:
         """Open every tracker (reopening the run's own records when it has some); an error names the tracker."""
+        if not self.backends:
+            return self  # tracking is off: nothing to open, nothing written
         saved = self._read_state()
         name = self.cfg.tracking.run_name or self.run_dir.resolve().name
         params = _flat(config_to_dict(self.cfg))
