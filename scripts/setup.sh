@@ -14,3 +14,12 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
         echo "setup: chromium/chromedriver not installed (needs root and apt-get); the browser tests will be skipped"
     fi
 fi
+# PostgreSQL: the tests start a server of their own (initdb in a temp dir) to run compare workers against it.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+    else
+        echo "setup: postgresql not installed (needs root and apt-get); its tests will be skipped"
+    fi
+fi

@@ -4,6 +4,7 @@ naming what to install, instead of an ImportError from deep inside a library."""
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from lmtune.errors import LmtuneError
 
@@ -33,7 +34,13 @@ def require(module: str, feature: str, package: str | None = None, extra: str | 
 
 
 def check_storage(url: str, option: str = "--storage") -> None:
-    """A database URL that Optuna can open: SQLAlchemy knows its dialect and its driver is installed."""
+    """A storage Optuna can open: ``journal:PATH`` whose folder exists, or a database URL whose dialect
+    SQLAlchemy knows and whose driver is installed."""
+    if url.startswith("journal:"):
+        folder = Path(url.removeprefix("journal:")).absolute().parent
+        if not url.removeprefix("journal:") or not folder.is_dir():
+            raise LmtuneError(f"{option}: {url!r}: expected journal:PATH with PATH a file in an existing folder")
+        return
     require("sqlalchemy", option, "sqlalchemy")
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError

@@ -115,7 +115,8 @@ def _compare(args: argparse.Namespace) -> int:
     config = load_config(args.config, _with_report_to(args))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     board = compare(config, strategies, seeds=args.seeds, trials=args.trials, budget=args.budget,
-                    storage=args.storage, out_dir=args.out, prune=not args.no_prune)
+                    storage=args.storage, out_dir=args.out, prune=not args.no_prune, heartbeat=args.heartbeat,
+                    run=not args.leaderboard)
     sys.stdout.write(board.text() + "\n")
     return 0
 
@@ -245,6 +246,11 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", help="Optuna storage URL shared by several machines (default: SQLite in --out)")
     p.add_argument("--out", help="comparison directory (default: <output>-compare)")
     p.add_argument("--no-prune", action="store_true", help="run every trial to the end")
+    p.add_argument("--heartbeat", type=float, default=60.0,
+                   help="seconds between a worker's signs of life in a shared --storage; a trial whose worker "
+                        "misses three runs again elsewhere (default 60)")
+    p.add_argument("--leaderboard", action="store_true",
+                   help="print the leaderboard from the storage and exit (any worker, or none, can)")
     _report_to_option(p)
     p.set_defaults(func=_compare)
 

@@ -16,6 +16,7 @@ from typing import Any
 from lmtune.config import RunConfig, config_to_dict, load_config
 from lmtune.errors import LmtuneError
 from lmtune.extras import check_storage
+from lmtune.selection import workers
 from lmtune.selection.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
 from lmtune.selection.space import TrialSpec, overrides_for, plan
 from lmtune.tasks import TASKS
@@ -36,6 +37,8 @@ def compare(
     storage: str | None = None,
     out_dir: str | Path | None = None,
     prune: bool = True,
+    heartbeat: float = HEARTBEAT_S,
+    run: bool = True,
 ) -> Leaderboard:
     """Train each strategy (× seeds × tuned variants), rank them, and name a winner.
 
@@ -45,9 +48,13 @@ def compare(
         seeds: runs per configuration, for mean ± std.
         trials: settings per strategy: 1 runs the defaults; more adds tuned variants (lr, LoRA r, freeze k).
         budget: optimizer steps per trial (overrides the config's epochs).
-        storage: an Optuna storage URL; default a SQLite file in the comparison directory.
+        storage: an Optuna storage: default a SQLite file in the comparison directory (one worker);
+            ``journal:PATH`` (several worker processes on one machine) or ``postgresql://...`` / ``mysql://...``
+            (several machines): every worker runs the same comparison and takes trials no one else has.
         out_dir: comparison directory; default ``<config output>-compare``.
         prune: stop hopeless trials early with successive halving.
+        heartbeat: seconds between a worker's signs of life; after three missed ones its trial runs again.
+        run: False: only build the leaderboard from the storage (``--leaderboard``).
 
     Returns:
         The leaderboard, also written as leaderboard.csv / leaderboard.json, with the winner.
@@ -66,23 +73,49 @@ def compare(
     base = _with_eval_points(base)
     study = _open_study(base, storage, root, prune)
     specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
+    if run:
+        _work(study, specs, base, root, storage, heartbeat)
+    board = build_leaderboard(study, strategies, TASKS.get(config.task).metric(_primary_metric(config)))
+    write_leaderboard(board, root)
+    return board
+
+
+def _work(study: Any, specs: list[TrialSpec], base: RunConfig, root: Path, storage: str | None,
+          heartbeat: float) -> None:
+    """This worker's share: trials no one has taken, until every one is done (see `workers`)."""
+    grace = 3 * heartbeat
+    if storage is None or storage.startswith("sqlite"):
+        workers.check_sqlite(storage or f"sqlite:///{root / 'study.db'}", study, grace)
+    by_key = {spec.key: spec for spec in specs}
     # the comparison is the parent record in the experiment trackers, each trial a child of it
     trackers = TrackingSession(base, root, header=None).start()
     try:
-        for number, spec in enumerate(specs, start=1):
-            if _settled(study, spec.key):
-                continue
-            log.info("[%d/%d] trial %s%s", number, len(specs), spec.key, _best_line(study))
-            study.enqueue_trial({}, user_attrs={"key": spec.key})
-            study.optimize(lambda trial, spec=spec: _objective(trial, spec, base, root, trackers.state), n_trials=1,
-                           catch=(LmtuneError,))
+        with workers.Heartbeat(study, heartbeat) as beat:
+            while True:
+                if storage is not None:
+                    workers.fail_stale(study, grace)
+                spec = next((s for s in specs if not workers.taken(study, s.key, grace)), None)
+                if spec is None:
+                    if not _running(study):
+                        break
+                    time.sleep(min(heartbeat, 5.0))  # others are finishing the last trials
+                    continue
+                log.info("[%s] trial %s (%d of %d)%s", workers.worker_id(), spec.key, specs.index(spec) + 1,
+                         len(specs), _best_line(study))
+                study.enqueue_trial({}, user_attrs={"key": spec.key})
+                study.optimize(lambda trial: _objective(trial, by_key, base, root, trackers.state, beat), n_trials=1,
+                               catch=(LmtuneError,))
     except BaseException as err:
         trackers.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    board = build_leaderboard(study, strategies, TASKS.get(config.task).metric(_primary_metric(config)))
-    write_leaderboard(board, root)
+    board = build_leaderboard(study, [s.strategy for s in specs], TASKS.get(base.task).metric(_primary_metric(base)))
     trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
-    return board
+
+
+def _running(study: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def _open_study(base: RunConfig, storage: str | None, root: Path, prune: bool) -> Any:
@@ -97,8 +130,6 @@ def _open_study(base: RunConfig, storage: str | None, root: Path, prune: bool) -
     )
     if storage is None:
         _fail_interrupted(study)  # the local study has one worker: a RUNNING trial was killed with us
-    else:
-        optuna.storages.fail_stale_trials(study)  # shared: only trials whose worker stopped beating
     return study
 
 
@@ -109,15 +140,39 @@ def _storage(url: str | None, root: Path) -> Any:
 
     if url is None:
         return f"sqlite:///{root / 'study.db'}"
-    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return optuna.storages.RDBStorage(url)
 
 
-def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent: dict[str, Any]) -> float:
+class _Duplicate(LmtuneError):
+    """Another worker took the same trial key first; this trial steps back (it ends FAIL)."""
+
+
+def _objective(trial: Any, by_key: dict[str, TrialSpec], base: RunConfig, root: Path, parent: dict[str, Any],
+               beat: workers.Heartbeat) -> float:
+    """Run the trial the storage handed out (its key was set when it was enqueued, by this worker or another)."""
+    spec = by_key[trial.user_attrs["key"]]
+    first = workers.duplicate_of(trial.study, trial)
+    if first is not None:
+        trial.set_user_attr("duplicate_of", first)
+        raise _Duplicate(f"trial {spec.key} is already taken (trial {first})")
+    beat.trial_id = trial._trial_id
+    try:
+        return _run_trial(trial, spec, base, root, parent)
+    finally:
+        beat.trial_id = None
+
+
+def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent: dict[str, Any]) -> float:
     import optuna
 
     from lmtune import runs
 
     trial.set_user_attr("key", spec.key)
+    trial.set_user_attr("worker", workers.worker_id())
     trial.set_user_attr("strategy", spec.strategy)
     trial.set_user_attr("seed", spec.seed)
     trial.set_user_attr("variant", spec.variant)
@@ -129,9 +184,14 @@ def _objective(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent:
     trial.set_user_attr("run_dir", cfg.output)
     metric = _primary_metric(cfg)
 
+    started = time.monotonic()
+
     def report(step: int, metrics: dict) -> None:
         trial.report(metrics[metric], step)
-        log.info("  %s step %d: %s %.4f", spec.key, step, metric, metrics[metric])
+        total = cfg.train.max_steps
+        eta = f", eta {(time.monotonic() - started) / step * (total - step):.0f} s" if total and step else ""
+        log.info("  [%s] %s step %d%s: %s %.4f%s", workers.worker_id(), spec.key, step, f"/{total}" if total else "",
+                 metric, metrics[metric], eta)
         if trial.should_prune():
             trial.set_user_attr("pruned_at_step", step)
             raise optuna.TrialPruned(f"{metric} {metrics[metric]:.4f} at step {step}")
@@ -172,14 +232,6 @@ def _primary_metric(cfg: RunConfig) -> str:
 
 def _greater_is_better(cfg: RunConfig) -> bool:
     return TASKS.get(cfg.task).greater_is_better
-
-
-def _settled(study: Any, key: str) -> bool:
-    """Whether a trial with this key already completed or was pruned (or is running on another worker)."""
-    from optuna.trial import TrialState
-
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return any(t.user_attrs.get("key") == key and t.state in done for t in study.get_trials(deepcopy=False))
 
 
 def _fail_interrupted(study: Any) -> None:
