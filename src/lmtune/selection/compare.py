@@ -144,7 +144,24 @@ def _storage(url: str | None, root: Path) -> Any:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    return optuna.storages.RDBStorage(url)
+    return _database(url)
+
+
+def _database(url: str, attempts: int = 6) -> Any:
+    """An RDB storage. Workers started together on a new database race to create Optuna's tables (one of
+    them gets "already exists"); the loser tries again, and then finds the tables made."""
+    import random
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random())  # noqa: S311 - jitter, not security
 
 
 class _Duplicate(LmtuneError):
