@@ -36,7 +36,7 @@ class TrackioBackend(Backend):
     def set_tags(self, tags: dict[str, str]) -> None:
         import trackio
 
-        trackio.log({f"final/{k}": float(v) for k, v in tags.items() if _number(v)})
+        trackio.log({k: float(v) for k, v in tags.items() if _number(v)})  # e.g. final.validation.accuracy
 
     def log_artifacts(self, paths: list[Path]) -> None:
         pass  # trackio keeps metrics only
