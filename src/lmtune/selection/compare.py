@@ -73,43 +73,43 @@ def compare(
     base = _with_eval_points(base)
     study = _open_study(base, storage, root, prune)
     specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
-    if run:
-        _work(study, specs, base, root, storage, heartbeat)
+    # a run is the parent record in the experiment trackers, each trial a child of it
+    trackers = TrackingSession(base, root, header=None).start() if run else None
+    try:
+        if run:
+            _work(study, specs, base, root, storage, heartbeat, trackers.state)
+    except BaseException as err:
+        trackers.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     board = build_leaderboard(study, strategies, TASKS.get(config.task).metric(_primary_metric(config)))
     write_leaderboard(board, root)
+    if trackers is not None:
+        trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
     return board
 
 
 def _work(study: Any, specs: list[TrialSpec], base: RunConfig, root: Path, storage: str | None,
-          heartbeat: float) -> None:
+          heartbeat: float, parent: dict[str, Any]) -> None:
     """This worker's share: trials no one has taken, until every one is done (see `workers`)."""
     grace = 3 * heartbeat
     if storage is None or storage.startswith("sqlite"):
         workers.check_sqlite(storage or f"sqlite:///{root / 'study.db'}", study, grace)
     by_key = {spec.key: spec for spec in specs}
-    # the comparison is the parent record in the experiment trackers, each trial a child of it
-    trackers = TrackingSession(base, root, header=None).start()
-    try:
-        with workers.Heartbeat(study, heartbeat) as beat:
-            while True:
-                if storage is not None:
-                    workers.fail_stale(study, grace)
-                spec = next((s for s in specs if not workers.taken(study, s.key, grace)), None)
-                if spec is None:
-                    if not _running(study):
-                        break
-                    time.sleep(min(heartbeat, 5.0))  # others are finishing the last trials
-                    continue
-                log.info("[%s] trial %s (%d of %d)%s", workers.worker_id(), spec.key, specs.index(spec) + 1,
-                         len(specs), _best_line(study))
-                study.enqueue_trial({}, user_attrs={"key": spec.key})
-                study.optimize(lambda trial: _objective(trial, by_key, base, root, trackers.state, beat), n_trials=1,
-                               catch=(LmtuneError,))
-    except BaseException as err:
-        trackers.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    board = build_leaderboard(study, [s.strategy for s in specs], TASKS.get(base.task).metric(_primary_metric(base)))
-    trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
+    with workers.Heartbeat(study, heartbeat) as beat:
+        while True:
+            if storage is not None:
+                workers.fail_stale(study, grace)
+            spec = next((s for s in specs if not workers.taken(study, s.key, grace)), None)
+            if spec is None:
+                if not _running(study):
+                    return
+                time.sleep(min(heartbeat, 5.0))  # others are finishing the last trials
+                continue
+            log.info("[%s] trial %s (%d of %d)%s", workers.worker_id(), spec.key, specs.index(spec) + 1,
+                     len(specs), _best_line(study))
+            study.enqueue_trial({}, user_attrs={"key": spec.key})
+            study.optimize(lambda trial: _objective(trial, by_key, base, root, parent, beat), n_trials=1,
+                           catch=(LmtuneError,))
 
 
 def _running(study: Any) -> bool:

@@ -380,7 +380,7 @@ def _encode(served: ServedRun, inputs: list[dict[str, str]], truncate: bool, lim
     for i, fields in enumerate(inputs):
         fields = _within_limit(run.tokenizer, fields, run.task.input_fields, limits.max_input_tokens, truncate, i)
         rows.append(run.task.input_row(fields, run.config.data))
-    return rows, run.encode_inputs(table_of(served, rows))
+    return rows, run.encode_inputs(table_of(rows))
 
 
 def _within_limit(tokenizer: Any, fields: dict[str, str], order: tuple[str, ...], limit: int, truncate: bool,
@@ -413,7 +413,7 @@ def _prompt_jobs(served: ServedRun, inputs: list[dict[str, str]], truncate: bool
                  limits: Limits) -> tuple[list, list[Job]]:
     run = served.run
     rows = [run.task.input_row(fields, run.config.data) for fields in inputs]
-    prompts = run.task.prompts(table_of(served, rows), run.config.data)
+    prompts = run.task.prompts(table_of(rows), run.config.data)
     settings = GenerationSettings()
     jobs = [_job(served, prompt, settings, (), truncate, limits, i) for i, prompt in enumerate(prompts)]
     return rows, jobs

@@ -131,6 +131,13 @@ class Body:
             raise invalid(f"{key}: {value!r} is not supported by this server (only {neutral[0]!r})", key)
 
 
+def _within_count(items: list, param: str, noun: str, limits: Limits) -> None:
+    """413 for a request list longer than --max-inputs."""
+    if len(items) > limits.max_inputs:
+        raise ApiError(413, f"{param}: {len(items)} {noun}, over the limit of {limits.max_inputs} (--max-inputs)",
+                       param)
+
+
 def model_name(body: Body) -> str | None:
     return body.string("model")
 
@@ -157,9 +164,7 @@ def predict_request(raw: dict[str, Any], fields: tuple[str, ...] | None, limits:
         raise invalid(f"inputs: expected a string or an array, got {_kind(inputs)}", "inputs")
     if not inputs:
         raise invalid("inputs: empty; expected at least one input", "inputs")
-    if len(inputs) > limits.max_inputs:
-        raise ApiError(413, f"inputs: {len(inputs)} items, over the limit of {limits.max_inputs} (--max-inputs)",
-                       "inputs")
+    _within_count(inputs, "inputs", "items", limits)
     return PredictRequest(model_name(body), [_input(item, i, fields) for i, item in enumerate(inputs)],
                           body.boolean("truncate"))
 
@@ -232,9 +237,7 @@ def completion_request(raw: dict[str, Any], limits: Limits) -> GenerationRequest
         prompts = prompt
     else:
         raise invalid("prompt: expected a string or a non-empty array of strings", "prompt")
-    if len(prompts) > limits.max_inputs:
-        raise ApiError(413, f"prompt: {len(prompts)} prompts, over the limit of {limits.max_inputs} (--max-inputs)",
-                       "prompt")
+    _within_count(prompts, "prompt", "prompts", limits)
     body.unsupported("echo", (False,))
     body.unsupported("best_of", (1,))
     body.unsupported("suffix", ("",))
@@ -247,9 +250,7 @@ def chat_request(raw: dict[str, Any], limits: Limits) -> GenerationRequest:
     messages = raw.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages: expected a non-empty array of {role, content}", "messages")
-    if len(messages) > limits.max_inputs:
-        raise ApiError(413, f"messages: {len(messages)} items, over the limit of {limits.max_inputs} (--max-inputs)",
-                       "messages")
+    _within_count(messages, "messages", "items", limits)
     body.unsupported("logprobs", (False,))
     body.unsupported("top_logprobs", (0,))
     if raw.get("max_completion_tokens") is not None and raw.get("max_tokens") is None:

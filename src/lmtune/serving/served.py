@@ -182,6 +182,7 @@ def _plain_name(name: str) -> str:
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
-def table_of(served: ServedRun, rows: list[dict[str, str]]) -> Table:
+def table_of(rows: list[dict[str, str]]) -> Table:
+    """Request inputs (already in the run's column names) as a table, as `lmtune predict` reads a file."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     return Table("request", columns, rows)

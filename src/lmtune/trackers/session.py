@@ -59,6 +59,8 @@ class TrackingSession:
         exists, so a run refused before it starts leaves no file behind); None: save at once."""
         self.cfg, self.run_dir, self.parent, self.header = cfg, Path(run_dir), parent or {}, header
         self.backends = [backend(name, cfg) for name in cfg.tracking.report_to]
+        self.others: dict[str, Any] = {}
+        """Records of trackers this session does not use (a run tracked before with another), kept as they are."""
         self.state: dict[str, dict[str, Any]] = {}
         """Per tracker: what reopens its record, and its progress: the last step it has and which kinds of line
         (train, validation, ...) it has at that step. A resumed run re-does the steps after its checkpoint, with
@@ -73,6 +75,7 @@ class TrackingSession:
         if not self.backends:
             return self  # tracking is off: nothing to open, nothing written
         saved = self._read_state()
+        self.others = {k: v for k, v in saved.items() if k not in {t.name for t in self.backends}}
         name = self.cfg.tracking.run_name or self.run_dir.resolve().name
         params = _flat(config_to_dict(self.cfg))
         config_yaml = yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
@@ -167,7 +170,7 @@ class TrackingSession:
             return  # written once the run directory holds the run (by its first metrics line)
         from lmtune.rundir import write_text_atomic
 
-        write_text_atomic(self.run_dir / STATE_FILE, json.dumps({**self._read_state(), **self.state}, indent=2))
+        write_text_atomic(self.run_dir / STATE_FILE, json.dumps({**self.others, **self.state}, indent=2))
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
