@@ -59,19 +59,48 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _trials(storage_url):
+def _storage(storage_url):
     import optuna
 
     if storage_url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        storage = optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
-    else:
-        storage = storage_url
+        return optuna.storages.JournalStorage(JournalFileBackend(storage_url.removeprefix("journal:")))
+    return optuna.storages.RDBStorage(storage_url)
+
+
+def _trials(storage):
+    import optuna
+
     try:
         return optuna.load_study(study_name="lmtune-compare", storage=storage).get_trials(deepcopy=False)
     except KeyError:  # the workers have not created the study yet
         return []
+
+
+def _kill_mid_trial(first, out, storage, deadline):
+    """SIGKILL `first` while a trial of its own is running with a checkpoint; return that trial's key.
+
+    The filesystem is polled quickly for a new checkpoint; when one appears the first worker is stopped
+    (SIGSTOP) while the storage says whose trial it is, so its trial cannot finish during the look-up."""
+    from optuna.trial import TrialState
+
+    victim, seen = f"{socket.gethostname()}:{first.pid}", set()
+    while True:
+        assert time.time() < deadline and first.poll() is None, "the first worker never reached a checkpoint"
+        fresh = {p.parent.parent.parent.name for p in (out / "trials").glob("*/checkpoints/step-*/trainer_state.json")}
+        if not fresh - seen:
+            time.sleep(0.02)
+            continue
+        first.send_signal(signal.SIGSTOP)
+        for trial in _trials(storage):
+            if (trial.state == TrialState.RUNNING and trial.user_attrs.get("worker") == victim
+                    and trial.user_attrs.get("key") in fresh):
+                first.send_signal(signal.SIGKILL)
+                first.wait()
+                return trial.user_attrs["key"]
+        seen |= fresh
+        first.send_signal(signal.SIGCONT)
 
 
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
@@ -84,25 +113,18 @@ def test_two_workers_one_killed_mid_trial_complete_every_trial_once(sst2_slice, 
     command = _compare(sst2_slice, out, "--storage", url, "--heartbeat", "1")
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    victim = f"{socket.gethostname()}:{first.pid}"
-    deadline, killed_key = time.time() + 300, None
-    while killed_key is None:  # kill the first worker once a trial of its own has a checkpoint
-        assert time.time() < deadline and first.poll() is None, "the first worker never reached a checkpoint"
-        for trial in _trials(url) if kind != "journal" or journal.exists() else []:
-            key = trial.user_attrs.get("key")
-            if (trial.state == TrialState.RUNNING and trial.user_attrs.get("worker") == victim
-                    and any((out / "trials" / key / "checkpoints").glob("step-*/trainer_state.json"))):
-                first.send_signal(signal.SIGKILL)
-                first.wait()
-                killed_key = key
-                break
-        time.sleep(0.2)
+    deadline = time.time() + 300
+    while kind == "journal" and not journal.exists():  # the workers create it with the study
+        assert time.time() < deadline and first.poll() is None, "the workers never created the study"
+        time.sleep(0.05)
+    storage = _storage(url)
+    killed_key = _kill_mid_trial(first, out, storage, deadline)
     again = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs = [p.communicate(timeout=900) for p in (second, again)]
     for proc, (_, err) in zip((second, again), outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
 
-    trials = _trials(url)
+    trials = _trials(storage)
     for key in {t.user_attrs["key"] for t in trials if "key" in t.user_attrs}:
         done = [t for t in trials if t.user_attrs.get("key") == key and t.state in (TrialState.COMPLETE,
                                                                                      TrialState.PRUNED)]
