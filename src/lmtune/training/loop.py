@@ -27,7 +27,9 @@ from lmtune.training.checkpoint import (
     resume_point,
     save_checkpoint,
 )
+from lmtune.training.dropout import fast_dropout
 from lmtune.training.interrupt import stop_requested
+from lmtune.training.lazy_rows import clip_grad_norm, dense_word_embeddings, sparse_word_embeddings
 from lmtune.training.optim import build_optimizer, build_scheduler
 from lmtune.training.regularizers import rdrop_loss
 from lmtune.training.tracking import EXAMPLE_LOSSES_LOG, Tracker, truncate_log
@@ -91,7 +93,9 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         The final training state (step, best metric and its step, throughput counters).
     """
     per_epoch, total = plan_steps(len(inputs.train), cfg, accelerator.num_processes)
-    optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, inputs.lr_scales)
+    # sparse gradients and DDP's bucketed all-reduce do not mix: several processes keep dense embeddings
+    lazy = sparse_word_embeddings(model) if cfg.sparse_embeddings and accelerator.num_processes == 1 else None
+    optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, inputs.lr_scales, lazy_rows=lazy)
     scheduler = build_scheduler(optimizer, cfg, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if inputs.task.capabilities.low_precision_logits:
@@ -102,7 +106,13 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         tracker.message(warning)
     if resume_from is not None:
         tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
-    _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, per_epoch, total).run()
+    # CUDA's own dropout kernel is fast; on CPU the mask's random numbers are a tenth of a small step
+    dropout = fast_dropout(model) if cfg.fast_dropout and accelerator.device.type == "cpu" else nullcontext()
+    try:
+        with dropout:
+            _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, per_epoch, total).run()
+    finally:
+        dense_word_embeddings(model)
     tracker.close()
     if inputs.restore_best and state.best_step not in (None, state.step):
         _restore(accelerator, inputs, state, tracker)
@@ -271,7 +281,8 @@ def _keep_output_precision(model: Any) -> None:
 
 def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None) -> None:
     if max_grad_norm is not None:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        accelerator.unscale_gradients()  # fp16 loss scaling (GPU); a no-op otherwise
+        clip_grad_norm([p for p in model.parameters() if p.grad is not None], max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

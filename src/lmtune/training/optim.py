@@ -7,10 +7,12 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lmtune.config import TrainConfig
 from lmtune.errors import LmtuneError
+from lmtune.training.lazy_rows import LazyRowsAdamW
 
 
 def build_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float = 0.0, lr_scales: dict[int, float] | None = None
+    model: torch.nn.Module, lr: float, weight_decay: float = 0.0, lr_scales: dict[int, float] | None = None,
+    lazy_rows: torch.nn.Parameter | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; biases and normalisation weights get no weight decay.
 
@@ -20,21 +22,24 @@ def build_optimizer(
         weight_decay: AdamW decay of the weight matrices.
         lr_scales: learning-rate multiplier per parameter, keyed by ``id(param)`` (layer-wise decay); keyed by
             identity because the model the loop trains may be a wrapper with other parameter names.
+        lazy_rows: a parameter with sparse row gradients (the word embeddings, see `lazy_rows`), updated
+            row by row.
 
     The fused kernel is used: on CPU it makes the optimizer step about 6x faster than the
     per-parameter loop (measured on MiniLM, 22M parameters).
     """
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    groups: dict[tuple[float, float, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = 0.0 if param.ndim < 2 or "norm" in name.lower() else weight_decay
         scale = (lr_scales or {}).get(id(param), 1.0)
-        groups.setdefault((lr * scale, decay), []).append(param)
+        groups.setdefault((lr * scale, decay, param is lazy_rows), []).append(param)
     if not groups:
         raise LmtuneError("strategy.name: the strategy left no trainable parameter; use lora or full instead")
-    param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=lr, fused=True)
+    param_groups = [{"params": ps, "lr": lr, "weight_decay": wd, "lazy_rows": lazy}
+                    for (lr, wd, lazy), ps in groups.items()]
+    return LazyRowsAdamW(param_groups, lr=lr, fused=True)
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
