@@ -89,7 +89,7 @@ def run_trainer(args: argparse.Namespace, out: Path) -> dict:
     start, end = trainer.predict(eval_set).predictions
     scores = [torch.stack([torch.tensor(start[i, : len(f["input_ids"])]), torch.tensor(end[i, : len(f["input_ids"])])],
                           -1) for i, f in enumerate(evaluation)]
-    metrics = task.evaluate_outputs(scores, evaluation)
+    metrics = task.aggregate(scores, evaluation)  # the same post-processing and scores as lmtune's
     return {"train_features_per_s": round(len(train_set) * args.epochs / result.metrics["train_runtime"], 2),
             "train_seconds": result.metrics["train_runtime"], "exact_match": metrics["exact_match"],
             "f1": metrics["f1"], "features": len(train_set)}

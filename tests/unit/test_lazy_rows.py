@@ -77,3 +77,17 @@ def test_fast_dropout_drops_at_the_asked_rate_scales_and_is_swapped_back():
         x = torch.ones(2, 3)
         assert torch.equal(model[1](x), x)  # eval: identity
     assert type(model[1]) is torch.nn.Dropout
+
+
+def test_training_batches_pad_to_a_few_lengths_per_octave_within_the_limit():
+    from lmtune.data.collate import bucketed_length, collate
+
+    assert [bucketed_length(n) for n in (9, 15, 17, 129, 200, 256, 257)] == [9, 15, 18, 144, 208, 256, 288]
+    assert all(n <= bucketed_length(n) <= n * 1.125 for n in range(1, 2000))
+    examples = [{"input_ids": [5] * 130, "token_type_ids": [0] * 130, "labels": [1] * 130},
+                {"input_ids": [5] * 3, "token_type_ids": [0] * 3, "labels": [1] * 3}]
+    batch = collate(examples, 0, bucket_limit=512)
+    assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (2, 144) for k in batch}
+    assert int(batch["attention_mask"].sum()) == 133 and int((batch["labels"] == -100).sum()) == 2 * 144 - 133
+    assert collate(examples, 0, bucket_limit=136)["input_ids"].shape == (2, 136)  # never past the limit
+    assert collate(examples, 0)["input_ids"].shape == (2, 130)  # evaluation: the longest row

@@ -7,13 +7,16 @@ from typing import Any
 import torch
 
 
-def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples: list[dict[str, Any]], pad_id: int, bucket_limit: int | None = None) -> dict[str, torch.Tensor]:
     """Stack tokenized examples into padded tensors.
 
     Args:
         examples: dicts with ``input_ids`` (list[int]), optionally ``token_type_ids`` and
             ``labels`` (an int).
         pad_id: the tokenizer's padding id.
+        bucket_limit: when given, pad to `bucketed_length` of the longest example (but to no more than
+            this many tokens, the model's input limit) instead of the longest itself. Training does, for
+            fewer distinct shapes for the memory allocator to keep blocks of.
 
     Returns:
         ``input_ids`` and ``attention_mask`` (batch, seq); ``token_type_ids`` if present;
@@ -21,10 +24,12 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
         example fields (e.g. QA offsets) stay out of the batch.
     """
     longest = max(len(ex["input_ids"]) for ex in examples)
-    ids, mask = pad_batch([ex["input_ids"] for ex in examples], pad_id)
+    if bucket_limit is not None:
+        longest = max(longest, min(bucketed_length(longest), bucket_limit))
+    ids, mask = pad_batch([ex["input_ids"] for ex in examples], pad_id, length=longest)
     batch = {"input_ids": ids, "attention_mask": mask}
     if "token_type_ids" in examples[0]:
-        batch["token_type_ids"] = _pad([ex["token_type_ids"] for ex in examples], 0)
+        batch["token_type_ids"] = _pad([ex["token_type_ids"] for ex in examples], 0, longest)
     if "hidden" in examples[0]:  # cached frozen-layer outputs, (len, hidden) each
         hidden = torch.zeros((len(examples), longest, examples[0]["hidden"].shape[-1]), dtype=torch.float32)
         for row, ex in enumerate(examples):
@@ -33,11 +38,14 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
     if "decoder_input_ids" in examples[0]:  # encoder-decoder targets, padded on their own
         batch["decoder_input_ids"] = _pad([ex["decoder_input_ids"] for ex in examples], pad_id)
         batch["decoder_attention_mask"] = _pad([[1] * len(ex["decoder_input_ids"]) for ex in examples], 0)
+    # token-level targets are padded with the loss's ignore index: an encoder-decoder's to the decoder's own
+    # length, a decoder-only model's to its inputs' length
+    target_length = None if "decoder_input_ids" in examples[0] else longest
     for key in TARGETS:
         if key in examples[0]:
             values = [ex[key] for ex in examples]
-            # token-level targets (generation tasks) are padded with the loss's ignore index
-            batch[key] = _pad(values, IGNORE_INDEX) if isinstance(values[0], list) else torch.tensor(values)
+            batch[key] = _pad(values, IGNORE_INDEX, target_length) if isinstance(values[0], list) \
+                else torch.tensor(values)
     return batch
 
 
@@ -45,14 +53,26 @@ IGNORE_INDEX = -100
 """Target value that no loss counts (prompt tokens, padding, unmasked positions); PyTorch's default."""
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    return pad_batch(rows, value)[0]
+def bucketed_length(longest: int) -> int:
+    """``longest`` rounded up to a multiple of an eighth of its power of two: at most 1/8 more padding, and
+    eight shapes per octave (lengths under 16 stay as they are).
+
+    Training batches of every length made glibc's allocator keep blocks of every size: QA on 256-token
+    windows peaked at 3.65 GB over 40 steps; padded to these lengths 2.98 GB, at the same speed.
+    """
+    step = max(1, (1 << (max(longest, 1).bit_length() - 1)) // 8)
+    return -(-longest // step) * step
 
 
-def pad_batch(rows: list[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask), each (rows, longest): ``rows`` padded with ``value`` on the right (or the left,
-    for decoder-only generation, so that every row ends where the new tokens start)."""
-    longest = max(map(len, rows))
+def _pad(rows: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
+    return pad_batch(rows, value, length=length)[0]
+
+
+def pad_batch(rows: list[list[int]], value: int, left: bool = False,
+              length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), each (rows, ``length`` or the longest row): ``rows`` padded with ``value`` on the
+    right (or the left, for decoder-only generation, so that every row ends where the new tokens start)."""
+    longest = max(max(map(len, rows)), length or 0)
     out = torch.full((len(rows), longest), value, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for i, row in enumerate(rows):

@@ -180,7 +180,8 @@ class _Loop:
             examples = inputs.batch_examples(self.state.epoch, indices)
         else:
             examples = [inputs.train[j] for j in indices]
-        batch = {k: v.to(accelerator.device) for k, v in collate(examples, inputs.pad_id).items()}
+        padded = collate(examples, inputs.pad_id, bucket_limit=self.cfg.max_length)
+        batch = {k: v.to(accelerator.device) for k, v in padded.items()}
         with nullcontext() if step_ends else accelerator.no_sync(self.model):
             features = model_inputs(batch)
             if inputs.rdrop:
