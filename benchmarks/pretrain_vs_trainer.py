@@ -35,7 +35,7 @@ def _config(args: argparse.Namespace, base: Path, out: Path) -> dict:
 
 
 def prepare_base(args: argparse.Namespace) -> Path:
-    """The shared starting point: config and tokenizer (trained on the training documents), no weights."""
+    """The shared starting point: config, tokenizer (trained on the training documents) and seeded weights."""
     from lmtune import scratch
     from lmtune.config import load_config
     from lmtune.data.splits import load_tables
@@ -46,7 +46,18 @@ def prepare_base(args: argparse.Namespace) -> Path:
         cfg = load_config(_config(args, base, Path(args.work) / "unused"))
         train = load_tables(cfg.data, make_task(cfg))["train"]
         scratch.prepare_base("scratch:tiny", train.texts("text"), 8192, args.block, base)
+        _save_initial_weights(base, args.seed)
     return base
+
+
+def _save_initial_weights(base: Path, seed: int) -> None:
+    """Both sides start from these exact weights (a `model:` directory must hold weights)."""
+    import torch
+
+    from lmtune.tasks.language_model import load_causal_lm
+
+    torch.manual_seed(seed)
+    load_causal_lm(str(base)).save_pretrained(base)
 
 
 def _blocks(args: argparse.Namespace, base: Path):
@@ -79,6 +90,7 @@ def run_trainer(args: argparse.Namespace, out: Path) -> dict:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
+    from lmtune.evaluation import evaluate_examples
     from lmtune.tasks.language_model import load_causal_lm
 
     torch.set_num_threads(args.threads)
@@ -97,7 +109,9 @@ def run_trainer(args: argparse.Namespace, out: Path) -> dict:
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=default_data_collator)
     result = trainer.train()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else None
-    metrics = task.evaluate_model(model, validation, 2 * args.batch_size, tokenizer.pad_token_id, "cpu", autocast)
+    # the evaluation lmtune runs on its own validation blocks
+    metrics = evaluate_examples(model, validation, task, 2 * args.batch_size, tokenizer.pad_token_id,
+                                autocast=autocast)
     tokens = args.steps * args.batch_size * args.block
     return {"tokens_per_s": round(tokens / result.metrics["train_runtime"], 1),
             "train_seconds": result.metrics["train_runtime"], "validation_loss": metrics["loss"],
