@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -42,12 +42,14 @@ def time_variant(batches: list[dict], args: argparse.Namespace, *, autocast: boo
 
     model = _model(bf16_weights)
     model.train()
-    lazy = sparse_word_embeddings(model) if sparse_embeddings else None
-    optimizer = build_optimizer(model, 1e-5, 0.01, lazy_rows=lazy)
     forward_fn = torch.compile(model, dynamic=False) if compiled else model
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext()
     totals = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-    with fast_dropout(model) if fast else nullcontext():
+    with ExitStack() as speedups:
+        lazy = speedups.enter_context(sparse_word_embeddings(model)) if sparse_embeddings else None
+        optimizer = build_optimizer(model, 1e-5, 0.01, lazy_rows=lazy)
+        if fast:
+            speedups.enter_context(fast_dropout(model))
         for i, batch in enumerate(batches):
             t0 = time.perf_counter()
             with cast:

@@ -91,3 +91,25 @@ def test_training_batches_pad_to_a_few_lengths_per_octave_within_the_limit():
     assert int(batch["attention_mask"].sum()) == 133 and int((batch["labels"] == -100).sum()) == 2 * 144 - 133
     assert collate(examples, 0, bucket_limit=136)["input_ids"].shape == (2, 136)  # never past the limit
     assert collate(examples, 0)["input_ids"].shape == (2, 130)  # evaluation: the longest row
+
+
+def test_sparse_word_embeddings_only_while_training_and_never_for_tied_or_frozen_ones():
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    from lmtune.training.lazy_rows import sparse_word_embeddings
+
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    model = BertForSequenceClassification(config)
+    words = model.get_input_embeddings()
+    with sparse_word_embeddings(model) as weight:
+        assert weight is words.weight
+        model(input_ids=torch.tensor([[1, 5, 5, 2]]), labels=torch.tensor([1])).loss.backward()
+        grad = words.weight.grad
+        assert grad.is_sparse and grad.is_coalesced() and grad.indices()[0].tolist() == [1, 2, 5]
+    assert not words.sparse and not words.weight._post_accumulate_grad_hooks  # all undone
+    with sparse_word_embeddings(BertForMaskedLM(config)) as tied:
+        assert tied is None  # the output layer shares the matrix: its gradient is dense anyway
+    words.weight.requires_grad_(False)
+    with sparse_word_embeddings(model) as frozen:
+        assert frozen is None and not words.sparse

@@ -10,6 +10,8 @@ Every other parameter gets the usual fused AdamW.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,36 +19,31 @@ import torch
 from lmtune.models import bare_model
 
 
-def sparse_word_embeddings(model: Any) -> torch.nn.Parameter | None:
-    """Switch the model's input word embeddings to sparse gradients; return their weight.
+@contextmanager
+def sparse_word_embeddings(model: Any) -> Iterator[torch.nn.Parameter | None]:
+    """While the block runs, the model's input word embeddings have sparse gradients; yields their weight.
 
-    None (and nothing changed) when they are frozen, or tied to an output layer, whose gradient is
-    dense anyway (masked and causal language models, encoder-decoders with a shared vocabulary).
+    Yields None (and changes nothing) when they are frozen, or tied to an output layer, whose gradient
+    is dense anyway (masked and causal language models, encoder-decoders with a shared vocabulary).
     """
     from transformers import PreTrainedModel
 
     inner = bare_model(model)
-    if not isinstance(inner, PreTrainedModel):  # e.g. frozen-layer caching's wrapper: its embeddings are frozen
-        return None
-    embeddings = inner.get_input_embeddings()
-    if not isinstance(embeddings, torch.nn.Embedding) or not embeddings.weight.requires_grad:
-        return None
-    output = inner.get_output_embeddings()
-    if output is not None and output.weight is embeddings.weight:
-        return None
+    # e.g. frozen-layer caching's wrapper is no PreTrainedModel: its embeddings are frozen
+    embeddings = inner.get_input_embeddings() if isinstance(inner, PreTrainedModel) else None
+    output = inner.get_output_embeddings() if embeddings is not None else None
+    if (not isinstance(embeddings, torch.nn.Embedding) or not embeddings.weight.requires_grad
+            or (output is not None and output.weight is embeddings.weight)):
+        yield None
+        return
     embeddings.sparse = True
     # duplicates of a row (a word used twice) are summed once here, so clipping and the update see one row each
-    embeddings.weight.register_post_accumulate_grad_hook(_coalesce)
-    return embeddings.weight
-
-
-def dense_word_embeddings(model: Any) -> None:
-    """Back to dense gradients after training (explanations and later calls expect the usual module)."""
-    from transformers import PreTrainedModel
-
-    inner = bare_model(model)
-    if isinstance(inner, PreTrainedModel) and isinstance(inner.get_input_embeddings(), torch.nn.Embedding):
-        inner.get_input_embeddings().sparse = False
+    hook = embeddings.weight.register_post_accumulate_grad_hook(_coalesce)
+    try:
+        yield embeddings.weight
+    finally:
+        hook.remove()
+        embeddings.sparse = False
 
 
 def _coalesce(param: torch.Tensor) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from lmtune.training.checkpoint import (
 )
 from lmtune.training.dropout import fast_dropout
 from lmtune.training.interrupt import stop_requested
-from lmtune.training.lazy_rows import clip_grad_norm, dense_word_embeddings, sparse_word_embeddings
+from lmtune.training.lazy_rows import clip_grad_norm, sparse_word_embeddings
 from lmtune.training.optim import build_optimizer, build_scheduler
 from lmtune.training.regularizers import rdrop_loss
 from lmtune.training.tracking import EXAMPLE_LOSSES_LOG, Tracker, truncate_log
@@ -93,26 +93,25 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         The final training state (step, best metric and its step, throughput counters).
     """
     per_epoch, total = plan_steps(len(inputs.train), cfg, accelerator.num_processes)
-    # sparse gradients and DDP's bucketed all-reduce do not mix: several processes keep dense embeddings
-    lazy = sparse_word_embeddings(model) if cfg.sparse_embeddings and accelerator.num_processes == 1 else None
-    optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, inputs.lr_scales, lazy_rows=lazy)
-    scheduler = build_scheduler(optimizer, cfg, total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if inputs.task.capabilities.low_precision_logits:
-        _keep_output_precision(model)
-    state, resume_from, skipped = _resume(accelerator, inputs.run_dir)
-    tracker = Tracker(inputs.run_dir, total, state.step, accelerator.is_main_process, inputs.on_record)
-    for warning in skipped:
-        tracker.message(warning)
-    if resume_from is not None:
-        tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
-    # CUDA's own dropout kernel is fast; on CPU the mask's random numbers are a tenth of a small step
-    dropout = fast_dropout(model) if cfg.fast_dropout and accelerator.device.type == "cpu" else nullcontext()
-    try:
-        with dropout:
-            _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, per_epoch, total).run()
-    finally:
-        dense_word_embeddings(model)
+    with ExitStack() as speedups:
+        # sparse gradients and DDP's bucketed all-reduce do not mix: several processes keep dense embeddings
+        sparse = cfg.sparse_embeddings and accelerator.num_processes == 1
+        lazy = speedups.enter_context(sparse_word_embeddings(model)) if sparse else None
+        optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, inputs.lr_scales, lazy_rows=lazy)
+        scheduler = build_scheduler(optimizer, cfg, total)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        if inputs.task.capabilities.low_precision_logits:
+            _keep_output_precision(model)
+        state, resume_from, skipped = _resume(accelerator, inputs.run_dir)
+        tracker = Tracker(inputs.run_dir, total, state.step, accelerator.is_main_process, inputs.on_record)
+        for warning in skipped:
+            tracker.message(warning)
+        if resume_from is not None:
+            tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
+        # CUDA's own dropout kernel is fast; on CPU the mask's random numbers are a tenth of a small step
+        if cfg.fast_dropout and accelerator.device.type == "cpu":
+            speedups.enter_context(fast_dropout(model))
+        _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, per_epoch, total).run()
     tracker.close()
     if inputs.restore_best and state.best_step not in (None, state.step):
         _restore(accelerator, inputs, state, tracker)
