@@ -103,13 +103,9 @@ class LazyRowsAdamW(torch.optim.AdamW):
         param.index_copy_(0, rows, weights)
 
 
+@torch.no_grad()
 def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """`torch.nn.utils.clip_grad_norm_` that also takes (coalesced) sparse gradients; returns the total norm."""
-    with torch.no_grad():
-        return _clip(parameters, max_norm)
-
-
-def _clip(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
