@@ -34,8 +34,9 @@ def _model(bf16_weights: bool) -> torch.nn.Module:
 
 def time_variant(batches: list[dict], args: argparse.Namespace, *, autocast: bool = True,
                  bf16_weights: bool = False, sparse_embeddings: bool = False, fast: bool = False,
-                 compiled: bool = False) -> dict:
+                 compiled: bool = False, copies: bool = False) -> dict:
     """ms per forward, backward and optimizer step (clipping to 1.0 included, as both trainers do)."""
+    from lmtune.training.bf16_weights import Bf16Weights
     from lmtune.training.dropout import fast_dropout
     from lmtune.training.lazy_rows import clip_grad_norm, sparse_word_embeddings
     from lmtune.training.optim import build_optimizer
@@ -48,6 +49,9 @@ def time_variant(batches: list[dict], args: argparse.Namespace, *, autocast: boo
     with ExitStack() as speedups:
         lazy = speedups.enter_context(sparse_word_embeddings(model)) if sparse_embeddings else None
         optimizer = build_optimizer(model, 1e-5, 0.01, lazy_rows=lazy)
+        weights = Bf16Weights(model, lazy) if copies else None  # what the training loop does
+        if weights is not None:
+            forward_fn = weights
         if fast:
             speedups.enter_context(fast_dropout(model))
         for i, batch in enumerate(batches):
@@ -57,8 +61,12 @@ def time_variant(batches: list[dict], args: argparse.Namespace, *, autocast: boo
             t1 = time.perf_counter()
             loss.backward()
             t2 = time.perf_counter()
+            if weights is not None:
+                weights.gradients_to_masters()
             clip_grad_norm([p for p in model.parameters() if p.grad is not None], 1.0)
             optimizer.step()
+            if weights is not None:
+                weights.refresh()
             optimizer.zero_grad(set_to_none=True)
             t3 = time.perf_counter()
             if i >= args.warmup:
@@ -88,7 +96,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--variants", default="autocast,sparse-embeddings,fast-dropout,lmtune,bf16-weights")
+    parser.add_argument("--variants", default="autocast,sparse-embeddings,fast-dropout,sparse+fast,bf16-copies,"
+                                              "bf16-weights,compiled")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin repetitions; the fastest is shown")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,9 +111,10 @@ def main() -> None:
         "autocast": dict(),  # what the Trainer's step does with bf16=True
         "sparse-embeddings": dict(sparse_embeddings=True),
         "fast-dropout": dict(fast=True),
-        "lmtune": dict(sparse_embeddings=True, fast=True),  # lmtune's defaults
+        "sparse+fast": dict(sparse_embeddings=True, fast=True),
         "bf16-weights": dict(autocast=False, bf16_weights=True),  # no fp32 master weights: a reference only
         "compiled": dict(compiled=True),
+        "bf16-copies": dict(copies=True, sparse_embeddings=True, fast=True),  # lmtune's defaults
     }
     print(f"MiniLM-L6 training step, batch {args.batch_size} x {args.tokens} tokens, {args.threads} threads; "
           f"bf16 matmul {matmul_tflops(args.threads):.2f} TFLOP/s")

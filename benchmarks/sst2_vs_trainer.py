@@ -37,7 +37,8 @@ def run_lmtune(args: argparse.Namespace, out: Path) -> dict:
                       "precision": args.precision, "seed": args.seed,
                       "max_length": args.max_length, "threads": args.threads, "eval_every": 0,
                       "group_by_length": not args.no_grouping, "attention": args.attention,
-                      "sparse_embeddings": not args.dense_embeddings, "fast_dropout": not args.torch_dropout},
+                      "sparse_embeddings": not args.dense_embeddings, "fast_dropout": not args.torch_dropout,
+                      "bf16_weights": not args.autocast_weights},
             "regularization": {"weight_decay": 0.01, "max_grad_norm": 1.0},
             "output": str(out / "lmtune-run"),
         }
@@ -115,6 +116,8 @@ def main() -> None:
     parser.add_argument("--attention", choices=["eager", "sdpa"], default="sdpa", help="lmtune's kernel")
     parser.add_argument("--dense-embeddings", action="store_true", help="lmtune with dense embedding updates")
     parser.add_argument("--torch-dropout", action="store_true", help="lmtune with torch's dropout masks")
+    parser.add_argument("--autocast-weights", action="store_true",
+                        help="lmtune casting fp32 weights under autocast instead of training on bf16 copies")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()

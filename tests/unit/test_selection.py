@@ -58,5 +58,6 @@ def test_tuned_variants_and_explicit_storage_on_a_tiny_model(tmp_path):
     trials = optuna.load_study(study_name="lmtune-compare", storage=storage).get_trials()
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
     tuned = {t.user_attrs["strategy"]: t.params for t in trials if t.user_attrs["variant"] == 1}
-    assert set(tuned["lora"]) == {"lora.lr", "lora.r"} and set(tuned["freeze"]) == {"freeze.lr", "freeze.layers"}
+    assert set(tuned["lora"]) == {"lora.lr", "lora.warmup", "lora.r"}
+    assert set(tuned["freeze"]) == {"freeze.lr", "freeze.warmup", "freeze.layers"}
     assert not (tmp_path / "cmp" / "study.db").exists()  # the explicit storage was used

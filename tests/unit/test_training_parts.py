@@ -96,6 +96,6 @@ def test_gradient_clipping_bounds_the_update():
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     for p in model.parameters():
         p.grad = torch.full_like(p, 100.0)
-    _optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm=0.5)
+    _optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm=0.5, copies=None)
     moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
     assert moved.item() == pytest.approx(0.5, rel=1e-4)  # SGD with lr 1 moves by exactly the clipped norm

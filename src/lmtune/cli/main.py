@@ -241,7 +241,7 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategies", default="full,freeze,head,lora,bitfit", help="comma-separated strategy names")
     p.add_argument("--seeds", type=_positive, default=1, help="runs per setting (mean ± std)")
     p.add_argument("--trials", type=_positive, default=1,
-                   help="settings per strategy: 1 = defaults; more adds tuned lr / LoRA r / freeze k")
+                   help="settings per strategy: 1 = defaults; more adds tuned lr, warmup, LoRA r, freeze k, LLRD decay")
     p.add_argument("--budget", type=_positive, default=None, help="optimizer steps per trial")
     p.add_argument("--storage", help="Optuna storage URL shared by several machines (default: SQLite in --out)")
     p.add_argument("--out", help="comparison directory (default: <output>-compare)")

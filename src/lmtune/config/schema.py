@@ -158,6 +158,10 @@ class TrainConfig:
     fast_dropout: bool = True
     """On CPU, build dropout masks from 16-bit lanes of 64-bit random draws (3x cheaper than torch's);
     false: torch's nn.Dropout."""
+    bf16_weights: bool = True
+    """Under bf16 precision, run forward and backward on bf16 copies of the weights (fp32 master weights in
+    the optimizer, checkpoints and evaluation) instead of casting every weight at each use; false: plain
+    autocast. Applies on one process."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep (the best one is always kept as well)."""
     threads: int | None = None

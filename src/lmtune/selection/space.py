@@ -7,8 +7,10 @@ from typing import Any
 
 from lmtune.config import StrategyConfig
 
-TUNED_KNOBS = {"lora": ("r", [4, 8, 16]), "freeze": ("layers", [2, 3, 4])}
-"""Strategy knobs tuned besides the learning rate, with their choices."""
+TUNED_KNOBS = {"lora": ("r", [4, 8, 16]), "freeze": ("layers", [2, 3, 4]), "llrd": ("decay", [0.8, 0.85, 0.9, 0.95])}
+"""Strategy knobs tuned besides the learning rate and warmup, with their choices."""
+WARMUP_CHOICES = [0.0, 0.06, 0.1]
+"""Warmup fractions a tuned variant chooses from (the config's own is variant 0's)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ def overrides_for(trial: Any, spec: TrialSpec) -> list[str]:
 
     The config's own ``train.lr`` is not used: each strategy runs at its default rate (variant 0) or a
     tuned one, since one rate for all (say LoRA at a full-fine-tuning rate) would make the comparison unfair.
+    A tuned variant also picks its warmup fraction and its strategy knob (LoRA ``r``, freeze ``layers``,
+    LLRD ``decay``).
     """
     default_lr = StrategyConfig(spec.strategy).build().default_lr
     out = [f"strategy.name={spec.strategy}", f"train.seed={spec.seed}"]
@@ -46,6 +50,7 @@ def overrides_for(trial: Any, spec: TrialSpec) -> list[str]:
         return [*out, f"train.lr={default_lr}"]
     lr = trial.suggest_float(f"{spec.strategy}.lr", default_lr / 4, default_lr * 4, log=True)
     out.append(f"train.lr={lr}")
+    out.append(f"train.warmup={trial.suggest_categorical(f'{spec.strategy}.warmup', WARMUP_CHOICES)}")
     if spec.strategy in TUNED_KNOBS:
         knob, choices = TUNED_KNOBS[spec.strategy]
         out.append(f"strategy.{knob}={trial.suggest_categorical(f'{spec.strategy}.{knob}', choices)}")

@@ -19,6 +19,7 @@ from lmtune.errors import LmtuneError, Stopped
 from lmtune.evaluation import evaluate_examples
 from lmtune.integrity import FileCheckError, check_checkpoint
 from lmtune.models import bare_model
+from lmtune.training.bf16_weights import Bf16Weights
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
     TrainState,
@@ -111,7 +112,9 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         # CUDA's own dropout kernel is fast; on CPU the mask's random numbers are a tenth of a small step
         if cfg.fast_dropout and accelerator.device.type == "cpu":
             speedups.enter_context(fast_dropout(model))
-        _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, per_epoch, total).run()
+        # after the resume, so the copies start from the checkpoint's (fp32) weights
+        copies = Bf16Weights(model, lazy) if _bf16_copies(accelerator, cfg) else None
+        _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, per_epoch, total, copies).run()
     tracker.close()
     if inputs.restore_best and state.best_step not in (None, state.step):
         _restore(accelerator, inputs, state, tracker)
@@ -132,9 +135,12 @@ class _Loop:
     tracker: Tracker
     per_epoch: int
     total: int
+    copies: Bf16Weights | None = None
+    """bf16 copies of the weights that forward and backward run on (the model keeps the fp32 masters)."""
 
     def __post_init__(self) -> None:
         self.window = _Window()
+        self.forward = self.copies if self.copies is not None else self.model
         self.lengths = [len(ex["input_ids"]) for ex in self.inputs.train]
 
     def run(self) -> None:
@@ -184,18 +190,21 @@ class _Loop:
         with nullcontext() if step_ends else accelerator.no_sync(self.model):
             features = model_inputs(batch)
             if inputs.rdrop:
-                loss, task_loss = rdrop_loss(self.model, features, batch, inputs.task, inputs.rdrop,
+                loss, task_loss = rdrop_loss(self.forward, features, batch, inputs.task, inputs.rdrop,
                                              inputs.label_smoothing)
             else:
-                loss = task_loss = inputs.task.loss(self.model(**features), batch,
+                loss = task_loss = inputs.task.loss(self.forward(**features), batch,
                                                     label_smoothing=inputs.label_smoothing)
             accelerator.backward(loss / group_size)
+        if self.copies is not None:
+            self.copies.gradients_to_masters()
         self.window.add(task_loss.detach(), len(indices) * accelerator.num_processes)
 
     def _step(self) -> bool:
         """An optimizer step and what follows it (log, evaluation, SIGTERM); whether it evaluated."""
         state, cfg = self.state, self.cfg
-        _optimizer_step(self.accelerator, self.model, self.optimizer, self.scheduler, self.inputs.max_grad_norm)
+        _optimizer_step(self.accelerator, self.model, self.optimizer, self.scheduler, self.inputs.max_grad_norm,
+                        self.copies)
         state.step += 1
         self.window.stop(state)
         self.tracker.advance(self.window.rate())
@@ -279,11 +288,20 @@ def _keep_output_precision(model: Any) -> None:
         inner.forward = MethodType(bare, inner) if hasattr(forward, "__func__") else bare
 
 
-def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None) -> None:
+def _bf16_copies(accelerator: Any, cfg: TrainConfig) -> bool:
+    """Whether forward and backward run on bf16 weight copies: bf16 precision on one process (DDP's gradient
+    hooks sit on the model's own parameters)."""
+    return cfg.bf16_weights and accelerator.mixed_precision == "bf16" and accelerator.num_processes == 1
+
+
+def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None,
+                    copies: Bf16Weights | None) -> None:
     if max_grad_norm is not None:
         accelerator.unscale_gradients()  # fp16 loss scaling (GPU); a no-op otherwise
         clip_grad_norm([p for p in model.parameters() if p.grad is not None], max_grad_norm)
     optimizer.step()
+    if copies is not None:
+        copies.refresh()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 
