@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from lmtune.config import DataConfig, RunConfig
 from lmtune.data import Table
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import evaluate_examples, predict_examples
+from lmtune.evaluation.low_precision import BF16Cache
 from lmtune.models import from_hub_or_local, load_tokenizer
 from lmtune.strategies.lora import is_adapter_dir, load_adapter_model
 from lmtune.tasks import TASKS, Task
@@ -34,6 +35,8 @@ class Run:
     task: Task
     model: Any
     tokenizer: Any
+    bf16_copies: BF16Cache = field(default_factory=dict, repr=False)
+    """bf16 copies of the weights for scoring under bf16, made at the first pass (the weights never change)."""
 
     def predict(self, texts: list[str] | list[tuple[str, str]] | Table) -> list[dict]:
         """Predictions for raw texts (or (text, pair) tuples, or a Table of input rows), in input order."""
@@ -50,7 +53,7 @@ class Run:
         table = _input_table(texts, data) if isinstance(texts, Table) else _texts_table(texts, data)
         examples = self.encode_inputs(table)
         return predict_examples(self.model, examples, self.task, self.config.train.eval_batch,
-                                self.tokenizer.pad_token_id, len(table), self.autocast())
+                                self.tokenizer.pad_token_id, len(table), self.autocast(), self.bf16_copies)
 
     def encode_inputs(self, table: Table) -> list[dict]:
         """The examples of unlabelled input rows, as prediction (CLI, Python or HTTP) scores them."""
@@ -63,7 +66,7 @@ class Run:
             table.require(self.config.data.label)
         examples = self.task.encode(table, self.tokenizer, self.config.data, self.config.train.max_length)
         return evaluate_examples(self.model, examples, self.task, self.config.train.eval_batch,
-                                 self.tokenizer.pad_token_id, autocast=self.autocast())
+                                 self.tokenizer.pad_token_id, autocast=self.autocast(), bf16_cache=self.bf16_copies)
 
     def generate(self, prompt: str | dict, settings: Any = None, on_text: Callable[[str], None] | None = None,
                  **options: Any) -> str:

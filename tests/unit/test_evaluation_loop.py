@@ -24,10 +24,11 @@ TEXTS = [f"{word} film number {i} was {'good' if i % 2 else 'bad'} and long" * (
 
 @dataclass
 class _Process:
-    """What the loop reads of an accelerator: its rank, the world size and autocast."""
+    """What the loop reads of an accelerator: its rank, the world size, its precision and autocast."""
 
     process_index: int
     num_processes: int
+    mixed_precision: str = "no"
 
     def autocast(self):
         return nullcontext()

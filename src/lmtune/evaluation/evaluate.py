@@ -16,6 +16,8 @@ import torch
 
 from lmtune.data import collate
 from lmtune.data.batching import eval_batches
+from lmtune.data.collate import TARGETS
+from lmtune.evaluation.low_precision import BF16Cache, bf16_inputs, bf16_weights, wants_bf16
 from lmtune.models import bare_model
 from lmtune.tasks.base import Purpose, Scoring, Task
 
@@ -30,6 +32,7 @@ def score_examples(
     accelerator: Any = None,
     autocast: Any = None,
     purpose: Purpose = "evaluate",
+    bf16_cache: BF16Cache | None = None,
 ) -> list[Any]:
     """Every example's record from `Task.score_batch`, in ``examples`` order, on every process.
 
@@ -42,6 +45,8 @@ def score_examples(
         accelerator: shards the work over its processes and supplies the autocast context when given.
         autocast: mixed-precision context for a plain model.
         purpose: ``evaluate`` (targets present) or ``predict``.
+        bf16_cache: under bf16 the pass runs on bf16 copies of the weights (`low_precision`); copies kept
+            here between passes, by the owner of weights that do not change (a loaded run).
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     module = bare_model(model)
@@ -51,13 +56,17 @@ def score_examples(
     scoring = Scoring(purpose, time.monotonic())
     records: dict[int, Any] = {}
     context = accelerator.autocast if accelerator else (lambda: autocast if autocast is not None else nullcontext())
+    bf16 = wants_bf16(accelerator, autocast)
     try:
-        for indices in eval_batches([len(ex["input_ids"]) for ex in examples], batch_size)[rank::world]:
-            chosen = [examples[i] for i in indices]
-            batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
-            with context():
-                scored = task.score_batch(module, batch, chosen, indices, scoring)
-            records.update(zip(indices, scored, strict=True))
+        with bf16_weights(module, bf16_cache) if bf16 else nullcontext():
+            for indices in eval_batches([len(ex["input_ids"]) for ex in examples], batch_size)[rank::world]:
+                chosen = [examples[i] for i in indices]
+                batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
+                if bf16:
+                    batch = bf16_inputs(batch, keep=TARGETS)
+                with context():
+                    scored = task.score_batch(module, batch, chosen, indices, scoring)
+                records.update(zip(indices, scored, strict=True))
     finally:
         module.train(was_training)
     if world > 1:
@@ -68,17 +77,19 @@ def score_examples(
 
 
 def evaluate_examples(model: torch.nn.Module, examples: list[dict], task: Task, batch_size: int, pad_id: int,
-                      accelerator: Any = None, autocast: Any = None, example_losses: bool = False) -> dict[str, Any]:
+                      accelerator: Any = None, autocast: Any = None, example_losses: bool = False,
+                      bf16_cache: BF16Cache | None = None) -> dict[str, Any]:
     """Loss and task metrics over labelled ``examples``; every process gets the same result.
 
     ``example_losses``: also return ``example_losses``, each example's loss in ``examples`` order.
     """
-    records = score_examples(model, examples, task, batch_size, pad_id, accelerator, autocast)
+    records = score_examples(model, examples, task, batch_size, pad_id, accelerator, autocast, bf16_cache=bf16_cache)
     return task.aggregate(records, examples, example_losses)
 
 
 def predict_examples(model: torch.nn.Module, examples: list[dict], task: Task, batch_size: int, pad_id: int,
-                     rows: int, autocast: Any = None) -> list[dict[str, Any]]:
+                     rows: int, autocast: Any = None, bf16_cache: BF16Cache | None = None) -> list[dict[str, Any]]:
     """One prediction per input row (``rows`` of them; a row may have several examples, e.g. QA windows)."""
-    records = score_examples(model, examples, task, batch_size, pad_id, autocast=autocast, purpose="predict")
+    records = score_examples(model, examples, task, batch_size, pad_id, autocast=autocast, purpose="predict",
+                             bf16_cache=bf16_cache)
     return task.predictions(records, examples, rows)

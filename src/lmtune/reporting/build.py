@@ -68,7 +68,7 @@ class Context:
         table = load_tables(self.config.data, self.task)["validation"]
         examples = self.task.encode(table, run.tokenizer, self.config.data, self.config.train.max_length)
         records = score_examples(run.model, examples, self.task, self.config.train.eval_batch,
-                                 run.tokenizer.pad_token_id, autocast=run.autocast())
+                                 run.tokenizer.pad_token_id, autocast=run.autocast(), bf16_cache=run.bf16_copies)
         losses = self.task.aggregate(records, examples, example_losses=True)["example_losses"]
         predictions = self.task.predictions(records, examples, len(table))
         return Scored(table, predictions, losses, [self.task.gold(ex) for ex in examples])

@@ -50,7 +50,8 @@ class ServedRun:
         examples = [example for request, _ in payloads for example in request]
         try:
             records = score_examples(self.run.model, examples, self.run.task, batch_size,
-                                     self.run.tokenizer.pad_token_id, autocast=self.run.autocast(), purpose="predict")
+                                     self.run.tokenizer.pad_token_id, autocast=self.run.autocast(), purpose="predict",
+                                     bf16_cache=self.run.bf16_copies)
         except Exception:  # noqa: BLE001 - find the one request that breaks the batch; the others still get answers
             if len(payloads) == 1:
                 raise

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from lmtune.evaluation.low_precision import bf16_inputs
+
 
 class Bf16Weights:
     """bf16 compute copies of a model's floating-point parameters; call it in place of the model.
@@ -40,12 +42,10 @@ class Bf16Weights:
         self._trainable = trainable
         self._dense = [(m, c) for m, c in trainable if m is not rows]
         self._rows = next(((m, c) for m, c in trainable if m is rows), None)
+        self._buffers: dict[int, torch.Tensor] = {}
 
     def __call__(self, **features: Any) -> Any:
-        # floating-point inputs (hidden states cached below frozen layers) join the bf16 activations:
-        # a layer norm refuses an fp32 input with bf16 weights
-        features = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
-                    for k, v in features.items()}
+        features = bf16_inputs(features)
         # the model's forward (and accelerate's autocast around it) with the copies in place of the
         # parameters; tied parameters (one name here) stay tied
         return torch.func.functional_call(self.model, self._by_name, args=(), kwargs=features, strict=False)
@@ -53,18 +53,28 @@ class Bf16Weights:
     @torch.no_grad()
     def gradients_to_masters(self) -> None:
         """Add the copies' gradients of the last backward to the masters' (fp32) and clear the copies'."""
+        fresh: list[tuple[torch.Tensor, torch.Tensor]] = []
         for master, copy in self._trainable:
             grad = copy.grad
             if grad is None:
                 continue
             copy.grad = None
-            grad = grad.float()
-            if master.grad is None:
-                master.grad = grad.coalesce() if grad.is_sparse else grad
-            elif grad.is_sparse:
-                master.grad = (master.grad + grad).coalesce()
+            if grad.is_sparse:
+                grad = grad.float()
+                master.grad = grad.coalesce() if master.grad is None else (master.grad + grad).coalesce()
+            elif master.grad is None:
+                fresh.append((master, grad))
             else:
                 master.grad.add_(grad)
+        if fresh:
+            # one fp32 buffer per master, kept across steps: a new 40 MB of gradients every step costs page
+            # faults (the optimizer clears .grad to None after each step)
+            buffers = [self._buffers.get(id(m)) for m, _ in fresh]
+            for i, (master, _) in enumerate(fresh):
+                if buffers[i] is None:
+                    buffers[i] = self._buffers[id(master)] = torch.empty_like(master)
+                master.grad = buffers[i]
+            torch._foreach_copy_(buffers, [g for _, g in fresh])
 
     @torch.no_grad()
     def refresh(self) -> None:
