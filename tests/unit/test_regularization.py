@@ -40,7 +40,14 @@ def test_early_stopping_stops_and_the_final_model_is_the_best_evaluation(tiny, d
     assert metrics["restored_step"] == 2
     first = next(json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"validation"' in x)
     assert metrics["validation"]["loss"] == pytest.approx(first["loss"], abs=1e-5)
-    assert lmtune.load(out).evaluate(str(data))["loss"] >= 0
+    # the saved model is the best evaluation's checkpoint, tensor for tensor
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "model" / "model.safetensors")
+    best = load_file(out / "checkpoints" / "step-2" / "model.safetensors")
+    assert saved.keys() & best.keys() and all(torch.equal(saved[k], best[k]) for k in saved.keys() & best.keys())
+    last = load_file(out / "checkpoints" / "step-6" / "model.safetensors")
+    assert any(not torch.equal(saved[k], last[k]) for k in saved.keys() & last.keys())
 
 
 def test_unknown_watched_metric_is_a_clear_error_before_anything_is_written(tiny, data, tmp_path):
