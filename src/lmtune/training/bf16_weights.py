@@ -42,7 +42,6 @@ class Bf16Weights:
         self._trainable = trainable
         self._dense = [(m, c) for m, c in trainable if m is not rows]
         self._rows = next(((m, c) for m, c in trainable if m is rows), None)
-        self._buffers: dict[int, torch.Tensor] = {}
 
     def __call__(self, **features: Any) -> Any:
         features = bf16_inputs(features)
@@ -53,28 +52,18 @@ class Bf16Weights:
     @torch.no_grad()
     def gradients_to_masters(self) -> None:
         """Add the copies' gradients of the last backward to the masters' (fp32) and clear the copies'."""
-        fresh: list[tuple[torch.Tensor, torch.Tensor]] = []
         for master, copy in self._trainable:
             grad = copy.grad
             if grad is None:
                 continue
             copy.grad = None
-            if grad.is_sparse:
-                grad = grad.float()
-                master.grad = grad.coalesce() if master.grad is None else (master.grad + grad).coalesce()
-            elif master.grad is None:
-                fresh.append((master, grad))
+            grad = grad.float()
+            if master.grad is None:
+                master.grad = grad.coalesce() if grad.is_sparse else grad
+            elif grad.is_sparse:
+                master.grad = (master.grad + grad).coalesce()
             else:
                 master.grad.add_(grad)
-        if fresh:
-            # one fp32 buffer per master, kept across steps: a new 40 MB of gradients every step costs page
-            # faults (the optimizer clears .grad to None after each step)
-            buffers = [self._buffers.get(id(m)) for m, _ in fresh]
-            for i, (master, _) in enumerate(fresh):
-                if buffers[i] is None:
-                    buffers[i] = self._buffers[id(master)] = torch.empty_like(master)
-                master.grad = buffers[i]
-            torch._foreach_copy_(buffers, [g for _, g in fresh])
 
     @torch.no_grad()
     def refresh(self) -> None:
