@@ -1,6 +1,7 @@
 import random
 
 from lmtune.data import collate, epoch_batches, shard
+from lmtune.data.batching import token_batches
 
 
 def _lengths(n=1000, seed=0):
@@ -26,6 +27,25 @@ def test_grouping_by_length_cuts_padding():
     grouped = padded(epoch_batches(lengths, 32, 0, 0, group_by_length=True))
     plain = padded(epoch_batches(lengths, 32, 0, 0, group_by_length=False))
     assert grouped < 0.7 * plain
+
+
+def test_token_budget_batches_fit_the_budget_cover_every_example_and_repeat():
+    lengths = _lengths()
+    batches = epoch_batches(lengths, 32, seed=1, epoch=0, batch_tokens=640)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches == epoch_batches(lengths, 32, seed=1, epoch=0, batch_tokens=640)
+    assert batches != epoch_batches(lengths, 32, seed=1, epoch=1, batch_tokens=640)
+    assert all(len(b) * max(lengths[i] for i in b) <= 640 for b in batches)
+    rows = {kind: [len(b) for b in batches if kind(max(lengths[i] for i in b))]
+            for kind in (lambda n: n <= 15, lambda n: n >= 45)}
+    short, long = rows.values()
+    assert sum(short) / len(short) > 3 * sum(long) / len(long)  # 640 tokens: ~45 rows of 14, ~12 of 50
+
+
+def test_token_batches_fill_greedily_and_an_over_long_example_goes_alone():
+    assert token_batches([0, 1, 2, 3, 4], [10, 8, 8, 3, 3], 24) == [[0, 1], [2, 3, 4]]
+    assert token_batches([0, 1, 2], [30, 5, 5], 24) == [[0], [1, 2]]
+    assert token_batches([0, 1, 2], [3, 9, 3], 18) == [[0, 1], [2]]  # the longest row sets the width
 
 
 def test_shards_are_disjoint_and_equal_in_length():

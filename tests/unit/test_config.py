@@ -46,6 +46,14 @@ def test_every_problem_is_reported_at_once_with_key_value_and_allowed():
     assert "train.epochs: -1.0 must be > 0" in problems
 
 
+def test_a_token_budget_must_hold_the_longest_example():
+    with pytest.raises(ConfigError, match=r"train.batch_tokens: 100 must be >= train.max_length \(128\)"):
+        load_config({"data": {"train": "a.csv"}, "train": {"batch_tokens": 100}})
+    with pytest.raises(ConfigError, match=r"train.batch_tokens: 0 must be > 0"):
+        load_config({"data": {"train": "a.csv"}, "train": {"batch_tokens": 0}})
+    assert load_config({"data": {"train": "a.csv"}, "train": {"batch_tokens": 128}}).train.batch_tokens == 128
+
+
 def test_wrong_types_name_the_expected_type():
     with pytest.raises(ConfigError, match=r"train.batch_size: 'big' is not an integer"):
         load_config(BASE, ["train.batch_size=big"])

@@ -31,10 +31,37 @@ def three_class_pairs(tmp_path):
 
 
 def test_plan_steps_with_accumulation_and_processes():
-    assert plan_steps(100, TrainConfig(batch_size=10, epochs=2), 1) == (10, 20)
-    assert plan_steps(100, TrainConfig(batch_size=10, grad_accum=3, epochs=1), 1) == (4, 4)
-    assert plan_steps(100, TrainConfig(batch_size=10, epochs=1.5), 2) == (5, 8)
-    assert plan_steps(100, TrainConfig(batch_size=10, max_steps=7), 1) == (10, 7)
+    lengths = [7] * 100
+    assert plan_steps(lengths, TrainConfig(batch_size=10, epochs=2), 1) == (10, 20)
+    assert plan_steps(lengths, TrainConfig(batch_size=10, grad_accum=3, epochs=1), 1) == (4, 4)
+    assert plan_steps(lengths, TrainConfig(batch_size=10, epochs=1.5), 2) == (5, 8)
+    assert plan_steps(lengths, TrainConfig(batch_size=10, max_steps=7), 1) == (10, 7)
+    # a token budget of 70 holds 10 examples of 7 tokens, 5 of 14
+    assert plan_steps(lengths, TrainConfig(batch_size=4, batch_tokens=70, max_length=64, epochs=2), 1) == (10, 20)
+    assert plan_steps([14] * 100, TrainConfig(batch_tokens=70, max_length=64, epochs=1.5), 2) == (10, 15)
+    with pytest.raises(lmtune.LmtuneError, match=r"data.train: 3 training examples make no batch of "
+                                                 r"train.batch_tokens=70 for each of 4 processes"):
+        plan_steps([7] * 3, TrainConfig(batch_tokens=70, max_length=64), 4)
+
+
+def test_token_budget_training_ends_its_schedule_exactly_at_the_last_epoch(tiny_bert, three_class_pairs, tmp_path):
+    out = tmp_path / "run"
+    metrics = lmtune.train({
+        "model": str(tiny_bert),
+        "data": {"train": str(three_class_pairs), "text": "premise", "text_pair": "hypothesis",
+                 "label": "relation", "validation_split": 0.25},
+        "train": {"epochs": 2, "batch_size": 4, "batch_tokens": 96, "max_length": 32, "grad_accum": 2,
+                  "lr": 1e-3, "log_every": 1, "precision": "fp32", "eval_train_samples": 0},
+        "output": str(out),
+    })
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if x.get("split") == "train"]
+    epoch_ends = [x for x in lines if x.get("split") == "validation"]
+    assert [x["step"] for x in train_lines] == list(range(1, metrics["step"] + 1))
+    assert train_lines[-1]["lr"] == 0.0  # the scheduler's planned total is the steps the two epochs took
+    assert len(epoch_ends) == 2 and epoch_ends[-1]["step"] == metrics["step"]
+    # 45 rows of 9-11 tokens at 96 tokens per batch: 8-10 rows a batch, so fewer steps than 4-row batches take
+    assert metrics["step"] < 2 * 6
 
 
 def test_multiclass_pairs_with_accumulation_and_carved_validation(tiny_bert, three_class_pairs, tmp_path):

@@ -128,6 +128,10 @@ class TrainConfig:
     """Stop after this many optimizer steps; takes precedence over ``epochs``."""
     batch_size: int = 32
     """Examples per forward pass on each process."""
+    batch_tokens: int | None = None
+    """Size training batches by tokens instead: as many examples as fit in this many padded tokens (rows × the
+    batch's longest example), so short examples go in large batches and long ones in small batches;
+    ``batch_size`` then only sets the length-sorting window (50 × batch_size examples). Default: off."""
     eval_batch_size: int | None = None
     """Examples per evaluation forward pass (default: 2 × batch_size)."""
     grad_accum: int = 1
@@ -173,7 +177,7 @@ class TrainConfig:
     def validate(self) -> list[str]:
         problems = []
         positive = ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints")
-        for key in positive + ("eval_batch_size", "max_steps", "threads"):
+        for key in positive + ("batch_tokens", "eval_batch_size", "max_steps", "threads"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 problems.append(f"train.{key}: {value} must be > 0")
@@ -183,6 +187,9 @@ class TrainConfig:
         for key in ("warmup", "eval_every", "eval_train_samples"):
             if getattr(self, key) < 0:
                 problems.append(f"train.{key}: {getattr(self, key)} must be >= 0")
+        if self.batch_tokens is not None and 0 < self.batch_tokens < self.max_length:
+            problems.append(f"train.batch_tokens: {self.batch_tokens} must be >= train.max_length "
+                            f"({self.max_length}), so that a batch holds at least one example of any length")
         if self.attention not in ATTENTIONS:
             problems.append(f"train.attention: {self.attention!r} is not one of {', '.join(ATTENTIONS)}")
         if self.precision not in PRECISIONS:

@@ -10,7 +10,8 @@ MEGABATCH = 50
 
 
 def epoch_batches(
-    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
+    batch_tokens: int | None = None,
 ) -> list[list[int]]:
     """Shuffled batches of example indices for one epoch.
 
@@ -25,6 +26,9 @@ def epoch_batches(
         seed: run seed; combined with ``epoch`` so that each epoch has its own order.
         epoch: 0-based epoch number.
         group_by_length: sort within windows by length.
+        batch_tokens: when given, a batch holds as many examples as fit in this many padded tokens (rows ×
+            its longest example) instead of ``batch_size`` examples: short sentences go in large batches,
+            long ones in small batches. ``batch_size`` then only sets the sorting window's size.
 
     Returns:
         A list of batches, each a list of indices into ``lengths``.
@@ -32,14 +36,38 @@ def epoch_batches(
     rng = random.Random(seed * 100_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
+    def cut(indices: list[int]) -> list[list[int]]:
+        if batch_tokens is not None:
+            return token_batches(indices, lengths, batch_tokens)
+        return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
     if not group_by_length:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return cut(order)
     window = batch_size * MEGABATCH
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches += cut(sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True))
     rng.shuffle(batches)
+    return batches
+
+
+def token_batches(indices: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """``indices`` cut in order into batches of at most ``budget`` padded tokens (rows × the longest row).
+
+    An example longer than the budget makes a batch of its own.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in indices:
+        wider = max(longest, lengths[i])
+        if current and wider * (len(current) + 1) > budget:
+            batches.append(current)
+            current, wider = [], lengths[i]
+        current.append(i)
+        longest = wider
+    if current:
+        batches.append(current)
     return batches
 
 

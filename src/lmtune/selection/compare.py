@@ -239,7 +239,9 @@ def _with_eval_points(cfg: RunConfig) -> RunConfig:
 
     task = TASKS.get(cfg.task)()
     train = load_tables(cfg.data, task)["train"]
-    _, total = plan_steps(len(train), cfg.train, 1)
+    # before tokenizing, every example counts as max_length tokens: with train.batch_tokens that overestimates the
+    # batches' size in tokens, so there are at most 4 evaluation points (and one at each epoch's end)
+    _, total = plan_steps([cfg.train.max_length] * len(train), cfg.train, 1)
     return replace(cfg, train=replace(cfg.train, eval_every=max(1, total // 4)))
 
 

@@ -71,17 +71,40 @@ class FitInputs:
     """Called with (step, validation metrics) after each evaluation; may raise to stop (e.g. a pruned trial)."""
 
 
-def plan_steps(n_examples: int, cfg: TrainConfig, world_size: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total optimizer steps) for this data and config."""
-    batches = math.ceil(n_examples / cfg.batch_size)
-    per_process = batches // world_size if world_size > 1 else batches
-    if per_process == 0:
-        raise LmtuneError(f"data.train: {n_examples} training examples make no batch of train.batch_size="
-                          f"{cfg.batch_size} for each of {world_size} processes; use more data, a smaller batch "
-                          "or fewer processes")
-    per_epoch = math.ceil(per_process / cfg.grad_accum)
-    total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+def plan_steps(lengths: list[int], cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(optimizer steps in the first epoch, total optimizer steps) for examples of these token lengths.
+
+    With ``train.batch_tokens`` the number of batches depends on each epoch's shuffle, so the total is
+    counted over the epochs' actual batch plans (the scheduler must know where the run ends).
+    """
+    def steps_in(epoch: int) -> int:
+        if cfg.batch_tokens is None:
+            batches = math.ceil(len(lengths) / cfg.batch_size)
+        else:
+            batches = len(training_batches(lengths, cfg, epoch))
+        per_process = batches // world_size if world_size > 1 else batches
+        if per_process == 0:
+            size = f"train.batch_size={cfg.batch_size}" if cfg.batch_tokens is None \
+                else f"train.batch_tokens={cfg.batch_tokens}"
+            raise LmtuneError(f"data.train: {len(lengths)} training examples make no batch of {size} for each "
+                              f"of {world_size} processes; use more data, a smaller batch or fewer processes")
+        return math.ceil(per_process / cfg.grad_accum)
+
+    per_epoch = steps_in(0)
+    if cfg.max_steps:
+        return per_epoch, cfg.max_steps
+    if cfg.batch_tokens is None:
+        return per_epoch, math.ceil(cfg.epochs * per_epoch)
+    whole = int(cfg.epochs)
+    total = sum(steps_in(epoch) for epoch in range(whole))
+    if cfg.epochs > whole:
+        total += math.ceil((cfg.epochs - whole) * steps_in(whole))
     return per_epoch, total
+
+
+def training_batches(lengths: list[int], cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """One epoch's batches of example indices (all processes' batches; `shard` takes one process's share)."""
+    return epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length, cfg.batch_tokens)
 
 
 def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainConfig) -> TrainState:
@@ -93,7 +116,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     Returns:
         The final training state (step, best metric and its step, throughput counters).
     """
-    per_epoch, total = plan_steps(len(inputs.train), cfg, accelerator.num_processes)
+    per_epoch, total = plan_steps([len(ex["input_ids"]) for ex in inputs.train], cfg, accelerator.num_processes)
     with ExitStack() as speedups:
         # sparse gradients and DDP's bucketed all-reduce do not mix: several processes keep dense embeddings
         sparse = cfg.sparse_embeddings and accelerator.num_processes == 1
@@ -147,7 +170,7 @@ class _Loop:
         state, cfg = self.state, self.cfg
         self.model.train()
         while state.step < self.total and not state.stopped_early:
-            batches = shard(epoch_batches(self.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length),
+            batches = shard(training_batches(self.lengths, cfg, state.epoch),
                             self.accelerator.process_index, self.accelerator.num_processes)
             finished, evaluated = self._epoch(batches)
             if finished:
