@@ -30,6 +30,17 @@ def three_class_pairs(tmp_path):
     return path
 
 
+def _train_pairs(model, data, out, **train) -> dict:
+    """2 epochs of the pairs task (a quarter held out) with 2 accumulated batches per step, logging every step."""
+    return lmtune.train({
+        "model": str(model),
+        "data": {"train": str(data), "text": "premise", "text_pair": "hypothesis", "label": "relation",
+                 "validation_split": 0.25},
+        "train": {"epochs": 2, "grad_accum": 2, "lr": 1e-3, "log_every": 1, "precision": "fp32", **train},
+        "output": str(out),
+    })
+
+
 def test_plan_steps_with_accumulation_and_processes():
     lengths = [7] * 100
     assert plan_steps(lengths, TrainConfig(batch_size=10, epochs=2), 1) == (10, 20)
@@ -46,14 +57,8 @@ def test_plan_steps_with_accumulation_and_processes():
 
 def test_token_budget_training_ends_its_schedule_exactly_at_the_last_epoch(tiny_bert, three_class_pairs, tmp_path):
     out = tmp_path / "run"
-    metrics = lmtune.train({
-        "model": str(tiny_bert),
-        "data": {"train": str(three_class_pairs), "text": "premise", "text_pair": "hypothesis",
-                 "label": "relation", "validation_split": 0.25},
-        "train": {"epochs": 2, "batch_size": 4, "batch_tokens": 96, "max_length": 32, "grad_accum": 2,
-                  "lr": 1e-3, "log_every": 1, "precision": "fp32", "eval_train_samples": 0},
-        "output": str(out),
-    })
+    metrics = _train_pairs(tiny_bert, three_class_pairs, out, batch_size=4, batch_tokens=96, max_length=32,
+                           eval_train_samples=0)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if x.get("split") == "train"]
     epoch_ends = [x for x in lines if x.get("split") == "validation"]
@@ -66,13 +71,7 @@ def test_token_budget_training_ends_its_schedule_exactly_at_the_last_epoch(tiny_
 
 def test_multiclass_pairs_with_accumulation_and_carved_validation(tiny_bert, three_class_pairs, tmp_path):
     out = tmp_path / "run"
-    metrics = lmtune.train({
-        "model": str(tiny_bert),
-        "data": {"train": str(three_class_pairs), "text": "premise", "text_pair": "hypothesis",
-                 "label": "relation", "validation_split": 0.25},
-        "train": {"epochs": 2, "batch_size": 8, "grad_accum": 2, "lr": 1e-3, "log_every": 1, "precision": "fp32"},
-        "output": str(out),
-    })
+    metrics = _train_pairs(tiny_bert, three_class_pairs, out, batch_size=8)
     # 45 training rows (15 held out) → 6 batches → 3 optimizer steps per epoch
     assert metrics["step"] == 6
     assert sum(map(sum, metrics["validation"]["confusion_matrix"])) == 15
