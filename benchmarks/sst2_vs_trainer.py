@@ -38,7 +38,7 @@ def run_lmtune(args: argparse.Namespace, out: Path) -> dict:
                       "max_length": args.max_length, "threads": args.threads, "eval_every": 0,
                       "group_by_length": not args.no_grouping, "attention": args.attention,
                       "sparse_embeddings": not args.dense_embeddings, "fast_dropout": not args.torch_dropout,
-                      "bf16_weights": not args.autocast_weights},
+                      "bf16_weights": not args.autocast_weights, "batch_tokens": args.batch_tokens},
             "regularization": {"weight_decay": 0.01, "max_grad_norm": 1.0},
             "output": str(out / "lmtune-run"),
         }
@@ -47,6 +47,7 @@ def run_lmtune(args: argparse.Namespace, out: Path) -> dict:
         "train_samples_per_s": metrics["train_samples_per_s"],
         "train_seconds": metrics["train_seconds"],
         "dev_accuracy": metrics["validation"]["accuracy"],
+        "steps": metrics["step"],
     }
 
 
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--torch-dropout", action="store_true", help="lmtune with torch's dropout masks")
     parser.add_argument("--autocast-weights", action="store_true",
                         help="lmtune casting fp32 weights under autocast instead of training on bf16 copies")
+    parser.add_argument("--batch-tokens", type=int, help="lmtune with batches sized by this token budget")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,6 +143,9 @@ def _print(args: argparse.Namespace, results: dict) -> None:
     out = sys.stdout
     out.write(f"SST-2: {args.rows} training rows x {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr}, "
               f"{args.precision}, {args.threads} threads; dev = 872 sentences\n")
+    if args.batch_tokens:
+        steps = results.get("lmtune", {}).get("steps")
+        out.write(f"lmtune's batches hold up to {args.batch_tokens} padded tokens ({steps} steps)\n")
     out.write(f"{'':>8} {'train samples/s':>16} {'train s':>9} {'wall s':>8} {'peak RSS MiB':>13} {'dev acc':>8}\n")
     for name, r in results.items():
         out.write(f"{name:>8} {r['train_samples_per_s']:>16.1f} {r['train_seconds']:>9.1f} {r['wall_seconds']:>8.1f} "

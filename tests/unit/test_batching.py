@@ -1,7 +1,7 @@
 import random
 
 from lmtune.data import collate, epoch_batches, shard
-from lmtune.data.batching import token_batches
+from lmtune.data.batching import eval_batches, token_batches
 
 
 def _lengths(n=1000, seed=0):
@@ -46,6 +46,19 @@ def test_token_batches_fill_greedily_and_an_over_long_example_goes_alone():
     assert token_batches([0, 1, 2, 3, 4], [10, 8, 8, 3, 3], 24) == [[0, 1], [2, 3, 4]]
     assert token_batches([0, 1, 2], [30, 5, 5], 24) == [[0], [1, 2]]
     assert token_batches([0, 1, 2], [3, 9, 3], 18) == [[0, 1], [2]]  # the longest row sets the width
+
+
+def test_evaluation_batches_are_sorted_and_sized_by_the_longest_batch_tokens():
+    lengths = [40] * 10 + [10] * 100 + [4] * 3
+    batches = eval_batches(lengths, 8)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat, reverse=True)
+    # 8 × 40 tokens; 2 of 40 and 6 of 10 (as wide as 40); then 32 rows of up to 10 tokens (the third also
+    # takes two of the 4s), and the last 4
+    assert [len(b) for b in batches] == [8, 8, 32, 32, 32, 1]
+    assert all(len(b) * max(lengths[i] for i in b) <= 8 * 40 for b in batches)
+    assert eval_batches([], 8) == []
 
 
 def test_shards_are_disjoint_and_equal_in_length():

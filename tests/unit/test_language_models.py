@@ -70,6 +70,9 @@ def test_chunked_cross_entropy_matches_pytorch(dtype, smoothing):
     reference.backward()
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
     assert torch.allclose(grad.float(), logits.grad.float(), atol=1e-6)
+    logits.grad = None
+    (cross_entropy(logits, targets, smoothing) / 4).backward()  # a scaled loss (gradient accumulation)
+    assert torch.allclose(4 * logits.grad.float(), grad.float(), atol=1e-6)
 
 
 def test_sparse_targets_are_scored_alone():

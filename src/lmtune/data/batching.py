@@ -72,9 +72,16 @@ def token_batches(indices: list[int], lengths: list[int], budget: int) -> list[l
 
 
 def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Batches for evaluation: sorted by length (least padding), no shuffling."""
+    """Batches for evaluation: sorted by length (least padding), no shuffling, sized by tokens.
+
+    Each batch holds up to ``batch_size`` × the longest example's tokens: the first batch is ``batch_size``
+    of the longest examples, as with fixed-size batches, and shorter examples share larger batches, so the
+    peak memory of a pass is that of fixed-size batches and the short ones take fewer, fuller passes.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if not order:
+        return []
+    return token_batches(order, lengths, batch_size * max(lengths[order[0]], 1))
 
 
 def shard(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:

@@ -29,18 +29,23 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             x = logits[start:start + CHUNK].to(torch.float32, copy=True)  # modified in place below
             keep = valid[start:start + CHUNK]
             target = targets[start:start + CHUNK].clamp(min=0)
-            lse = torch.logsumexp(x, dim=-1)
             picked = x.gather(1, target[:, None]).squeeze(1)
+            mean = x.mean(dim=-1) if smoothing else None
+            # one exp pass gives both the log-sum-exp and the softmax (torch.logsumexp would take its own)
+            top = x.amax(dim=-1)
+            x.sub_(top[:, None]).exp_()
+            sums = x.sum(dim=-1)
+            lse = top + sums.log()
             nll = lse - picked
             if smoothing:
-                nll = (1 - smoothing) * nll + smoothing * (lse - x.mean(dim=-1))
+                nll = (1 - smoothing) * nll + smoothing * (lse - mean)
             total += (nll * keep).sum()
             if grad is not None:
-                x.sub_(lse[:, None]).exp_()  # softmax, in place
+                x.mul_((keep.to(x.dtype) / (count * sums))[:, None])  # softmax / count, zero on skipped rows
+                scale = (keep.to(x.dtype) / count)[:, None]
                 if smoothing:
-                    x.sub_(smoothing / vocab)
-                x.scatter_add_(1, target[:, None], torch.full_like(picked[:, None], -(1 - smoothing)))
-                x.mul_((keep.to(x.dtype) / count)[:, None])
+                    x.sub_(scale * (smoothing / vocab))
+                x.scatter_add_(1, target[:, None], -(1 - smoothing) * scale)
                 grad[start:start + CHUNK] = x
         if grad is not None:
             ctx.save_for_backward(grad)
@@ -49,6 +54,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (grad,) = ctx.saved_tensors
+        if bool(grad_output == 1):  # the usual case: spare a pass over the (tokens × vocabulary) gradient
+            return grad, None, None
         return grad * grad_output.to(grad.dtype), None, None
 
 
