@@ -75,6 +75,23 @@ def test_chunked_cross_entropy_matches_pytorch(dtype, smoothing):
     assert torch.allclose(4 * logits.grad.float(), grad.float(), atol=1e-6)
 
 
+def test_the_reused_gradient_buffer_never_mixes_two_losses():
+    torch.manual_seed(0)
+    first, second = (torch.randn(600, 50, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    targets = torch.randint(0, 50, (600,))
+
+    def reference(logits):
+        return torch.autograd.grad(F.cross_entropy(logits.float(), targets), logits)[0]
+
+    for _ in range(2):  # the second step reuses the first step's buffer
+        cross_entropy(first, targets).backward()
+        assert torch.equal(first.grad, reference(first))
+        first.grad = None
+    # two forwards before one backward (R-Drop's pattern): the second cannot take the lent buffer
+    (cross_entropy(first, targets) + cross_entropy(second, targets)).backward()
+    assert torch.equal(first.grad, reference(first)) and torch.equal(second.grad, reference(second))
+
+
 def test_sparse_targets_are_scored_alone():
     logits = torch.randn(100, 11, requires_grad=True)
     targets = torch.full((100,), -100)

@@ -1,9 +1,10 @@
 """The one evaluation and inference loop, for every task: validation during training, the training-sample
 score, `lmtune eval`, `lmtune predict`, the report and (next) serving all go through `score_examples`.
 
-It sorts the examples by length into batches, gives each process every world-th batch, lets the task score
-each batch (one record per example), gathers the records on every process and hands them back in example
-order; the task turns them into metrics (`Task.aggregate`) or predictions (`Task.predictions`).
+It sorts the examples by length into token-sized batches (`eval_batches`), gives each process every
+world-th batch, lets the task score each batch (one record per example), gathers the records on every
+process and hands them back in example order; the task turns them into metrics (`Task.aggregate`) or
+predictions (`Task.predictions`).
 """
 
 from __future__ import annotations

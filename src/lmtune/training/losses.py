@@ -4,10 +4,14 @@ PyTorch's ``cross_entropy`` on (tokens × vocabulary) logits upcasts them to fp3
 for the backward pass, and runs a log-softmax backward kernel that is slow on CPUs (it was 26% of a
 training step of a small decoder; see benchmarks/pretrain_vs_trainer.py). Here the gradient,
 softmax − target, is computed chunk by chunk in the forward pass, where the chunk's fp32 values are
-still in cache, and stored in the logits' own dtype; backward only scales it. Same value, same gradient.
+still in cache (one reused fp32 buffer; one exp pass gives both the log-sum-exp and the softmax), and
+stored in the logits' own dtype in a gradient buffer reused from step to step; backward hands it on
+(scaled, when the loss was). Same value, same gradient. `benchmarks/profile_lm_step.py` measures it.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -17,16 +21,46 @@ CHUNK = 512
 """Rows per chunk: the fp32 copy of a chunk (rows × vocabulary) stays small enough to stay in cache."""
 
 
+class _GradientBuffer(threading.local):
+    """The last (tokens × vocabulary) gradient, reused by the next forward of the same shape.
+
+    A new buffer of that size costs a page fault per 4 KB at its first write: 33 ms of a 480 ms step of the
+    8K-vocabulary decoder in `benchmarks/profile_lm_step.py`. A buffer is lent to one forward and returned by its
+    backward (which runs to completion before the next forward of a training loop); a forward that finds it
+    lent, as with two forwards before one backward, gets a new tensor.
+    """
+
+    def __init__(self):
+        self.tensor: torch.Tensor | None = None
+        self.lent = False
+
+    def take(self, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(a tensor shaped like ``like``, whether it is the pooled one)."""
+        t = self.tensor
+        if self.lent or t is None or t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
+            if self.lent:
+                return torch.empty_like(like), False
+            self.tensor = t = torch.empty_like(like)
+        self.lent = True
+        return t, True
+
+
+_POOL = _GradientBuffer()
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
         valid = targets != IGNORE_INDEX
         count = valid.sum().clamp(min=1).to(torch.float32)
-        grad = torch.empty_like(logits) if logits.requires_grad else None
+        grad, ctx.pooled = _POOL.take(logits) if logits.requires_grad else (None, False)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         vocab = logits.shape[-1]
+        # one fp32 buffer for every chunk: a new 16 MB tensor per chunk cost 5x the copy itself in page faults
+        buffer = torch.empty((min(CHUNK, logits.shape[0]), vocab), dtype=torch.float32, device=logits.device)
         for start in range(0, logits.shape[0], CHUNK):
-            x = logits[start:start + CHUNK].to(torch.float32, copy=True)  # modified in place below
+            chunk = logits[start:start + CHUNK]
+            x = buffer[:chunk.shape[0]].copy_(chunk)  # modified in place below
             keep = valid[start:start + CHUNK]
             target = targets[start:start + CHUNK].clamp(min=0)
             picked = x.gather(1, target[:, None]).squeeze(1)
@@ -54,9 +88,11 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (grad,) = ctx.saved_tensors
-        if bool(grad_output == 1):  # the usual case: spare a pass over the (tokens × vocabulary) gradient
-            return grad, None, None
-        return grad * grad_output.to(grad.dtype), None, None
+        if ctx.pooled:
+            _POOL.lent = False  # the next forward may reuse it: this backward is its last reader but one (the head)
+        if not bool(grad_output == 1):  # 1 is the usual case: no pass over the (tokens × vocabulary) gradient
+            grad.mul_(grad_output.to(grad.dtype))
+        return grad, None, None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
