@@ -87,12 +87,13 @@ def squad_slice(tmp_path_factory) -> dict[str, Path]:
     return {"train": write(train[:40], out / "train.jsonl"), "eval": write(evaluation[:16], out / "eval.jsonl")}
 
 
-def kill_at_checkpoint(command: list[str], run_dir: Path, step: int, timeout: float = 300) -> None:
+def kill_at_checkpoint(command: list[str], run_dir: Path, step: int, timeout: float = 300,
+                       cwd: Path = REPO) -> None:
     """Start ``command`` (an `lmtune train`), SIGKILL it once checkpoint ``step`` is on disk, and wait."""
     import signal
     import time
 
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while not (run_dir / "checkpoints" / f"step-{step}" / "trainer_state.json").exists():
         assert proc.poll() is None, "training ended before it could be killed"

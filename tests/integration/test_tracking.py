@@ -15,6 +15,12 @@ from tests.conftest import REPO, kill_at_checkpoint, lmtune_command
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_repository(tmp_path, monkeypatch):
+    """MLflow puts a SQLite store's artifacts in ./mlruns of the working directory: keep them in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _command(sst2_slice, out, store, *extra):
     return lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
                           f"data.validation={sst2_slice['dev']}", f"output={out}", "train.max_steps=12",
@@ -43,10 +49,10 @@ def test_a_killed_and_resumed_run_is_one_mlflow_run_with_one_history_and_tensorb
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     command = _command(sst2_slice, out, store, "--report-to", "mlflow,tensorboard")
-    kill_at_checkpoint(command, out, step=8)
+    kill_at_checkpoint(command, out, step=8, cwd=tmp_path)
     [killed] = _runs(store)
     assert killed.info.status == "RUNNING"  # SIGKILL: nobody could close it
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "resumed from step-8" in result.stderr
 
@@ -77,24 +83,24 @@ def test_sigterm_marks_the_tracker_run_killed_and_runs_lists_it(sst2_slice, tmp_
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "killed"
     proc = subprocess.Popen(_command(sst2_slice, out, store, "tracking.report_to=mlflow", "train.max_steps=400"),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.1)
     listed = subprocess.run(lmtune_command("runs", str(tmp_path), "--json"), capture_output=True, text=True,
-                            cwd=REPO, timeout=120)
+                            cwd=tmp_path, timeout=120)
     assert json.loads(listed.stdout)["status"] == "running"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 128 + signal.SIGTERM
     [run] = _runs(store)
     assert run.info.status == "KILLED"
     listed = subprocess.run(lmtune_command("runs", str(tmp_path), "--json"), capture_output=True, text=True,
-                            cwd=REPO, timeout=120)
+                            cwd=tmp_path, timeout=120)
     row = json.loads(listed.stdout)
     assert row["status"] == "killed" and row["task"] == "classification" and row["strategy"] == "full"
     assert row["metric"] == "accuracy" and row["age_s"] < 120
-    table = subprocess.run(lmtune_command("runs", str(tmp_path)), capture_output=True, text=True, cwd=REPO)
+    table = subprocess.run(lmtune_command("runs", str(tmp_path)), capture_output=True, text=True, cwd=tmp_path)
     assert table.stdout.splitlines()[0].split() == ["run", "task", "model", "strategy", "status", "best", "age"]
 
 
@@ -123,7 +129,7 @@ def test_a_tracker_that_cannot_start_stops_the_run_before_it_trains(sst2_slice, 
     out = tmp_path / "run"
     result = subprocess.run(_command(sst2_slice, out, "http://127.0.0.1:9/", "train.max_steps=2", "--report-to",
                                      "mlflow"),
-                            capture_output=True, text=True, cwd=REPO, timeout=300,
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300,
                             env={**__import__("os").environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
     assert result.returncode == 2, result.stderr
@@ -136,7 +142,7 @@ def test_a_tracker_that_cannot_start_stops_the_run_before_it_trains(sst2_slice, 
     if absent:  # an optional tracker that is not installed: a config error naming the package
         missing = subprocess.run(lmtune_command("train", str(REPO / "examples" / "sst2.yaml"), f"output={out}",
                                                 f"tracking.report_to={absent[0]}"), capture_output=True, text=True,
-                                 cwd=REPO)
+                                 cwd=tmp_path)
         assert missing.returncode == 2
         assert (f"tracking.report_to: {absent[0]} needs the {absent[0]} package, which is not installed"
                 in missing.stderr)
@@ -151,7 +157,7 @@ def test_track_replays_a_finished_run_once(trained_run, tmp_path):
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
     for _ in range(2):  # the second replay finds everything logged already
         result = subprocess.run(lmtune_command("track", str(copy), "--to", "mlflow", "--mlflow-uri", store),
-                                capture_output=True, text=True, cwd=REPO, timeout=300)
+                                capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert result.returncode == 0, result.stderr
     [run] = _runs(store)
     assert run.info.status == "FINISHED"
@@ -169,7 +175,7 @@ def test_compare_logs_a_parent_run_and_a_child_per_trial(sst2_slice, tmp_path):
                        f"data.validation={sst2_slice['dev']}", f"output={tmp_path / 'cmp'}", "train.batch_size=16",
                        "train.eval_train_samples=0", f"tracking.mlflow_uri={store}", "--strategies", "head,bitfit",
                        "--budget", "4", "--no-prune", "--report-to", "mlflow"),
-        capture_output=True, text=True, cwd=REPO, timeout=900)
+        capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr
     runs = _runs(store)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -190,7 +196,7 @@ def test_trackio_and_wandb_log_locally_when_installed(sst2_slice, tmp_path, trac
     out = tmp_path / "run"
     result = subprocess.run(_command(sst2_slice, out, "unused", "train.max_steps=4", "train.eval_every=2",
                                      f"tracking.report_to={tracker}"),
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((out / "tracking.json").read_text())[tracker]["last_step"] == 4
     if tracker == "trackio":
