@@ -116,7 +116,8 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     Returns:
         The final training state (step, best metric and its step, throughput counters).
     """
-    per_epoch, total = plan_steps([len(ex["input_ids"]) for ex in inputs.train], cfg, accelerator.num_processes)
+    lengths = [len(ex["input_ids"]) for ex in inputs.train]
+    per_epoch, total = plan_steps(lengths, cfg, accelerator.num_processes)
     with ExitStack() as speedups:
         # sparse gradients and DDP's bucketed all-reduce do not mix: several processes keep dense embeddings
         sparse = cfg.sparse_embeddings and accelerator.num_processes == 1
@@ -137,7 +138,8 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             speedups.enter_context(fast_dropout(model))
         # after the resume, so the copies start from the checkpoint's (fp32) weights
         copies = Bf16Weights(model, lazy) if _bf16_copies(accelerator, cfg) else None
-        _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, per_epoch, total, copies).run()
+        _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, lengths, per_epoch, total,
+              copies).run()
     tracker.close()
     if inputs.restore_best and state.best_step not in (None, state.step):
         _restore(accelerator, inputs, state, tracker)
@@ -156,6 +158,8 @@ class _Loop:
     cfg: TrainConfig
     state: TrainState
     tracker: Tracker
+    lengths: list[int]
+    """Token count of each training example (what the batch plan sorts and sizes by)."""
     per_epoch: int
     total: int
     copies: Bf16Weights | None = None
@@ -164,7 +168,6 @@ class _Loop:
     def __post_init__(self) -> None:
         self.window = _Window()
         self.forward = self.copies if self.copies is not None else self.model
-        self.lengths = [len(ex["input_ids"]) for ex in self.inputs.train]
 
     def run(self) -> None:
         state, cfg = self.state, self.cfg

@@ -36,10 +36,10 @@ class _GradientBuffer(threading.local):
 
     def take(self, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(a tensor shaped like ``like``, whether it is the pooled one)."""
+        if self.lent:
+            return torch.empty_like(like), False
         t = self.tensor
-        if self.lent or t is None or t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
-            if self.lent:
-                return torch.empty_like(like), False
+        if t is None or t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
             self.tensor = t = torch.empty_like(like)
         self.lent = True
         return t, True
