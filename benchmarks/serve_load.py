@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from lmtune.serving.process import ServeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -39,30 +40,15 @@ def lmtune(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, **kwargs)
 
 
-class Server:
+class Server(ServeProcess):
+    """`lmtune serve` of the repository, with the RSS of its process."""
+
     def __init__(self, runs: list[str], *options: str):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "lmtune", "serve", *runs, "--port", str(self.port),
-                                      "--log-level", "warning", *options], cwd=REPO, env=ENV)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit("server not ready")
+        super().__init__(runs, "--log-level", "warning", *options, cwd=REPO, env=ENV)
+        self.wait_ready(300)
 
     def rss_mib(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
 
 
 class Connection:

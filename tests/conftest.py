@@ -15,6 +15,8 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALL
 
 import pytest  # noqa: E402
 
+from lmtune.serving.process import ServeProcess  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SST2 = SHARED_DATA / "sst2"
@@ -248,51 +250,8 @@ def dialogsum(tmp_path_factory) -> dict[str, Path]:
     return {"train": out / "train.jsonl", "test": out / "test.jsonl", "model": make_tiny_bert(out / "bert", 2, 64)}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A real `lmtune serve` process on a free loopback port (started by `start`, stopped by `stop`)."""
+class Server(ServeProcess):
+    """A real `lmtune serve` process on a free loopback port, run from the repository."""
 
     def __init__(self, runs: list[str], *options: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"lmtune-serve-{self.port}.log"
-        self.proc = subprocess.Popen(lmtune_command("serve", *runs, "--port", str(self.port), *options), cwd=REPO,
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        import time
-
-        import httpx
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"not ready in {timeout} s: {self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> int:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        super().__init__(runs, *options, cwd=REPO)

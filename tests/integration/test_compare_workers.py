@@ -33,7 +33,7 @@ def postgres():
     import shutil
     import tempfile
 
-    from tests.conftest import free_port
+    from lmtune.serving.process import free_port
 
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not bins:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -482,3 +483,11 @@ def test_the_python_app_mounts_in_other_asgi_code(task_runs):
         [expected] = lmtune.load(task_runs["cls"]).predict(["a wonderful film"])
         assert answer.json()["predictions"] == [{"text": "a wonderful film", **expected}]
         assert client.get("/sentiment/info").json()["limits"]["max_batch_size"] == 4
+
+
+def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
+    """`ServeProcess.wait_ready` stops waiting when the child exits, and shows the child's error."""
+    srv = Server([f"cls={tmp_path / 'missing'}"])
+    with pytest.raises(RuntimeError, match="exited with 2: .*missing"):
+        srv.wait_ready(60)
+    assert srv.stop() == 2
