@@ -56,7 +56,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe(_read_holder(fd))
+            holder = _describe(_busy_holder(fd))
             os.close(fd)
             raise LmtuneError(f"output: {self.run_dir} is being written by {holder}; wait for it to finish, "
                               "or choose another output") from None
@@ -92,13 +92,21 @@ def live_holder(run_dir: Path) -> dict | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _read_holder(fd)
-        return holder if holder is not None else {}
+        return _busy_holder(fd) or {}
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _busy_holder(fd: int, wait: float = 2.0) -> dict | None:
+    """The holder of a lock found held. It writes itself into the file right after it locks, so a file
+    read in between (empty, or cut mid-write) is read again for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while not (holder := _read_holder(fd)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return holder
 
 
 def _read_holder(fd: int) -> dict | None:

@@ -77,3 +77,30 @@ def test_the_lock_is_released_for_the_next_writer(tmp_path):
     with RunLock(run):
         pass
     assert time.monotonic() - start < 1
+
+
+LOCK_THEN_WRITE = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(0.5)  # the window between taking the lock and writing the holder into it
+os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode(), 0)
+time.sleep(60)
+"""
+
+
+def test_a_writer_that_has_locked_but_not_yet_written_itself_is_still_named(tmp_path):
+    """Two runs started together: the loser may look while the winner holds the lock with an empty file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", LOCK_THEN_WRITE, str(run / LOCK_FILE)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        assert (run / LOCK_FILE).read_text() == ""
+        with pytest.raises(LmtuneError, match=f"is being written by pid {proc.pid} on "):
+            RunLock(run).acquire()
+    finally:
+        proc.kill()
+        proc.wait()
