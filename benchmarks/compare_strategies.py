@@ -25,8 +25,8 @@ STRATEGIES = ["full", "freeze", "head", "lora", "bitfit"]
 
 
 def main() -> None:
-    from lmtune.config import load_config
-    from lmtune.selection import compare
+    from lmtune.comparison import compare
+    from lmtune.loader import load_config
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=3000)

@@ -37,9 +37,9 @@ def _config(args: argparse.Namespace, base: Path, out: Path) -> dict:
 def prepare_base(args: argparse.Namespace) -> Path:
     """The shared starting point: config, tokenizer (trained on the training documents) and seeded weights."""
     from lmtune import scratch
-    from lmtune.config import load_config
     from lmtune.data.splits import load_tables
-    from lmtune.runs import make_task
+    from lmtune.loader import load_config
+    from lmtune.pipeline import make_task
 
     base = Path(args.work) / "base"
     if not base.is_dir():
@@ -62,10 +62,10 @@ def _save_initial_weights(base: Path, seed: int) -> None:
 
 def _blocks(args: argparse.Namespace, base: Path):
     """(training blocks, validation documents, task, tokenizer) exactly as lmtune makes them."""
-    from lmtune.config import load_config
     from lmtune.data.splits import load_tables
+    from lmtune.loader import load_config
     from lmtune.models import load_tokenizer
-    from lmtune.runs import make_task
+    from lmtune.pipeline import make_task
 
     cfg = load_config(_config(args, base, Path(args.work) / "unused"))
     task = make_task(cfg)

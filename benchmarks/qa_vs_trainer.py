@@ -54,8 +54,8 @@ def run_trainer(args: argparse.Namespace, out: Path) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from lmtune.config import load_config
     from lmtune.data import read_table
+    from lmtune.loader import load_config
     from lmtune.models import load_tokenizer, resolve_model
     from lmtune.tasks.qa import QuestionAnswering
 

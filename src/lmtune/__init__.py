@@ -1,19 +1,20 @@
 """lmtune: pretrain, fine-tune, compare strategies, diagnose and explain transformer language models."""
 
-from lmtune.config import RunConfig, load_config
+from lmtune.about import __version__  # noqa: F401  (lmtune.__version__)
+from lmtune.config import RunConfig
 from lmtune.errors import ConfigError, DataError, LmtuneError
-
-__version__ = "0.1.0"
+from lmtune.loader import load_config
 
 
 def train(config, overrides=(), **options):
-    """Train as ``config`` (a RunConfig, YAML path or dict) says; see `lmtune.runs.train` for ``options``."""
-    from lmtune import runs
+    """Train as ``config`` (a RunConfig, YAML path or dict) says; see `lmtune.review.train_and_review` for
+    ``options``."""
+    from lmtune.review import train_and_review
 
     if isinstance(config, dict):
         config = load_config(config, overrides)
         overrides = ()
-    return runs.train(config, overrides, **options)
+    return train_and_review(config, overrides, **options)
 
 
 def load(run_dir):
@@ -37,11 +38,11 @@ def import_llama2c(path, out):
 
 
 def compare(config, strategies, overrides=(), **options):
-    """Compare strategies on ``config`` (a RunConfig, YAML path or dict); see `lmtune.selection.compare`.
+    """Compare strategies on ``config`` (a RunConfig, YAML path or dict); see `lmtune.comparison.compare`.
 
     Returns the leaderboard (``.rows``, ``.winner``, ``.text()``).
     """
-    from lmtune.selection import compare as run_compare
+    from lmtune.comparison import compare as run_compare
 
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
@@ -60,7 +61,11 @@ def diagnose(run_dir, data_curve=False):
     from lmtune import diagnosis
 
     result = diagnosis.diagnose(run_dir)
-    return (result, diagnosis.data_curve(run_dir)) if data_curve else result
+    if not data_curve:
+        return result
+    from lmtune.comparison import data_curve as curve
+
+    return result, curve(run_dir)
 
 
 def explain(run_dir, texts, out_dir=None, **options):

@@ -20,6 +20,7 @@ from lmtune.data import Table
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import evaluate_examples, predict_examples
 from lmtune.evaluation.low_precision import BF16Cache
+from lmtune.integrity import FileCheckError
 from lmtune.models import from_hub_or_local, load_tokenizer
 from lmtune.strategies.lora import is_adapter_dir, load_adapter_model
 from lmtune.tasks import TASKS, Task
@@ -99,7 +100,7 @@ class Run:
 def load(run_dir: str | Path) -> Run:
     """Load a finished run directory for prediction and evaluation."""
     path, cfg, task_state = rundir.read_run(run_dir)
-    task = restore_task(cfg, task_state)
+    task = restore_task(cfg, task_state, path)
     source = str(path / rundir.MODEL)
     if is_adapter_dir(path / rundir.MODEL):
         model = load_adapter_model(path / rundir.MODEL, lambda base: from_hub_or_local(task.build_model, base))
@@ -111,8 +112,16 @@ def load(run_dir: str | Path) -> Run:
     return Run(path, cfg, task, model, load_tokenizer(source))
 
 
-def restore_task(cfg: RunConfig, task_state: dict[str, Any]) -> Task:
-    """The task of a saved run (its labels, options and seeds), for every consumer of a run directory."""
+def restore_task(cfg: RunConfig, task_state: dict[str, Any], run_dir: Path | None = None) -> Task:
+    """The task of a saved run (its labels, options and seeds), for every consumer of a run directory.
+
+    Raises:
+        FileCheckError: the saved config names no registered task (``run_dir`` names the file).
+    """
+    problem = TASKS.check(cfg.task)
+    if problem:
+        where = Path(run_dir or cfg.output) / rundir.CONFIG
+        raise FileCheckError(where, f"not a valid run config (task: {problem})")
     return TASKS.get(cfg.task).from_state(task_state, cfg)
 
 

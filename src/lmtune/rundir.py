@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from lmtune.config import RunConfig, config_to_dict, load_config
+from lmtune.config import RunConfig, config_to_dict, parse_config
 from lmtune.errors import ConfigError, LmtuneError
 from lmtune.integrity import FileCheckError, check_model_dir, read_json_object, read_yaml
 from lmtune.runlock import LOCK_FILE
@@ -25,6 +25,11 @@ MODEL = "model"
 STATUS = "status.json"
 """Why an unfinished run stopped (failed or killed), for `lmtune runs`; removed when the run finishes."""
 _MODEL_TMP = ".model-"
+METRICS_LOG = "metrics.jsonl"
+"""One JSON line per log or evaluation event (`lmtune.training.metrics_log` writes it)."""
+EXAMPLE_LOSSES_LOG = "example_losses.jsonl"
+"""Per-example losses of the fixed training sample at each evaluation (label-noise evidence)."""
+LOG_FILES = (METRICS_LOG, EXAMPLE_LOSSES_LOG)
 
 ABSENT_MEANT = {"early_stopping.restore_best": False, "train.eval_train_samples": 0}
 """Settings added after the first release whose absence from a saved config means something other than
@@ -90,10 +95,35 @@ def read_run(run_dir: str | Path, finished: bool = True) -> tuple[Path, RunConfi
     if finished:
         check_model_dir(path / MODEL, "run's model")
     try:
-        cfg = load_config(_upgrade(saved))
+        cfg = parse_config(_upgrade(saved))
     except ConfigError as err:
         raise FileCheckError(path / CONFIG, f"not a valid run config ({'; '.join(err.problems)})") from None
     return path, cfg, task_state
+
+
+def read_log(run_dir: Path, file: str = METRICS_LOG) -> list[dict[str, Any]]:
+    """The log's records. A last line without its newline is being written (or was cut by a kill) and is
+    left out; any other line that is not a JSON object is an error naming the file and line."""
+    path = run_dir / file
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FileCheckError(path, f"not text (invalid UTF-8 at byte {err.start}); the log is damaged") from None
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise FileCheckError(f"{path}:{number}", "not a JSON object; the log is damaged")
+        records.append(record)
+    return records
 
 
 def save_model_atomic(run_dir: Path, save: Any) -> Path:
@@ -167,13 +197,13 @@ def _check_compatible(run_dir: Path, cfg: RunConfig) -> RunConfig:
     for key in legacy:
         section, name = key.split(".")
         values[section][name] = ABSENT_MEANT[key]
-    return load_config(values)
+    return parse_config(values)
 
 
 def _upgrade(saved: Any) -> Any:
     """A config saved by an older lmtune, as this one reads it: moved keys in their new place, keys added
     since then at their defaults (which is what that run used)."""
-    from lmtune.config.load import MOVED
+    from lmtune.config import MOVED
 
     if not isinstance(saved, dict):
         return saved

@@ -35,7 +35,7 @@ def test_torchrun_two_cpu_processes(sst2_slice, tmp_path):
     # the learning rate follows the schedule of 7 optimizer steps, as in one process (not one step per process)
     import torch
 
-    from lmtune.config import load_config
+    from lmtune.loader import load_config
     from lmtune.training.optim import build_scheduler
 
     cfg = load_config(REPO / "examples" / "sst2.yaml", ["train.epochs=1"]).train

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from lmtune import pipeline
 from lmtune.cli.main import main
 from tests.conftest import REPO, lmtune_command
 
@@ -91,6 +92,7 @@ def write_and_die(directory):  # the checkpoint's files are on disk, the manifes
         os.kill(os.getpid(), signal.SIGKILL)
     write(directory)
 checkpoint.write_manifest = write_and_die
+from lmtune import pipeline
 from lmtune.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -173,12 +175,11 @@ def test_disk_full_in_the_middle_of_a_checkpoint(sst2_slice, tmp_path, capsys, m
 
 
 def test_a_full_disk_anywhere_is_one_line(capsys, monkeypatch, tmp_path):
-    from lmtune import runs
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "metrics.jsonl"))
 
-    monkeypatch.setattr(runs, "train", full)
+    monkeypatch.setattr(pipeline, "train", full)
     assert main(["train", str(REPO / "examples" / "sentiment.yaml")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"lmtune: error: {tmp_path / 'metrics.jsonl'}: No space left on device; fix that and run the same command "

@@ -49,7 +49,7 @@ def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path)
     predictions = [json.loads(x) for x in result.stdout.splitlines()]
     assert len(predictions) == 16
     # predict and eval take one path: SQuAD's scores of predict's answers are eval's scores
-    from lmtune.evaluation.squad import squad_scores
+    from lmtune.tasks.squad_metric import squad_scores
 
     references = [json.loads(x)["answers"]["text"] for x in squad_slice["eval"].read_text().splitlines()]
     assert squad_scores([p["answer"] for p in predictions], references) == {

@@ -120,7 +120,7 @@ def test_a_run_that_fails_is_marked_failed(sst2_slice, tmp_path):
         lmtune.train(config, on_eval=fail)
     [run] = _runs(store)
     assert run.info.status == "FAILED"
-    from lmtune.listing import list_runs
+    from lmtune.run_list import list_runs
 
     assert list_runs(tmp_path)[0]["status"] == "failed"
 

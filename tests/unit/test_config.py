@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from lmtune.config import load_config
 from lmtune.errors import ConfigError
+from lmtune.loader import load_config
 
 BASE = {"data": {"train": "x.csv"}, "output": "runs/x"}
 

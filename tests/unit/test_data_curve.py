@@ -8,7 +8,7 @@ import pytest
 
 import lmtune
 from lmtune.cli.main import main
-from lmtune.diagnosis.data_curve import CurvePoint, _judge
+from lmtune.comparison.data_curve import CurvePoint, _judge
 from tests.conftest import make_tiny_bert
 
 

@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from lmtune.config import config_to_dict, load_config
+from lmtune.config import config_to_dict
 from lmtune.diagnosis import Diagnosis, diagnose
+from lmtune.loader import load_config
 
 
 def _run(tmp_path, validation, sample=None, train_losses=None, final=None, rows=None, val_rows=None,

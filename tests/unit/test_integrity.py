@@ -19,7 +19,7 @@ from lmtune.integrity import (
     read_yaml,
     write_manifest,
 )
-from lmtune.training.tracking import read_log
+from lmtune.rundir import read_log
 
 
 def _model_dir(path: Path, adapter: bool = False) -> Path:

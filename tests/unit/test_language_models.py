@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lmtune.data.corpus import DOCUMENT_SEPARATOR, document_windows, pack, split_documents
 from lmtune.data.masking import IGNORE_INDEX, example_rng, mask_example
-from lmtune.training.losses import cross_entropy
+from lmtune.tasks.losses import cross_entropy
 
 
 def test_documents_split_on_separator_lines_else_blank_lines_else_lines():

@@ -8,9 +8,9 @@ import torch
 from lmtune.config import DataConfig
 from lmtune.data import Table
 from lmtune.errors import DataError
-from lmtune.evaluation.squad import normalize_answer, squad_scores
 from lmtune.models import load_tokenizer, resolve_model
 from lmtune.tasks.qa import QuestionAnswering
+from lmtune.tasks.squad_metric import normalize_answer, squad_scores
 
 DATA = DataConfig(train="t.jsonl", text="question", text_pair="context", label="answers")
 

@@ -1,5 +1,5 @@
-from lmtune.selection.leaderboard import Row, _winner
-from lmtune.selection.space import TrialSpec, plan
+from lmtune.comparison.leaderboard import Row, _winner
+from lmtune.comparison.space import TrialSpec, plan
 from lmtune.tasks.classification import Classification
 from lmtune.tasks.qa import QuestionAnswering
 
@@ -43,8 +43,8 @@ def test_tuned_variants_and_explicit_storage_on_a_tiny_model(tmp_path):
 
     import optuna
 
-    from lmtune.config import load_config
-    from lmtune.selection import compare
+    from lmtune.comparison import compare
+    from lmtune.loader import load_config
     from tests.conftest import make_tiny_bert
 
     model_dir = make_tiny_bert(tmp_path / "tiny", layers=4, hidden=16)

@@ -7,7 +7,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from lmtune.config import StrategyConfig
-from lmtune.strategies import anatomy, trainable_parameters
+from lmtune.strategies import anatomy, build_strategy, trainable_parameters
 from lmtune.training.optim import build_optimizer
 
 
@@ -19,7 +19,7 @@ def _tiny() -> BertForSequenceClassification:
 
 
 def _trainable(strategy: StrategyConfig) -> set[str]:
-    model = strategy.build().apply(_tiny())
+    model = build_strategy(strategy).apply(_tiny())
     return {name for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -36,7 +36,7 @@ def test_freeze_keeps_embeddings_and_bottom_blocks_fixed_with_dropout_off():
     assert not any(n.startswith("bert.embeddings.") for n in names)
     assert not any(".layer.0." in n or ".layer.1." in n for n in names)
     assert any(".layer.2." in n for n in names) and "classifier.weight" in names
-    model = StrategyConfig("freeze", layers=3).build().apply(_tiny())
+    model = build_strategy(StrategyConfig("freeze", layers=3)).apply(_tiny())
     dropouts = {n: m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
     assert dropouts["bert.embeddings.dropout"] == 0 and dropouts["bert.encoder.layer.2.output.dropout"] == 0
     assert dropouts["bert.encoder.layer.3.output.dropout"] == 0.1 and dropouts["dropout"] == 0.1
@@ -55,7 +55,7 @@ def test_bitfit_trains_biases_and_head():
 
 
 def test_lora_adds_small_adapters_and_trains_the_head():
-    model = StrategyConfig("lora", r=2).build().apply(_tiny())
+    model = build_strategy(StrategyConfig("lora", r=2)).apply(_tiny())
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n and "query" in n for n in names) and any("lora_B" in n and "value" in n for n in names)
     assert any("classifier" in n for n in names)
@@ -65,7 +65,7 @@ def test_lora_adds_small_adapters_and_trains_the_head():
 
 
 def test_llrd_rates_shrink_geometrically_downwards():
-    strategy = StrategyConfig("llrd", decay=0.5).build()
+    strategy = build_strategy(StrategyConfig("llrd", decay=0.5))
     model = strategy.apply(_tiny())
     layers = anatomy.num_layers(model)
     assert strategy.lr_scale("classifier.weight", layers) == 1.0
@@ -78,14 +78,14 @@ def test_llrd_rates_shrink_geometrically_downwards():
 
 
 def test_freeze_with_decay_combines():
-    strategy = StrategyConfig("freeze", layers=2, decay=0.5).build()
+    strategy = build_strategy(StrategyConfig("freeze", layers=2, decay=0.5))
     assert strategy.lr_scale("bert.encoder.layer.2.output.dense.weight", 4) == 0.25
 
 
 @pytest.mark.parametrize(("name", "lr"), [("full", 5e-5), ("freeze", 1e-4), ("head", 1e-3), ("lora", 5e-4),
                                           ("bitfit", 1e-3), ("llrd", 1e-4)])
 def test_each_strategy_has_its_own_default_learning_rate(name, lr):
-    from lmtune.config import load_config
+    from lmtune.loader import load_config
 
     assert load_config({"data": {"train": "a.csv"}, "strategy": {"name": name}}).train.lr == lr
     assert load_config({"data": {"train": "a.csv"}, "strategy": {"name": name}, "train": {"lr": 0.1}}).train.lr == 0.1

@@ -7,9 +7,9 @@ import json
 import pytest
 
 import lmtune
-from lmtune.config import load_config
 from lmtune.data import Table, collate
 from lmtune.data.splits import load_tables
+from lmtune.loader import load_config
 from lmtune.models import load_tokenizer, resolve_model
 from lmtune.tasks.summarization import IGNORE_INDEX, Summarization, rouge
 from tests.conftest import make_tiny_bert

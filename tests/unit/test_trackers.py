@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lmtune.config import load_config
+from lmtune.loader import load_config
 from lmtune.trackers.base import Backend
 from lmtune.trackers.session import TrackingSession
 

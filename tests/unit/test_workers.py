@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from lmtune.comparison import workers
 from lmtune.errors import LmtuneError
-from lmtune.selection import workers
 
 
 class _Study:

@@ -1,4 +1,4 @@
-"""``lmtune`` command line: a table of subcommands, each a thin layer over `lmtune.runs`."""
+"""``lmtune`` command line: a table of subcommands, each a thin layer over `lmtune.pipeline`."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lmtune import runs
+    from lmtune.review import train_and_review
     from lmtune.training import interrupt
 
     interrupt.install()
-    metrics = runs.train(args.config, _with_report_to(args))
+    metrics = train_and_review(args.config, _with_report_to(args))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary line, not one per process
         sys.stdout.write(json.dumps(_headline(metrics)) + "\n")
     return 0
@@ -109,8 +109,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from lmtune.config import load_config
-    from lmtune.selection import compare
+    from lmtune.comparison import compare
+    from lmtune.loader import load_config
 
     config = load_config(args.config, _with_report_to(args))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -135,7 +135,7 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from lmtune.listing import list_runs, table
+    from lmtune.run_list import list_runs, table
 
     found = list_runs(args.dir)
     if args.json:
@@ -146,7 +146,8 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from lmtune.diagnosis import data_curve, diagnose
+    from lmtune.comparison import data_curve
+    from lmtune.diagnosis import diagnose
 
     diagnosis = diagnose(args.run)
     curve = data_curve(args.run) if args.data_curve else None

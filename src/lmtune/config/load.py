@@ -1,7 +1,8 @@
-"""YAML plus ``a.b=c`` overrides → a validated :class:`RunConfig`.
+"""YAML plus ``a.b=c`` overrides → a :class:`RunConfig` checked field by field.
 
 Every problem (unknown key, wrong type, bad value) is collected and reported at once in a
-single :class:`ConfigError`, each naming the key, the bad value and what is allowed.
+single :class:`ConfigError`, each naming the key, the bad value and what is allowed. Checks that need the
+registered tasks and strategies are `lmtune.loader`'s, a layer above.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +27,21 @@ MOVED = {
 """Keys that changed section: configs using the old place get told the new one."""
 
 
-def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a run config from a YAML file (or a dict) and apply ``key=value`` overrides.
+@dataclass
+class Parsed:
+    """A config read and checked field by field, with every problem found so far."""
 
-    Args:
-        source: path to a YAML file, or an already-parsed mapping.
-        overrides: strings like ``train.lr=2e-5``; values are parsed as YAML scalars.
+    config: RunConfig
+    problems: list[str]
+    source: str
+    """Where it came from, for the error (a file path, or "config")."""
+    data_keys: frozenset[str]
+    """The ``data`` keys the config set (the others may take a task's defaults)."""
 
-    Returns:
-        The validated config; relative data/output paths are resolved against the current directory.
 
-    Raises:
-        ConfigError: naming every invalid key and value.
-    """
+def read_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> Parsed:
+    """Read a YAML file (or a dict), apply ``key=value`` overrides and check every field; raise nothing for
+    field problems (they are collected for one error), only for a file that cannot be read."""
     name = "config"
     if isinstance(source, dict):
         raw = dict(source)
@@ -51,9 +55,21 @@ def load_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...
         raw["output"] = str(Path("runs") / Path(source).stem)
     config = _build(RunConfig, raw, "", problems)
     problems += _validate_all(config)
-    if problems:
-        raise ConfigError(problems, source=name)
-    return _resolve_paths(_resolve_lr(_resolve_columns(config, raw.get("data") or {})))
+    data = raw.get("data")
+    return Parsed(config, problems, name, frozenset(data) if isinstance(data, dict) else frozenset())
+
+
+def parse_config(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A config checked field by field only, with local paths made absolute: for a run directory's saved config,
+    which was fully checked when it was written (`lmtune.loader.load_config` checks new ones).
+
+    Raises:
+        ConfigError: naming every invalid key and value.
+    """
+    parsed = read_config(source, overrides)
+    if parsed.problems:
+        raise ConfigError(parsed.problems, source=parsed.source)
+    return resolve_paths(parsed.config)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -67,29 +83,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _resolve_lr(config: RunConfig) -> RunConfig:
-    """No learning rate given: use the strategy's default (a scratch model's own), so that it is explicit in
-    the saved config."""
-    if config.train.lr is not None:
-        return config
-    from lmtune import scratch
-
-    # new weights learn from nothing: 10-100x the fine-tuning rates
-    lr = scratch.SCRATCH_LR if scratch.is_scratch(config.model) else config.strategy.build().default_lr
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, lr=lr))
-
-
-def _resolve_columns(config: RunConfig, given: dict) -> RunConfig:
-    """Columns the config does not name take the task's natural names (QA: question, context, answers)."""
-    from lmtune.tasks import TASKS
-
-    defaults = TASKS.get(config.task).default_columns
-    missing = {k: v for k, v in defaults.items() if not (isinstance(given, dict) and k in given)}
-    if not missing:
-        return config
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, **missing))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -209,7 +202,7 @@ def _validate_all(config: RunConfig) -> list[str]:
     return problems
 
 
-def _resolve_paths(config: RunConfig) -> RunConfig:
+def resolve_paths(config: RunConfig) -> RunConfig:
     """Make local paths absolute so that the saved config works from any directory."""
 
     def resolve(value: str | None) -> str | None:

@@ -57,13 +57,9 @@ class DataConfig:
         return problems
 
 
-STRATEGY_KNOBS = {
-    "full": ("decay",),
-    "freeze": ("layers", "decay"),
-    "llrd": ("decay",),
-    "lora": ("r", "alpha", "dropout", "target_modules"),
-}
-"""Which strategy each knob belongs to; a knob set for another strategy is a config error."""
+STRATEGY_KNOBS = ("layers", "decay", "r", "alpha", "dropout", "target_modules")
+"""The strategy settings; each strategy takes the ones that are fields of its class (`lmtune.strategies`), and a
+knob set for another strategy is a config error (checked by `lmtune.loader`)."""
 CACHE_MODES = ("auto", "off", "memory", "disk")
 
 
@@ -88,16 +84,7 @@ class StrategyConfig:
     """Frozen-layer caching for freeze/head: auto (RAM if it fits the budget, else disk) | memory | disk | off."""
 
     def validate(self) -> list[str]:
-        from lmtune.strategies import STRATEGIES
-
-        problem = STRATEGIES.check(self.name)
-        if problem:
-            return [f"strategy.name: {problem}"]
         problems = []
-        for knob in ("layers", "decay", "r", "alpha", "dropout", "target_modules"):
-            owners = [name for name, knobs in STRATEGY_KNOBS.items() if knob in knobs]
-            if getattr(self, knob) is not None and self.name not in owners:
-                problems.append(f"strategy.{knob}: only used by strategy {' or '.join(owners)}, not {self.name!r}")
         if self.layers is not None and (self.layers < 0 or (isinstance(self.layers, float) and self.layers >= 1)):
             problems.append(f"strategy.layers: {self.layers} is neither a block count (an integer >= 0) nor a "
                             "fraction of the blocks (strictly between 0 and 1)")
@@ -112,12 +99,9 @@ class StrategyConfig:
             problems.append(f"strategy.cache: {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
         return problems
 
-    def build(self) -> Any:
-        """The strategy object, with the knobs that were set (the others keep the strategy's defaults)."""
-        from lmtune.strategies import STRATEGIES
-
-        knobs = {k: getattr(self, k) for k in STRATEGY_KNOBS.get(self.name, ()) if getattr(self, k) is not None}
-        return STRATEGIES.get(self.name)(**knobs)
+    def knobs(self) -> dict[str, Any]:
+        """The strategy settings that were set (the others keep the strategy's defaults)."""
+        return {k: getattr(self, k) for k in STRATEGY_KNOBS if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)
@@ -429,19 +413,8 @@ class RunConfig:
     """Run directory: config, checkpoints, metrics and the final model are written here."""
 
     def validate(self) -> list[str]:
-        from lmtune.tasks import TASKS
-
-        problem = TASKS.check(self.task)
-        problems = [f"task: {problem}"] if problem else []
-        if self.model.startswith("scratch:"):
-            from lmtune.scratch import SIZES
-
-            if self.task != "causal_lm":
-                problems.append(f"model: {self.model} (a new decoder) is for task causal_lm, not {self.task!r}; "
-                                "pretrain it first, then use its run directory as model:")
-            if self.model.removeprefix("scratch:") not in SIZES:
-                problems.append(f"model: unknown scratch size {self.model.removeprefix('scratch:')!r}; "
-                                f"available: {', '.join(SIZES)}")
+        """Checks across sections that need no task or strategy (those are `lmtune.loader`'s)."""
+        problems = []
         if self.augmentation.methods and self.strategy.cache in ("memory", "disk"):
             problems.append(f"strategy.cache: {self.strategy.cache!r} cannot be used with augmentation "
                             "(augmented inputs change every epoch); use auto or off")

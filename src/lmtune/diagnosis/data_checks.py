@@ -116,7 +116,7 @@ def _imbalance(train: Table, label: str) -> Finding | None:
 
 def _label_noise(run_dir: Path, train: Table, text: str, label: str) -> Finding | None:
     """Training examples the model keeps getting wrong in the later half of training."""
-    from lmtune.training.tracking import EXAMPLE_LOSSES_LOG, read_log
+    from lmtune.rundir import EXAMPLE_LOSSES_LOG, read_log
 
     losses = [line["losses"] for line in read_log(run_dir, EXAMPLE_LOSSES_LOG)]
     sample_file = run_dir / "train_sample.json"

@@ -11,7 +11,8 @@ from lmtune.diagnosis.dynamics import Curves, assess
 from lmtune.diagnosis.findings import Diagnosis, Finding
 from lmtune.errors import LmtuneError
 from lmtune.integrity import read_json_object
-from lmtune.training.tracking import read_log
+from lmtune.rundir import read_log
+from lmtune.tasks import deciding_metric
 
 DIAGNOSIS = "diagnosis.json"
 
@@ -24,16 +25,13 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
     """
     from lmtune.data.splits import load_tables
     from lmtune.inference import restore_task
-    from lmtune.runs import watched_metric
 
     path, cfg, task_state = rundir.read_run(run_dir, finished=False)
-    task = restore_task(cfg, task_state)
+    task = restore_task(cfg, task_state, path)
     final_file = path / rundir.FINAL_METRICS
     final = read_json_object(final_file, "the run's final metrics") if final_file.exists() else None
-    watch = watched_metric(cfg, task)
-    declared = task.metric(watch)
-    maximize = cfg.early_stopping.maximize(declared.greater_is_better)
-    state = assess(Curves.from_log(read_log(path)), cfg, watch, maximize, final, declared)
+    deciding = deciding_metric(task, cfg.early_stopping)
+    state = assess(Curves.from_log(read_log(path)), cfg, deciding.name, deciding.maximize, final, deciding.metric)
     data: list[Finding] = []
     if task.capabilities.class_labels:  # the data checks are about class labels
         try:

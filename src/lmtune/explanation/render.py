@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from lmtune.explanation.core import Explanation
-from lmtune.reporting.svg import line_chart
+from lmtune.svg_charts import line_chart
 
 MAX_PLOT_TOKENS = 40
 """Heatmaps of longer inputs show the 40 tokens the rollout ranks highest (in text order)."""

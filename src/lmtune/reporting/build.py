@@ -11,8 +11,8 @@ from typing import Any
 
 from lmtune import rundir
 from lmtune.integrity import FileCheckError, read_json, read_json_object
-from lmtune.reporting.svg import line_chart
-from lmtune.training.tracking import read_log
+from lmtune.rundir import read_log
+from lmtune.svg_charts import line_chart
 
 log = logging.getLogger("lmtune")
 
@@ -30,11 +30,11 @@ class Context:
 
     def __init__(self, run_dir: Path):
         from lmtune.inference import restore_task
-        from lmtune.runs import watched_metric
+        from lmtune.tasks import deciding_metric
 
         self.path, self.config, task_state = rundir.read_run(run_dir)
-        self.task = restore_task(self.config, task_state)
-        self.watch = watched_metric(self.config, self.task)
+        self.task = restore_task(self.config, task_state, self.path)
+        self.watch = deciding_metric(self.task, self.config.early_stopping).name
         self.log = read_log(self.path)
         self.final = _json(self.path / rundir.FINAL_METRICS) or {}
         self.versions = _json(self.path / rundir.VERSIONS) or {}

@@ -273,7 +273,7 @@ async def _info(request: Request, state: State) -> Response:
     import torch
     import transformers
 
-    from lmtune import __version__
+    from lmtune.about import __version__
 
     return JSONResponse({
         "runs": [run.info() for run in state.runs.values()],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from lmtune.config import StrategyConfig
 from lmtune.registry import Registry
 
 
@@ -32,6 +34,16 @@ class Strategy(Protocol):
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def knobs_of(name: str) -> tuple[str, ...]:
+    """The settings (``strategy.KNOB``) strategy ``name`` takes: the fields of its class."""
+    return tuple(f.name for f in dataclasses.fields(STRATEGIES.get(name)))
+
+
+def build_strategy(cfg: StrategyConfig) -> Strategy:
+    """The strategy object, with the knobs that were set (the others keep the strategy's defaults)."""
+    return STRATEGIES.get(cfg.name)(**cfg.knobs())
 
 
 class StrategyBase:

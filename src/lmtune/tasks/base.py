@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from lmtune.config import DataConfig
+from lmtune.config import DataConfig, EarlyStoppingConfig
 from lmtune.data import Table, read_table
 from lmtune.registry import Registry
 
@@ -80,6 +80,8 @@ class Capabilities:
     """Word-level edits of the training text keep the target (augmentation)."""
     rdrop: bool = False
     """R-Drop's KL between two dropout passes applies to its outputs (a distribution over classes)."""
+    from_scratch: bool = False
+    """Can train a new model from nothing (``model: scratch:SIZE``: a new decoder and tokenizer)."""
     low_precision_logits: bool = False
     """The loss accepts bf16 logits (it upcasts chunk by chunk), so the loop may skip accelerate's fp32 copy."""
 
@@ -241,3 +243,39 @@ class Task(abc.ABC):
 
 
 TASKS: Registry[type[Task]] = Registry("task")
+
+
+@dataclass(frozen=True)
+class DecidingMetric:
+    """The metric that counts for a run, and which way is better."""
+
+    metric: Metric
+    maximize: bool
+
+    @property
+    def name(self) -> str:
+        return self.metric.name
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` is strictly better than ``b``."""
+        return a > b if self.maximize else a < b
+
+
+def deciding_metric(task: Task | type[Task], early_stopping: EarlyStoppingConfig) -> DecidingMetric:
+    """The one rule for the metric that counts: ``early_stopping.metric`` when set, else the task's primary metric;
+    better is ``early_stopping.mode`` when not auto, else the direction the task declares for that metric.
+
+    It picks the checkpoint a run keeps (restore_best) and when training stops early, ranks and prunes the trials
+    of `lmtune compare`, and is what the diagnosis, the data curve, the report and `lmtune runs` judge a run by.
+
+    Raises:
+        LmtuneError: ``early_stopping.metric`` is not one of the task's validation metrics.
+    """
+    name = early_stopping.metric or task.primary_metric
+    if name not in task.metric_names:
+        from lmtune.errors import LmtuneError
+
+        raise LmtuneError(f"early_stopping.metric: {name!r} is not a validation metric of task {task.name!r}; "
+                          f"allowed: {', '.join(task.metric_names)}")
+    metric = task.metric(name)
+    return DecidingMetric(metric, early_stopping.maximize(metric.greater_is_better))

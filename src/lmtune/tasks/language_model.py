@@ -21,7 +21,7 @@ from lmtune.data.collate import IGNORE_INDEX, model_inputs
 from lmtune.data.corpus import document_ids, document_windows, pack, read_corpus
 from lmtune.errors import DataError
 from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
-from lmtune.training.losses import cross_entropy
+from lmtune.tasks.losses import cross_entropy
 
 
 class TokenTask(Task):
@@ -123,7 +123,8 @@ def _has_weights(path: Path) -> bool:
 @TASKS.register("causal_lm")
 class CausalLM(TokenTask):
     name = "causal_lm"
-    capabilities = Capabilities(labelled=False, generates=True, packed=True, low_precision_logits=True)
+    capabilities = Capabilities(labelled=False, generates=True, packed=True, from_scratch=True,
+                                low_precision_logits=True)
     default_columns = {"text": "text"}
 
     def read(self, source: str, split: str) -> Table:

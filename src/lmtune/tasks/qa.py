@@ -20,8 +20,8 @@ from lmtune.config import DataConfig
 from lmtune.data import Table
 from lmtune.data.collate import model_inputs
 from lmtune.errors import DataError
-from lmtune.evaluation.squad import squad_scores
 from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
+from lmtune.tasks.squad_metric import squad_scores
 
 DEFAULTS = {"doc_stride": 128, "max_answer_length": 30, "n_best": 20, "allow_no_answer": False}
 

@@ -11,13 +11,14 @@ from typing import Any
 
 from lmtune import rundir
 from lmtune.integrity import read_json_object
+from lmtune.rundir import read_log
 from lmtune.trackers.session import TrackingSession
-from lmtune.training.tracking import read_log
 
 
 def replay(run_dir: str | Path, trackers: list[str], mlflow_uri: str | None = None) -> dict[str, Any]:
     """Send the run's config, metric lines, final metrics and diagnosis to ``trackers``; returns what was sent."""
-    from lmtune.config import config_to_dict, load_config
+    from lmtune.config import config_to_dict
+    from lmtune.loader import load_config
 
     path, cfg, _ = rundir.read_run(run_dir)
     raw = config_to_dict(cfg)

@@ -19,6 +19,7 @@ from lmtune.errors import LmtuneError, Stopped
 from lmtune.evaluation import evaluate_examples
 from lmtune.integrity import FileCheckError, check_checkpoint
 from lmtune.models import bare_model
+from lmtune.rundir import EXAMPLE_LOSSES_LOG
 from lmtune.training.bf16_weights import Bf16Weights
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
@@ -31,9 +32,9 @@ from lmtune.training.checkpoint import (
 from lmtune.training.dropout import fast_dropout
 from lmtune.training.interrupt import stop_requested
 from lmtune.training.lazy_rows import clip_grad_norm, sparse_word_embeddings
+from lmtune.training.metrics_log import MetricsLog, truncate_log
 from lmtune.training.optim import build_optimizer, build_scheduler
 from lmtune.training.regularizers import rdrop_loss
-from lmtune.training.tracking import EXAMPLE_LOSSES_LOG, Tracker, truncate_log
 
 
 @dataclass
@@ -128,7 +129,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         if inputs.task.capabilities.low_precision_logits:
             _keep_output_precision(model)
         state, resume_from, skipped = _resume(accelerator, inputs.run_dir)
-        tracker = Tracker(inputs.run_dir, total, state.step, accelerator.is_main_process, inputs.on_record)
+        tracker = MetricsLog(inputs.run_dir, total, state.step, accelerator.is_main_process, inputs.on_record)
         for warning in skipped:
             tracker.message(warning)
         if resume_from is not None:
@@ -157,7 +158,7 @@ class _Loop:
     inputs: FitInputs
     cfg: TrainConfig
     state: TrainState
-    tracker: Tracker
+    tracker: MetricsLog
     lengths: list[int]
     """Token count of each training example (what the batch plan sorts and sizes by)."""
     per_epoch: int
@@ -276,7 +277,7 @@ def _stop_if_asked(accelerator: Any, inputs: FitInputs, cfg: TrainConfig, state:
     raise Stopped(signum, state.step)
 
 
-def _restore(accelerator: Any, inputs: FitInputs, state: TrainState, tracker: Tracker) -> None:
+def _restore(accelerator: Any, inputs: FitInputs, state: TrainState, tracker: MetricsLog) -> None:
     """Load the best evaluation's weights (its checkpoint is never rotated away) as the final model."""
     best = inputs.run_dir / "checkpoints" / f"step-{state.best_step}"
     try:
@@ -290,7 +291,7 @@ def _restore(accelerator: Any, inputs: FitInputs, state: TrainState, tracker: Tr
     tracker.message(f"restored the weights of step {state.best_step} ({inputs.watch} {state.best_metric:.4f})")
 
 
-def _log_epoch(tracker: Tracker, state: TrainState) -> None:
+def _log_epoch(tracker: MetricsLog, state: TrainState) -> None:
     """Training time of the epoch that just ended (for per-epoch costs, e.g. of frozen-layer caching)."""
     tracker.log({"step": state.step, "epoch": state.epoch + 1, "split": "epoch",
                  "train_seconds": round(state.train_seconds - state.epoch_start_seconds, 3)})
@@ -332,7 +333,7 @@ def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any
     optimizer.zero_grad(set_to_none=True)
 
 
-def _log_train(accelerator: Any, tracker: Tracker, window: _Window, state: TrainState, scheduler: Any,
+def _log_train(accelerator: Any, tracker: MetricsLog, window: _Window, state: TrainState, scheduler: Any,
                per_epoch: int) -> None:
     loss = accelerator.reduce(window.loss_sum.detach(), reduction="mean").item() / window.count
     tracker.show_loss(loss)
@@ -344,7 +345,7 @@ def _log_train(accelerator: Any, tracker: Tracker, window: _Window, state: Train
 
 
 def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
-                       tracker: Tracker, per_epoch: int) -> None:
+                       tracker: MetricsLog, per_epoch: int) -> None:
     if inputs.train_sample:
         _score_train_sample(accelerator, model, inputs, cfg, state, tracker, per_epoch)
     if inputs.validation:
@@ -371,7 +372,7 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
 
 
 def _score_train_sample(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
-                        tracker: Tracker, per_epoch: int) -> None:
+                        tracker: MetricsLog, per_epoch: int) -> None:
     """The validation metrics on fixed training examples (eval mode, no augmentation): the real gap."""
     metrics = evaluate_examples(model, inputs.train_sample, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator,
                                 example_losses=True)

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmtune.rundir import read_log
 from lmtune.tasks.base import Metric
-from lmtune.training.tracking import read_log
 
 
 def rule(noise_floor: float) -> str:

@@ -11,7 +11,7 @@ import torch
 from lmtune.errors import LmtuneError
 from lmtune.models import from_hub_or_local, loading_report
 from lmtune.strategies import anatomy
-from lmtune.strategies.base import trainable_parameters
+from lmtune.strategies.base import build_strategy, trainable_parameters
 
 log = logging.getLogger("lmtune")
 
@@ -29,7 +29,7 @@ def trainable_model(cfg: Any, task: Any, source: str) -> tuple[Any, torch.nn.Mod
     Raises:
         LmtuneError: the strategy leaves nothing of this model to train, or asks for more blocks than it has.
     """
-    strategy = cfg.strategy.build()
+    strategy = build_strategy(cfg.strategy)
     with loading_report() as report:
         base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention,
                                  **_dropout_overrides(cfg, source))

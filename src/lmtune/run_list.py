@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from lmtune import rundir
+from lmtune.config import EarlyStoppingConfig
 from lmtune.runlock import live_holder
-from lmtune.tasks import TASKS
+from lmtune.tasks import TASKS, deciding_metric
 
 DEPTH = 3
 """How deep to look: DIR/run, DIR/comparison/trials/run."""
@@ -49,7 +50,7 @@ def describe(path: Path) -> dict[str, Any]:
         out["status"] = "damaged"
         return out
     out["status"] = _status(path)
-    out["metric"], out["best"] = _best(path, out["task"])
+    out["metric"], out["best"] = _best(path, out["task"], config.get("early_stopping") or {})
     activity = [p.stat().st_mtime for p in (path / "metrics.jsonl", path / rundir.FINAL_METRICS) if p.is_file()]
     out["age_s"] = round(time.time() - max(activity), 1) if activity else None
     return out
@@ -66,14 +67,19 @@ def _status(path: Path) -> str:
         return "interrupted"
 
 
-def _best(path: Path, task: str) -> tuple[str | None, float | None]:
-    """The task's primary validation metric: the best value logged (a finished run reports its final one)."""
+def _best(path: Path, task: str, early_stopping: dict[str, Any]) -> tuple[str | None, float | None]:
+    """The run's deciding validation metric (`lmtune.tasks.deciding_metric`): the best value logged."""
     if TASKS.check(task) is not None:
         return None, None
-    metric = TASKS.get(task).metric(TASKS.get(task).primary_metric)
+    try:
+        deciding = deciding_metric(TASKS.get(task), EarlyStoppingConfig(
+            metric=early_stopping.get("metric"), mode=early_stopping.get("mode", "auto")))
+    except Exception:  # noqa: BLE001 - a damaged config section leaves the metric blank
+        return None, None
+    metric = deciding.metric
     values = []
     try:
-        from lmtune.training.tracking import read_log
+        from lmtune.rundir import read_log
 
         values = [r[metric.name] for r in read_log(path) if r.get("split") == "validation"
                   and isinstance(r.get(metric.name), (int, float))]
@@ -81,7 +87,7 @@ def _best(path: Path, task: str) -> tuple[str | None, float | None]:
         pass
     if not values:
         return metric.name, None
-    return metric.name, round(max(values) if metric.greater_is_better else min(values), 4)
+    return metric.name, round(max(values) if deciding.maximize else min(values), 4)
 
 
 def table(runs: list[dict[str, Any]]) -> str:

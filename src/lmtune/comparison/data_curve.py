@@ -56,12 +56,12 @@ def data_curve(run_dir: str | Path, fractions: tuple[float, ...] = FRACTIONS) ->
     Writes ``RUN/data_curve.json``.
     """
     from lmtune.inference import restore_task
-    from lmtune.runs import train, watched_metric
+    from lmtune.review import train_and_review
+    from lmtune.tasks import deciding_metric
 
     path, cfg, task_state = rundir.read_run(run_dir)
-    task = restore_task(cfg, task_state)
-    watch = watched_metric(cfg, task)
-    maximize = cfg.early_stopping.maximize(task.metric(watch).greater_is_better)
+    deciding = deciding_metric(restore_task(cfg, task_state, path), cfg.early_stopping)
+    watch, maximize = deciding.name, deciding.maximize
     points = []
     for fraction in sorted(set(fractions)):
         if fraction >= 1.0 and cfg.data.train_fraction == 1.0:
@@ -69,7 +69,7 @@ def data_curve(run_dir: str | Path, fractions: tuple[float, ...] = FRACTIONS) ->
         else:
             out = path / "data-curve" / f"p{round(fraction * 100):02d}"
             data = dataclasses.replace(cfg.data, train_fraction=fraction * cfg.data.train_fraction)
-            metrics = train(dataclasses.replace(cfg, output=str(out), data=data))
+            metrics = train_and_review(dataclasses.replace(cfg, output=str(out), data=data))
         points.append(CurvePoint(fraction, metrics.get("train_rows", -1), _value(metrics, watch), str(out)))
     gain, verdict = _judge(points, watch, maximize)
     curve = DataCurve(watch, maximize, points, gain, verdict)

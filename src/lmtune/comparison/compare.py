@@ -13,13 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lmtune.config import RunConfig, config_to_dict, load_config
+from lmtune.comparison import workers
+from lmtune.comparison.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
+from lmtune.comparison.space import TrialSpec, overrides_for, plan
+from lmtune.config import RunConfig, config_to_dict
 from lmtune.errors import LmtuneError
 from lmtune.extras import check_storage
-from lmtune.selection import workers
-from lmtune.selection.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
-from lmtune.selection.space import TrialSpec, overrides_for, plan
-from lmtune.tasks import TASKS
+from lmtune.loader import load_config
+from lmtune.tasks import TASKS, DecidingMetric, deciding_metric
 from lmtune.trackers import TrackingSession
 
 log = logging.getLogger("lmtune")
@@ -81,7 +82,7 @@ def compare(
     except BaseException as err:
         trackers.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    board = build_leaderboard(study, strategies, TASKS.get(config.task).metric(_primary_metric(config)))
+    board = build_leaderboard(study, strategies, _deciding(config).metric)
     write_leaderboard(board, root)
     if trackers is not None:
         trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
@@ -125,7 +126,7 @@ def _open_study(base: RunConfig, storage: str | None, root: Path, prune: bool) -
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=STUDY, storage=_storage(storage, root), load_if_exists=True,
-        direction="maximize" if _greater_is_better(base) else "minimize",
+        direction="maximize" if _deciding(base).maximize else "minimize",
         pruner=optuna.pruners.SuccessiveHalvingPruner(reduction_factor=2) if prune else optuna.pruners.NopPruner(),
     )
     if storage is None:
@@ -186,7 +187,7 @@ def _objective(trial: Any, by_key: dict[str, TrialSpec], base: RunConfig, root: 
 def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent: dict[str, Any]) -> float:
     import optuna
 
-    from lmtune import runs
+    from lmtune.review import train_and_review
 
     trial.set_user_attr("key", spec.key)
     trial.set_user_attr("worker", workers.worker_id())
@@ -199,7 +200,7 @@ def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent:
     raw["tracking"] = {**raw["tracking"], "run_name": spec.key}
     cfg = load_config(raw, overrides_for(trial, spec))
     trial.set_user_attr("run_dir", cfg.output)
-    metric = _primary_metric(cfg)
+    metric = _deciding(cfg).name
 
     started = time.monotonic()
 
@@ -216,7 +217,7 @@ def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent:
     with _PeakMemory() as memory:
         start = time.perf_counter()
         try:
-            result = runs.train(cfg, on_eval=report, show_diagnosis=False, tracking_parent=parent)
+            result = train_and_review(cfg, on_eval=report, show_diagnosis=False, tracking_parent=parent)
         except LmtuneError as err:  # e.g. a strategy that leaves nothing of this model to train
             trial.set_user_attr("error", str(err))
             log.info("  %s: %s", spec.key, err)
@@ -245,12 +246,9 @@ def _with_eval_points(cfg: RunConfig) -> RunConfig:
     return replace(cfg, train=replace(cfg.train, eval_every=max(1, total // 4)))
 
 
-def _primary_metric(cfg: RunConfig) -> str:
-    return TASKS.get(cfg.task).primary_metric
-
-
-def _greater_is_better(cfg: RunConfig) -> bool:
-    return TASKS.get(cfg.task).greater_is_better
+def _deciding(cfg: RunConfig) -> DecidingMetric:
+    """What ranks and prunes the trials: the metric that also picks the weights each trial keeps."""
+    return deciding_metric(TASKS.get(cfg.task), cfg.early_stopping)
 
 
 def _fail_interrupted(study: Any) -> None:

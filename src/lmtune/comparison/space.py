@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmtune.config import StrategyConfig
+from lmtune.strategies import build_strategy
 
 TUNED_KNOBS = {"lora": ("r", [4, 8, 16]), "freeze": ("layers", [2, 3, 4]), "llrd": ("decay", [0.8, 0.85, 0.9, 0.95])}
 """Strategy knobs tuned besides the learning rate and warmup, with their choices."""
@@ -44,7 +45,7 @@ def overrides_for(trial: Any, spec: TrialSpec) -> list[str]:
     A tuned variant also picks its warmup fraction and its strategy knob (LoRA ``r``, freeze ``layers``,
     LLRD ``decay``).
     """
-    default_lr = StrategyConfig(spec.strategy).build().default_lr
+    default_lr = build_strategy(StrategyConfig(spec.strategy)).default_lr
     out = [f"strategy.name={spec.strategy}", f"train.seed={spec.seed}"]
     if spec.variant == 0:
         return [*out, f"train.lr={default_lr}"]

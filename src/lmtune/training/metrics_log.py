@@ -11,16 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmtune.rundir import LOG_FILES, METRICS_LOG
+
 log = logging.getLogger("lmtune")
 
 PLAIN_PROGRESS_EVERY_S = 30.0
-METRICS_LOG = "metrics.jsonl"
-EXAMPLE_LOSSES_LOG = "example_losses.jsonl"
-"""Per-example losses of the fixed training sample at each evaluation (label-noise evidence)."""
-LOG_FILES = (METRICS_LOG, EXAMPLE_LOSSES_LOG)
 
 
-class Tracker:
+class MetricsLog:
     """Appends metric lines to ``RUN/metrics.jsonl`` and drives a progress bar; silent off the main process."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool,
@@ -98,33 +96,6 @@ def truncate_log(run_dir: Path, step: int) -> None:
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         tmp.replace(path)
-
-
-def read_log(run_dir: Path, file: str = METRICS_LOG) -> list[dict[str, Any]]:
-    """The log's records. A last line without its newline is being written (or was cut by a kill) and is
-    left out; any other line that is not a JSON object is an error naming the file and line."""
-    from lmtune.integrity import FileCheckError
-
-    path = run_dir / file
-    if not path.is_file():
-        return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise FileCheckError(path, f"not text (invalid UTF-8 at byte {err.start}); the log is damaged") from None
-    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            raise FileCheckError(f"{path}:{number}", "not a JSON object; the log is damaged")
-        records.append(record)
-    return records
 
 
 def _step_of(line: str) -> int:

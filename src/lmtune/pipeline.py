@@ -1,6 +1,8 @@
-"""`lmtune train`: the one place that wires config → data + model → strategy → loop → run directory.
+"""The training pipeline: the one place that wires config → data + model → strategy → loop → run directory.
 
-Inference on a finished run is `lmtune.inference`; exporting its model is `lmtune.export`.
+It sits below the consumers of a run directory (diagnosis, report): what looks at the finished run is passed
+in as ``review`` (`lmtune.review` gives `lmtune train`'s). Inference on a finished run is `lmtune.inference`;
+exporting its model is `lmtune.exporting`.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from typing import Any
 import torch
 
 from lmtune import rundir
-from lmtune.config import RunConfig, load_config
+from lmtune.config import RunConfig
 from lmtune.data import Table
 from lmtune.data.splits import load_tables
 from lmtune.errors import LmtuneError, Stopped
 from lmtune.evaluation import evaluate_examples
 from lmtune.integrity import read_json_object
+from lmtune.loader import load_config
 from lmtune.models import load_tokenizer, resolve_model
 from lmtune.runlock import RunLock
 from lmtune.strategies import directory_size, trainable_parameters
-from lmtune.strategies.fit import trainable_model
-from lmtune.tasks import TASKS, Task
+from lmtune.strategies.trainable import trainable_model
+from lmtune.tasks import TASKS, Task, deciding_metric
 from lmtune.trackers import TrackingSession
 from lmtune.training.checkpoint import latest_checkpoint
 from lmtune.training.frozen_cache import attach_cache, detach_cache, remove_spill
@@ -37,13 +40,16 @@ from lmtune.training.precision import default_threads, resolve_precision
 
 log = logging.getLogger("lmtune")
 
+Review = Callable[[Path, bool], None]
+"""(run directory, write the report for the trackers) → None: what looks at a finished run."""
+
 TRAIN_SAMPLE = "train_sample.json"
 """Indices (into the training rows) of the fixed sample scored at each evaluation."""
 
 
 def train(
     config: RunConfig | str | Path, overrides: list[str] | tuple[str, ...] = (),
-    on_eval: Callable[[int, dict], None] | None = None, show_diagnosis: bool = True,
+    on_eval: Callable[[int, dict], None] | None = None, review: Review | None = None,
     tracking_parent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (or resume fine-tuning) as the config says; return the final metrics.
@@ -55,17 +61,18 @@ def train(
         config: a RunConfig or a YAML path.
         overrides: ``key=value`` strings applied to a YAML config.
         on_eval: called with (step, validation metrics) after each evaluation; raising stops training.
-        show_diagnosis: log the run's diagnosis at the end (it is written to RUN/diagnosis.json either way).
+        review: called on the main process with (run directory, whether a tracker wants the report) once the
+            model is saved and before the trackers close (`lmtune.review.review_run`: diagnosis and report).
         tracking_parent: the experiment-tracker records of the comparison this run is a trial of.
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     run_dir = rundir.check_output(cfg)
     # one writer per run directory; under torchrun the first process holds the lock for the whole job
     with RunLock(run_dir) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
-        return _train_locked(cfg, on_eval, show_diagnosis, tracking_parent)
+        return _train_locked(cfg, on_eval, review, tracking_parent)
 
 
-def _train_locked(cfg: RunConfig, on_eval: Callable[[int, dict], None] | None, show: bool,
+def _train_locked(cfg: RunConfig, on_eval: Callable[[int, dict], None] | None, review: Review | None,
                   tracking_parent: dict[str, Any] | None) -> dict[str, Any]:
     run_dir, finished, cfg = rundir.prepare_run_dir(cfg)
     if finished:
@@ -94,21 +101,12 @@ def _train_locked(cfg: RunConfig, on_eval: Callable[[int, dict], None] | None, s
         _release(accelerator)
     if main_process:
         (run_dir / rundir.STATUS).unlink(missing_ok=True)  # an earlier attempt's failure is over
-        _diagnose(run_dir, show)
-        if trackers is not None and trackers.active:
-            if cfg.tracking.log_artifacts == "final":
-                _write_report(run_dir)
+        tracked = trackers is not None and trackers.active
+        if review is not None:
+            review(run_dir, tracked and cfg.tracking.log_artifacts == "final")
+        if tracked:
             trackers.finish("FINISHED", final)
     return final
-
-
-def _write_report(run_dir: Path) -> None:
-    from lmtune.reporting import write_report
-
-    try:
-        write_report(run_dir)
-    except Exception as err:  # noqa: BLE001 - the run is saved; its report is an extra for the tracker
-        log.warning("could not write the report for the tracker (%s: %s)", type(err).__name__, err)
 
 
 @dataclass
@@ -143,19 +141,11 @@ def make_task(cfg: RunConfig) -> Task:
     """The task object for a new run, with its settings from the config (checked against what it offers)."""
     task = TASKS.get(cfg.task)()
     task.configure(cfg)
-    watch = watched_metric(cfg, task)
-    if watch not in task.metric_names:
-        raise LmtuneError(f"early_stopping.metric: {watch!r} is not a validation metric of task {cfg.task!r}; "
-                          f"allowed: {', '.join(task.metric_names)}")
+    deciding_metric(task, cfg.early_stopping)  # a metric the task lacks is an error before any work
     if cfg.regularization.rdrop and not task.capabilities.rdrop:
         raise LmtuneError(f"regularization.rdrop: R-Drop compares two distributions over classes; task "
                           f"{cfg.task!r} has none (use classification, or set regularization.rdrop=0)")
     return task
-
-
-def watched_metric(cfg: RunConfig, task: Task) -> str:
-    """The validation metric that picks the best checkpoint: early_stopping.metric, else the task's own."""
-    return cfg.early_stopping.metric or task.primary_metric
 
 
 def train_sample_indices(n_train: int, size: int, seed: int) -> list[int]:
@@ -242,11 +232,11 @@ def _fit_inputs(cfg: RunConfig, data: Prepared, run_dir: Path, lr_scales: dict[i
     if main_process:
         rundir.write_text_atomic(run_dir / TRAIN_SAMPLE, json.dumps({"indices": sample}))
     stopping = cfg.early_stopping
+    deciding = deciding_metric(data.task, stopping)
     return FitInputs(
         data.task, data.train, data.encoded.get("validation"), data.tokenizer.pad_token_id, run_dir,
         [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
-        lr_scales=lr_scales, on_eval=on_eval, watch=watched_metric(cfg, data.task),
-        maximize=stopping.maximize(data.task.metric(watched_metric(cfg, data.task)).greater_is_better),
+        lr_scales=lr_scales, on_eval=on_eval, watch=deciding.name, maximize=deciding.maximize,
         patience=stopping.patience if stopping.metric else None,
         min_delta=stopping.min_delta, restore_best=stopping.restore_best,
         label_smoothing=cfg.regularization.label_smoothing, rdrop=cfg.regularization.rdrop,
@@ -285,8 +275,9 @@ def _run_figures(accelerator: Any, cfg: RunConfig, data: Prepared, state: Any, m
                  cache_info: dict[str, Any]) -> dict[str, Any]:
     """Steps, the best evaluation, throughput and sizes: the summary lines of metrics.json."""
     trainable, total = trainable_parameters(model)
+    deciding = deciding_metric(data.task, cfg.early_stopping)
     figures = {
-        "step": state.step, "best_step": state.best_step, "best_" + watched_metric(cfg, data.task): state.best_metric,
+        "step": state.step, "best_step": state.best_step, f"best_{deciding.name}": state.best_metric,
         "stopped_early": state.stopped_early, "restored_step": state.restored_step,
         "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 2),
         "train_seconds": round(state.train_seconds, 2), "train_rows": len(data.encoded["train"]),
@@ -311,16 +302,3 @@ def _release(accelerator: Any) -> None:
         torch.distributed.destroy_process_group()
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-
-
-def _diagnose(run_dir: Path, show: bool) -> None:
-    """Diagnose the finished run (RUN/diagnosis.json) and tell the user."""
-    from lmtune.diagnosis import diagnose
-
-    try:
-        diagnosis = diagnose(run_dir)
-    except Exception as err:  # noqa: BLE001 - the trained model is saved; a diagnosis bug must not fail the run
-        log.warning("could not diagnose the run (%s: %s); try `lmtune diagnose %s`", type(err).__name__, err, run_dir)
-        return
-    if show:
-        log.info("%s", diagnosis.text())
