@@ -23,7 +23,7 @@ from lmtune.evaluation.low_precision import BF16Cache
 from lmtune.integrity import FileCheckError
 from lmtune.models import from_hub_or_local, load_tokenizer
 from lmtune.strategies.lora import is_adapter_dir, load_adapter_model
-from lmtune.tasks import TASKS, Task
+from lmtune.tasks import TASKS, Task, task_names_with
 from lmtune.training.precision import resolve_precision
 
 
@@ -83,7 +83,7 @@ class Run:
 
         if not self.task.capabilities.generates:
             raise LmtuneError(f"{self.run_dir}: task {self.config.task!r} does not generate text; "
-                              "generation needs a causal_lm or sft run")
+                              f"generation needs a {task_names_with('generates')} run")
         settings = settings or GenerationSettings(**options)
         ids = self.task.prompt_ids(prompt, self.tokenizer)
         return generate(self.model, self.tokenizer, ids, settings, on_text)

@@ -32,7 +32,7 @@ from lmtune.models import load_tokenizer, resolve_model
 from lmtune.runlock import RunLock
 from lmtune.strategies import directory_size, trainable_parameters
 from lmtune.strategies.trainable import trainable_model
-from lmtune.tasks import TASKS, Task, deciding_metric
+from lmtune.tasks import TASKS, Task, deciding_metric, task_names_with
 from lmtune.trackers import TrackingSession
 from lmtune.training.checkpoint import latest_checkpoint
 from lmtune.training.frozen_cache import attach_cache, detach_cache, remove_spill
@@ -144,7 +144,7 @@ def make_task(cfg: RunConfig) -> Task:
     deciding_metric(task, cfg.early_stopping)  # a metric the task lacks is an error before any work
     if cfg.regularization.rdrop and not task.capabilities.rdrop:
         raise LmtuneError(f"regularization.rdrop: R-Drop compares two distributions over classes; task "
-                          f"{cfg.task!r} has none (use classification, or set regularization.rdrop=0)")
+                          f"{cfg.task!r} has none (use {task_names_with('rdrop')}, or set regularization.rdrop=0)")
     return task
 
 
@@ -181,7 +181,7 @@ def _batch_examples(cfg: RunConfig, task: Task, table: Table, examples: list[dic
         return None
     if not task.capabilities.augmentable:
         raise LmtuneError(f"augmentation.methods: word edits could change the target of task {cfg.task!r}; "
-                          "augmentation is for classification")
+                          f"augmentation is for {task_names_with('augmentable')}")
     from lmtune.data.augment import Augmenter, augmented_batches, load_filler
 
     filler = load_filler(cfg.augmentation.mlm_model) if "mlm" in cfg.augmentation.methods else None
@@ -232,11 +232,10 @@ def _fit_inputs(cfg: RunConfig, data: Prepared, run_dir: Path, lr_scales: dict[i
     if main_process:
         rundir.write_text_atomic(run_dir / TRAIN_SAMPLE, json.dumps({"indices": sample}))
     stopping = cfg.early_stopping
-    deciding = deciding_metric(data.task, stopping)
     return FitInputs(
         data.task, data.train, data.encoded.get("validation"), data.tokenizer.pad_token_id, run_dir,
-        [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS],
-        lr_scales=lr_scales, on_eval=on_eval, watch=deciding.name, maximize=deciding.maximize,
+        [run_dir / rundir.CONFIG, run_dir / rundir.VERSIONS], deciding_metric(data.task, stopping),
+        lr_scales=lr_scales, on_eval=on_eval,
         patience=stopping.patience if stopping.metric else None,
         min_delta=stopping.min_delta, restore_best=stopping.restore_best,
         label_smoothing=cfg.regularization.label_smoothing, rdrop=cfg.regularization.rdrop,

@@ -16,7 +16,7 @@ from lmtune.explanation.quality import (
     randomized_copy,
     rank_correlation,
 )
-from lmtune.explanation.targets import ClassProbability
+from lmtune.tasks.explained import ClassProbability
 from tests.conftest import make_tiny_bert
 
 

@@ -48,7 +48,27 @@ def test_capabilities_that_need_hooks_have_them():
         if cls.capabilities.packed:
             assert cls.training_examples is not Task.training_examples, name
         if cls.capabilities.class_labels:
-            assert cls.gold is not Task.gold, name
+            assert cls.gold is not Task.gold and cls.label_names is not Task.label_names, name
+        # explains if and only if it says what is explained
+        assert cls.capabilities.explains == (cls.explanation_targets is not Task.explanation_targets), name
+
+
+def test_task_knowledge_stays_in_tasks():
+    """Outside tasks/, no code names a task to branch on it or lists tasks in a message: it reads declarations."""
+    pattern = re.compile(r"""(==|!=|\bin)\s*\(?["'](%s)["']|["'](%s)["']\s*(==|!=)|(supports|needs) (a |an )?(%s)\b"""
+                         % (("|".join(NAMES),) * 3))
+    offenders = [f"{path.relative_to(SRC)}:{n}: {line.strip()}" for path in SRC.rglob("*.py")
+                 if "tasks" not in path.relative_to(SRC).parts
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+def test_messages_list_the_tasks_that_declare_a_capability():
+    from lmtune.tasks import task_names_with
+
+    assert task_names_with("generates") == "causal_lm or sft"
+    assert task_names_with("explains") == "causal_lm, classification or qa"
+    assert task_names_with("rdrop") == "classification"
 
 
 PROBE = re.compile(r"\b(hasattr|getattr)\(\s*(self\.)?(task|inputs\.task|c\.task|run\.task|data\.task)\b")

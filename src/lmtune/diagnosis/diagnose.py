@@ -31,7 +31,7 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
     final_file = path / rundir.FINAL_METRICS
     final = read_json_object(final_file, "the run's final metrics") if final_file.exists() else None
     deciding = deciding_metric(task, cfg.early_stopping)
-    state = assess(Curves.from_log(read_log(path)), cfg, deciding.name, deciding.maximize, final, deciding.metric)
+    state = assess(Curves.from_log(read_log(path)), cfg, deciding, final, task.capabilities)
     data: list[Finding] = []
     if task.capabilities.class_labels:  # the data checks are about class labels
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from lmtune.config import RunConfig
 from lmtune.diagnosis.findings import Finding, Suggestion
-from lmtune.tasks.base import Metric
+from lmtune.tasks.base import Capabilities, DecidingMetric
 
 GAP = 0.05
 """A train-sample minus validation difference above this (5 accuracy points) is a real gap."""
@@ -46,13 +46,16 @@ class Curves:
         return cls(train, validation, sample)
 
 
-def assess(curves: Curves, cfg: RunConfig, watch: str, maximize: bool, final: dict[str, Any] | None,
-           metric: Metric) -> Finding:
+def assess(curves: Curves, cfg: RunConfig, deciding: DecidingMetric, final: dict[str, Any] | None,
+           capabilities: Capabilities) -> Finding:
     """The finding that names the run's state, with its evidence and next steps.
 
-    ``metric``: the watched metric's declaration: its unit (100 for percent; thresholds are written for [0, 1])
-    and its smallest meaningful difference (an improvement above it is progress, not noise).
+    ``deciding``: the metric that counts and its declaration: its unit (100 for percent; thresholds are written
+    for [0, 1]), its smallest meaningful difference (an improvement above it is progress, not noise), whether it
+    compares with the majority-class rate. ``capabilities``: what the task offers (only remedies it takes are
+    suggested).
     """
+    watch, maximize, metric = deciding.name, deciding.maximize, deciding.metric
     final = final or {}
     unstable = _instability(curves, cfg)
     if unstable is not None:
@@ -66,7 +69,8 @@ def assess(curves: Curves, cfg: RunConfig, watch: str, maximize: bool, final: di
     values = [m.get(watch) for _, m in curves.validation]
     best = max(range(len(values)), key=lambda i: sign * values[i])
     used = _index_of(steps, final.get("restored_step")) if final.get("restored_step") else len(steps) - 1
-    fact = _Facts(curves, watch, sign, steps, values, best, used, metric.unit, metric.min_delta)
+    fact = _Facts(curves, watch, sign, steps, values, best, used, metric.unit, metric.min_delta,
+                  metric.majority_baseline, capabilities.augmentable)
     overfit = _overfitting(fact, cfg)
     if overfit is not None:
         return overfit
@@ -91,6 +95,10 @@ class _Facts:
     """100 for metrics in percent: thresholds are for [0, 1]."""
     min_delta: float = 0.0
     """The metric's smallest meaningful difference, in its own units."""
+    majority_baseline: bool = False
+    """The metric is a rate of correct class predictions, comparable with always predicting the majority class."""
+    augmentable: bool = False
+    """The task takes text augmentation."""
 
     def last_gain(self) -> float:
         """How much the last evaluation improved on the one before, in the metric's units."""
@@ -184,7 +192,7 @@ def _overfitting_suggestions(cfg: RunConfig, f: _Facts) -> list[Suggestion]:
         tips.append(Suggestion("more dropout", ["regularization.dropout=0.2", "regularization.attention_dropout=0.2"]))
     if reg.label_smoothing == 0:
         tips.append(Suggestion("label smoothing (less confident targets)", ["regularization.label_smoothing=0.1"]))
-    if not cfg.augmentation.methods:
+    if f.augmentable and not cfg.augmentation.methods:
         tips.append(Suggestion("augment the training text", ["augmentation.methods=delete,swap,insert"]))
     if cfg.strategy.name in ("full", "llrd"):
         tips.append(Suggestion("train fewer parameters", ["strategy.name=lora"]))
@@ -201,7 +209,7 @@ def _underfitting(f: _Facts, cfg: RunConfig, final: dict[str, Any]) -> Finding |
     train_last = f.sample(last)
     evidence, why = [], None
     baseline = _majority_rate(final.get("validation", {}))
-    if f.watch == "accuracy" and baseline is not None and train_last is not None:
+    if f.majority_baseline and baseline is not None and train_last is not None:
         if train_last < baseline + 0.1 * (1 - baseline):
             why = "the model barely beats always predicting the most frequent class"
             evidence.append(f"training-sample accuracy {train_last:.4f}, majority-class rate {baseline:.4f}")

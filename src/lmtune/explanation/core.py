@@ -11,7 +11,7 @@ import torch
 from lmtune.explanation.attention import attention_weights, rollout
 from lmtune.explanation.attribution import IG_STEPS, METHODS, Example, attribute, encode, word_scores
 from lmtune.explanation.quality import RANDOMIZATION_PASS, deletion_test, randomized_copy, rank_correlation
-from lmtune.explanation.targets import TARGETS
+from lmtune.tasks import task_names_with
 
 
 @dataclass
@@ -78,12 +78,11 @@ class Explainer:
         self.methods = methods
         self.steps = steps
         self.checks = checks
-        problem = TARGETS.check(run.config.task)
-        if problem:
+        if not run.task.capabilities.explains:
             from lmtune.errors import LmtuneError
 
-            raise LmtuneError(f"explain: {problem}")
-        self._targets_for = TARGETS.get(run.config.task)
+            raise LmtuneError(f"explain: task {run.task.name!r} has no explanation; explain supports "
+                              f"{task_names_with('explains')} runs")
         self._random_model = None
         self._base_model = None
         self.compare_base = compare_base and self._base_source() is not None
@@ -101,7 +100,7 @@ class Explainer:
         attention = attention_weights(self.model, example.features).cpu()
         flow = rollout(attention)
         results = []
-        for chosen in self._targets_for(self.run.task, outputs, target, example, self.run.tokenizer):
+        for chosen in self.run.task.explanation_targets(outputs, target, example, self.run.tokenizer):
             result = Explanation(text, example.tokens, example.words, example.word_of, chosen.predicted, chosen.name,
                                  float(chosen.score(outputs)[0]), attention, flow)
             for method in self.methods:

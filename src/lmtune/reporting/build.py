@@ -238,10 +238,8 @@ def _explanations(c: Context) -> str | None:
 
     from lmtune.explanation import Explainer
     from lmtune.explanation.render import SCRIPT, STYLE, fragment
-    from lmtune.explanation.targets import TARGETS
-
     scored = c.validation_predictions()
-    if TARGETS.check(c.config.task) or scored is None:
+    if not c.task.capabilities.explains or scored is None:
         return None
     table = scored.table
     rng = random.Random(c.config.train.seed)

@@ -37,6 +37,7 @@ from lmtune.serving.limits import Limits
 from lmtune.serving.memory import HeapTrimmer
 from lmtune.serving.metrics import Metrics
 from lmtune.serving.served import ServedRun, explainable, load_runs, table_of
+from lmtune.tasks import task_names_with
 
 log = logging.getLogger("lmtune")
 
@@ -445,8 +446,8 @@ async def _explain(request: Request, state: State) -> Response:
     body = bodies.explain_request(raw, METHODS)
     served = state.run(body.model)
     if not explainable(served):
-        raise invalid(f"model: {served.name!r} is a {served.run.task.name} run; explain supports classification, "
-                      "qa and causal_lm runs", "model")
+        raise invalid(f"model: {served.name!r} is a {served.run.task.name} run; explain supports "
+                      f"{task_names_with('explains')} runs", "model")
     fields = {name: value for name, value in zip(served.run.task.input_fields, (body.text, body.text_pair),
                                                  strict=False) if value is not None}
     run = served.run
@@ -477,8 +478,8 @@ async def _generate(request: Request, state: State, body: bodies.GenerationReque
     served = state.run(body.model)
     endpoint = "/v1/chat/completions" if chat else "/v1/completions"
     if not served.generates:
-        raise invalid(f"model: {served.name!r} is a {served.run.task.name} run; {endpoint} needs a causal_lm or "
-                      "sft run (use /v1/predict)", "model")
+        raise invalid(f"model: {served.name!r} is a {served.run.task.name} run; {endpoint} needs a "
+                      f"{task_names_with('generates')} run (use /v1/predict)", "model")
     settings = GenerationSettings(max_new_tokens=body.max_tokens, temperature=body.temperature,
                                   top_p=body.top_p if body.temperature > 0 else None, seed=body.seed)
     jobs = await _in_thread(request, lambda: [_job(served, prompt, settings, body.stop, body.truncate, state.limits, i)

@@ -40,7 +40,7 @@ class ServedRun:
                           else ["/v1/predict"]) + (["/v1/explain"] if explainable(self) else []),
         }
         if task.capabilities.class_labels:
-            out["labels"] = [str(label) for label in task.state()["labels"]]
+            out["labels"] = task.label_names()
         return out
 
     # ---- work, in the worker thread -------------------------------------------------------------------
@@ -126,9 +126,7 @@ def _explanation(e: Any, method: str, encoder: bool) -> dict[str, Any]:
 
 
 def explainable(served: ServedRun) -> bool:
-    from lmtune.explanation.targets import TARGETS
-
-    return TARGETS.check(served.run.config.task) is None
+    return served.run.task.capabilities.explains
 
 
 def names_and_paths(specs: list[str]) -> list[tuple[str, Path]]:

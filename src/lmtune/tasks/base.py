@@ -38,6 +38,9 @@ class Metric:
     """fraction: in [0, 1]; percent: in [0, 100]; nats: a loss (≥ 0, unbounded); perplexity: e^loss (≥ 1)."""
     min_delta: float
     """The smallest difference that means something, in the metric's own units (below it: noise)."""
+    majority_baseline: bool = False
+    """A rate of correct class predictions: always predicting the most frequent class is its floor (diagnosis
+    compares the two to tell a model that learned nothing)."""
 
     @property
     def unit(self) -> float:
@@ -70,14 +73,14 @@ class Capabilities:
     """A fixed label set: confusion matrix and label checks (imbalance, contradictions, label noise)."""
     generates: bool = False
     """The model writes text from a prompt (`prompt_ids`, `prompts`; `lmtune generate`)."""
-    spans: bool = False
-    """Predictions are spans of the input (extractive QA)."""
     packed: bool = False
     """Training packs documents into blocks of max_length tokens (`training_examples`)."""
     remasked: bool = False
     """Training inputs are made anew each epoch (`training_batches`: masked LM)."""
     augmentable: bool = False
     """Word-level edits of the training text keep the target (augmentation)."""
+    explains: bool = False
+    """`lmtune explain` and the report's explanations apply (`explanation_targets`)."""
     rdrop: bool = False
     """R-Drop's KL between two dropout passes applies to its outputs (a distribution over classes)."""
     from_scratch: bool = False
@@ -206,6 +209,27 @@ class Task(abc.ABC):
     def predictions(self, records: list[Any], examples: list[dict], rows: int) -> list[dict[str, Any]]:
         """One JSON-ready prediction per input row (``rows`` of them) from all examples' records."""
 
+    def label_names(self) -> list[str]:
+        """The class labels as text, in head order (class-label tasks); empty for other tasks."""
+        return []
+
+    def explanation_targets(self, outputs: Any, label: str | None, example: Any, tokenizer: Any) -> list[Any]:
+        """What to explain for one input (capabilities.explains): scalar outputs from `lmtune.tasks.explained`.
+
+        Args:
+            outputs: the model's output for the input (batch of one).
+            label: the user's ``--target`` (a class label, a token), or None for the prediction.
+            example: the encoded input (``tokens``, ``sequence``, from `lmtune.explanation`).
+            tokenizer: the run's tokenizer (to name tokens).
+
+        Raises:
+            LmtuneError: the task explains nothing, or ``label`` is not one it can explain.
+        """
+        from lmtune.errors import LmtuneError
+
+        raise LmtuneError(f"explain: task {self.name!r} has no explanation; explain supports "
+                          f"{task_names_with('explains')} runs")
+
     def gold(self, example: dict) -> Any:
         """An encoded example's target in the form of a prediction's ``label`` (class-label tasks), else None."""
         return None
@@ -243,6 +267,12 @@ class Task(abc.ABC):
 
 
 TASKS: Registry[type[Task]] = Registry("task")
+
+
+def task_names_with(capability: str) -> str:
+    """The registered tasks that declare ``capability``, for messages ("classification, qa or causal_lm")."""
+    names = [name for name in TASKS.names() if getattr(TASKS.get(name).capabilities, capability)]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass(frozen=True)

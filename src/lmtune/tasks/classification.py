@@ -13,8 +13,9 @@ from lmtune.config import DataConfig
 from lmtune.data import Table
 from lmtune.data.collate import model_inputs
 from lmtune.data.tokenize import tokenize_table
-from lmtune.errors import DataError
+from lmtune.errors import DataError, LmtuneError
 from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
+from lmtune.tasks.explained import ClassProbability
 
 _INT = re.compile(r"^[+-]?\d+$")
 
@@ -23,9 +24,10 @@ _INT = re.compile(r"^[+-]?\d+$")
 class Classification(Task):
     name = "classification"
     primary_metric = "accuracy"
-    metrics = (LOSS, Metric("accuracy", True, "fraction", 0.005), Metric("macro_f1", True, "fraction", 0.005))
+    metrics = (LOSS, Metric("accuracy", True, "fraction", 0.005, majority_baseline=True),
+               Metric("macro_f1", True, "fraction", 0.005))
     # word-level text edits keep the label (an assumption of augmentation, true for most text classes)
-    capabilities = Capabilities(class_labels=True, augmentable=True, rdrop=True)
+    capabilities = Capabilities(class_labels=True, augmentable=True, rdrop=True, explains=True)
     input_fields = ("text", "text_pair")
 
     def __init__(self, labels: list[str | int] | None = None):
@@ -37,6 +39,22 @@ class Classification(Task):
 
     def state(self) -> dict[str, Any]:
         return {"labels": self.labels}
+
+    def label_names(self) -> list[str]:
+        return [str(label) for label in self.labels]
+
+    def explanation_targets(self, outputs: Any, label: str | None, example: Any,
+                            tokenizer: Any) -> list[ClassProbability]:
+        """The class to explain: ``label`` when given, else the predicted one."""
+        names = self.label_names()
+        best = int(outputs.logits[0].argmax())
+        if label is None:
+            index = best
+        elif label in names:
+            index = names.index(label)
+        else:
+            raise LmtuneError(f"--target: {label!r} is not a label of this run; labels: {', '.join(names)}")
+        return [ClassProbability(index, names[index], names[best])]
 
     def fit(self, train: Table, data: DataConfig) -> None:
         train.require(data.text, data.text_pair, data.label)

@@ -19,8 +19,9 @@ from lmtune.config import DataConfig
 from lmtune.data import Table
 from lmtune.data.collate import IGNORE_INDEX, model_inputs
 from lmtune.data.corpus import document_ids, document_windows, pack, read_corpus
-from lmtune.errors import DataError
+from lmtune.errors import DataError, LmtuneError
 from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
+from lmtune.tasks.explained import NextTokenProbability
 from lmtune.tasks.losses import cross_entropy
 
 
@@ -123,9 +124,21 @@ def _has_weights(path: Path) -> bool:
 @TASKS.register("causal_lm")
 class CausalLM(TokenTask):
     name = "causal_lm"
-    capabilities = Capabilities(labelled=False, generates=True, packed=True, from_scratch=True,
+    capabilities = Capabilities(labelled=False, generates=True, packed=True, from_scratch=True, explains=True,
                                 low_precision_logits=True)
     default_columns = {"text": "text"}
+
+    def explanation_targets(self, outputs: Any, label: str | None, example: Any,
+                            tokenizer: Any) -> list[NextTokenProbability]:
+        """The next token: the most likely one, or ``label`` (one token as the tokenizer writes it, e.g. "▁girl")."""
+        vocabulary = tokenizer.get_vocab()
+        best = int(outputs.logits[0, -1].argmax())
+        if label is not None and label not in vocabulary:
+            raise LmtuneError(f"--target: {label!r} is not a token of this model's vocabulary; give one token as "
+                              "the tokenizer writes it (with its leading-space marker, e.g. ▁girl or Ġgirl)")
+        index = best if label is None else vocabulary[label]
+        return [NextTokenProbability(index, f"next token {tokenizer.convert_ids_to_tokens(index)!r}",
+                                     tokenizer.convert_ids_to_tokens(best))]
 
     def read(self, source: str, split: str) -> Table:
         """Plain-text corpora are read as documents (see `lmtune.data.corpus`), not as one row per line."""

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from lmtune.config import DataConfig
 from lmtune.data import Table
 from lmtune.data.collate import model_inputs
-from lmtune.errors import DataError
+from lmtune.errors import DataError, LmtuneError
 from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
+from lmtune.tasks.explained import PositionProbability
 from lmtune.tasks.squad_metric import squad_scores
 
 DEFAULTS = {"doc_stride": 128, "max_answer_length": 30, "n_best": 20, "allow_no_answer": False}
@@ -32,7 +33,7 @@ class QuestionAnswering(Task):
     primary_metric = "f1"
     # the official SQuAD scores are percentages; one question of a few hundred moves EM by 0.2-0.5
     metrics = (LOSS, Metric("exact_match", True, "percent", 0.5), Metric("f1", True, "percent", 0.5))
-    capabilities = Capabilities(spans=True)
+    capabilities = Capabilities(explains=True)
     default_columns = {"text": "question", "text_pair": "context", "label": "answers"}
     input_fields = ("question", "context")
     """Columns when the config names none: the SQuAD / Hugging Face ``squad`` layout."""
@@ -46,6 +47,20 @@ class QuestionAnswering(Task):
 
     def state(self) -> dict[str, Any]:
         return {"options": self.options}
+
+    def explanation_targets(self, outputs: Any, label: str | None, example: Any,
+                            tokenizer: Any) -> list[PositionProbability]:
+        """The predicted answer's start and end tokens (best valid span in the context), each explained."""
+        if label is not None:
+            raise LmtuneError("--target: QA explains the predicted answer's start and end; it takes no --target")
+        context = [i for i, s in enumerate(example.sequence) if s == 1]
+        start_logits, end_logits = outputs.start_logits[0].float(), outputs.end_logits[0].float()
+        longest = self.options["max_answer_length"]
+        best = max(((s, e) for s in context for e in context if s <= e < s + longest),
+                   key=lambda p: float(start_logits[p[0]] + end_logits[p[1]]), default=(0, 0))
+        answer = " ".join(example.tokens[best[0]: best[1] + 1]).replace(" ##", "")
+        return [PositionProbability(best[0], f"start of {answer!r}", answer, "start"),
+                PositionProbability(best[1], f"end of {answer!r}", answer, "end")]
 
     def configure(self, cfg: Any) -> None:
         """Take the run config's QA settings (saved with the run in task.json)."""

@@ -20,6 +20,7 @@ from lmtune.evaluation import evaluate_examples
 from lmtune.integrity import FileCheckError, check_checkpoint
 from lmtune.models import bare_model
 from lmtune.rundir import EXAMPLE_LOSSES_LOG
+from lmtune.tasks import DecidingMetric, Task
 from lmtune.training.bf16_weights import Bf16Weights
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
@@ -41,17 +42,16 @@ from lmtune.training.regularizers import rdrop_loss
 class FitInputs:
     """Everything the loop needs besides the model: data, task and where to write."""
 
-    task: Any
+    task: Task
     train: list[dict]
     validation: list[dict] | None
     pad_id: int
     run_dir: Path
     extra_files: list[Path]
+    deciding: DecidingMetric
+    """The validation metric that picks the best checkpoint and drives early stopping (`deciding_metric`)."""
     lr_scales: dict[int, float] | None = None
     """Learning-rate multiplier per parameter, keyed by ``id(param)`` (from the strategy)."""
-    watch: str = "accuracy"
-    """Validation metric that picks the best checkpoint (and drives early stopping)."""
-    maximize: bool = True
     patience: int | None = None
     """Stop after this many evaluations without improvement; None: never stop early."""
     min_delta: float = 0.0
@@ -288,7 +288,7 @@ def _restore(accelerator: Any, inputs: FitInputs, state: TrainState, tracker: Me
     accelerator.load_state(str(best))
     state.restored_step = state.best_step
     state.last_validation_step = None  # the final metrics are those of the restored weights
-    tracker.message(f"restored the weights of step {state.best_step} ({inputs.watch} {state.best_metric:.4f})")
+    tracker.message(f"restored the weights of step {state.best_step} ({inputs.deciding.name} {state.best_metric:.4f})")
 
 
 def _log_epoch(tracker: MetricsLog, state: TrainState) -> None:
@@ -350,8 +350,8 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
         _score_train_sample(accelerator, model, inputs, cfg, state, tracker, per_epoch)
     if inputs.validation:
         metrics = evaluate_examples(model, inputs.validation, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator)
-        value = metrics[inputs.watch]
-        if _improved(value, state.best_metric, inputs.maximize, inputs.min_delta):
+        value = metrics[inputs.deciding.name]
+        if _improved(value, state.best_metric, inputs.deciding.maximize, inputs.min_delta):
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
         else:
             state.bad_evals += 1
@@ -363,7 +363,7 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
         })
         tracker.message(
             f"step {state.step}: validation loss {metrics['loss']:.4f}, "
-            f"{inputs.watch} {value:.4f} (best {state.best_metric:.4f} at step {state.best_step})"
+            f"{inputs.deciding.name} {value:.4f} (best {state.best_metric:.4f} at step {state.best_step})"
             + (f"; stopping early: no improvement in {state.bad_evals} evaluations" if state.stopped_early else "")
         )
     save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
