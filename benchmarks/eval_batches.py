@@ -1,6 +1,6 @@
 """Scoring time with fixed-size vs token-sized evaluation batches, side by side in one process.
 
-Loads a classification run and labels the same SST-2 sentences with `Run.predict` under each batching:
+Loads a classification run and labels the same SST-2 sentences with `LoadedRun.predict` under each batching:
 ``rows-N`` cuts the length-sorted sentences into batches of N rows (lmtune before token sizing);
 ``tokens-N`` into batches of at most N padded tokens; ``default`` is lmtune's own (`eval_batches`:
 up to the evaluation batch size × the longest sentence's tokens). Round-robin, fastest of each shown.

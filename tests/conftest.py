@@ -200,7 +200,7 @@ def untrained_run(run_dir: Path):
     (same seed), for checking that training learned something."""
     import torch
 
-    from lmtune.inference import Run, restore_task
+    from lmtune.inference import LoadedRun, restore_task
     from lmtune.models import load_tokenizer, resolve_model
     from lmtune.rundir import read_run
 
@@ -208,7 +208,7 @@ def untrained_run(run_dir: Path):
     task = restore_task(cfg, state)
     torch.manual_seed(cfg.train.seed)
     source = resolve_model(cfg.model)
-    return Run(path, cfg, task, task.build_model(source).eval(), load_tokenizer(source))
+    return LoadedRun(path, cfg, task, task.build_model(source).eval(), load_tokenizer(source))
 
 
 @pytest.fixture(scope="session")

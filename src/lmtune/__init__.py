@@ -83,10 +83,12 @@ def explain(run_dir, texts, out_dir=None, **options):
 def serve(runs, **limits):
     """The ASGI app of `lmtune serve` for ``runs`` (run directories, or NAME=RUN), to mount in other ASGI code or
     run with any ASGI server; ``limits``: the fields of `lmtune.serving.Limits` (max_batch_size, ...)."""
+    import os
+
     from lmtune.serving import Limits, create_app
 
-    return create_app([runs] if isinstance(runs, (str, bytes)) or hasattr(runs, "__fspath__") else
-                      [str(r) for r in runs], Limits(**limits))
+    single = isinstance(runs, str) or isinstance(runs, os.PathLike)
+    return create_app([os.fspath(r) for r in ([runs] if single else runs)], Limits(**limits))
 
 
 def report(run_dir, out=None):

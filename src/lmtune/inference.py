@@ -28,7 +28,7 @@ from lmtune.training.precision import resolve_precision
 
 
 @dataclass
-class Run:
+class LoadedRun:
     """A finished run: its directory, config, task, model and tokenizer."""
 
     run_dir: Path
@@ -56,9 +56,11 @@ class Run:
         return predict_examples(self.model, examples, self.task, self.config.train.eval_batch,
                                 self.tokenizer.pad_token_id, len(table), self.autocast(), self.bf16_copies)
 
-    def encode_inputs(self, table: Table) -> list[dict]:
-        """The examples of unlabelled input rows, as prediction (CLI, Python or HTTP) scores them."""
-        return self.task.encode(table, self.tokenizer, _unlabelled(self.config.data), self.config.train.max_length)
+    def encode_inputs(self, table: Table, tokenizer: Any = None) -> list[dict]:
+        """The examples of unlabelled input rows, as prediction (CLI, Python or HTTP) scores them; ``tokenizer``:
+        another copy of the run's tokenizer (a server's request side owns its own)."""
+        return self.task.encode(table, tokenizer or self.tokenizer, _unlabelled(self.config.data),
+                                self.config.train.max_length)
 
     def evaluate(self, data: str | Table, max_samples: int | None = None) -> dict[str, Any]:
         """Loss and task metrics on labelled data (a file path or a Table)."""
@@ -97,7 +99,7 @@ class Run:
         return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def load(run_dir: str | Path) -> Run:
+def load(run_dir: str | Path) -> LoadedRun:
     """Load a finished run directory for prediction and evaluation."""
     path, cfg, task_state = rundir.read_run(run_dir)
     task = restore_task(cfg, task_state, path)
@@ -109,7 +111,7 @@ def load(run_dir: str | Path) -> Run:
     model.eval()
     if torch.cuda.is_available():
         model.to("cuda")
-    return Run(path, cfg, task, model, load_tokenizer(source))
+    return LoadedRun(path, cfg, task, model, load_tokenizer(source))
 
 
 def restore_task(cfg: RunConfig, task_state: dict[str, Any], run_dir: Path | None = None) -> Task:

@@ -176,6 +176,30 @@ def test_explain_matches_lmtune_explain(server, task_runs):
     assert refused.status_code == 422 and "explain supports" in refused.json()["error"]["message"]
 
 
+def test_a_long_explanation_does_not_hold_up_predictions(server):
+    """Explanations run in their own lane on their own copy of the model: predictions queued meanwhile answer
+    at their usual speed, while the explanation is still computing."""
+    text = " ".join(["a gorgeous, witty, moving and altogether remarkable film"] * 8)
+    explained: dict = {}
+
+    def explain() -> None:
+        response = post(server, "/v1/explain", {"model": "cls", "text": text, "method": "ig", "steps": 200})
+        explained["status"], explained["at"] = response.status_code, time.monotonic()
+
+    worker = threading.Thread(target=explain)
+    worker.start()
+    time.sleep(0.5)  # the explanation has started
+    answered = []
+    for _ in range(3):
+        response = post(server, "/v1/predict", {"model": "cls", "inputs": ["a fine film"]})
+        assert response.status_code == 200, response.text
+        answered.append(time.monotonic())
+    still_explaining = "at" not in explained
+    worker.join(timeout=120)
+    assert explained["status"] == 200
+    assert still_explaining and max(answered) < explained["at"]
+
+
 # ---- OpenAI compatibility ------------------------------------------------------------------------------------
 
 def test_openai_client_completions_and_chat_streaming(server, task_runs):

@@ -126,7 +126,7 @@ def test_request_bodies_are_checked_field_by_field():
 
 def test_token_limits_count_special_tokens_and_truncate_the_last_field_first():
     from lmtune.models import load_tokenizer, resolve_model
-    from lmtune.serving.app import _within_limit
+    from lmtune.serving.jobs import _within_limit
 
     tokenizer = load_tokenizer(resolve_model("bundled:minilm"))
     fields = {"question": "who won?", "context": "word " * 50}
@@ -157,3 +157,20 @@ def test_limits_refuse_nonsense():
     with pytest.raises(LmtuneError, match="--max-batch-size: 0 must be a number > 0"):
         Limits(max_batch_size=0)
     assert "padded tokens" in Limits.field_docs()["max_batch_tokens"].lower()
+
+
+def test_each_side_of_the_server_owns_its_tokenizer(tmp_path):
+    """The model thread, the request side and the explain lane never share a fast tokenizer (tokenizers#537)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmtune.inference import LoadedRun
+    from lmtune.serving.served import ServedRun
+    from tests.conftest import make_tiny_bert
+
+    path = make_tiny_bert(tmp_path / "bert")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    run = LoadedRun(tmp_path, None, None, AutoModelForSequenceClassification.from_pretrained(path), tokenizer)
+    served = ServedRun("cls", run)
+    with served.request_tokenizer.borrow() as request_side:
+        assert request_side is not tokenizer and request_side.backend_tokenizer is not tokenizer.backend_tokenizer
+        assert request_side("a fine film")["input_ids"] == tokenizer("a fine film")["input_ids"]

@@ -177,11 +177,11 @@ def _objective(trial: Any, by_key: dict[str, TrialSpec], base: RunConfig, root: 
     if first is not None:
         trial.set_user_attr("duplicate_of", first)
         raise _Duplicate(f"trial {spec.key} is already taken (trial {first})")
-    beat.trial_id = trial._trial_id
+    beat.trial = trial
     try:
         return _run_trial(trial, spec, base, root, parent)
     finally:
-        beat.trial_id = None
+        beat.trial = None
 
 
 def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent: dict[str, Any]) -> float:
@@ -255,7 +255,7 @@ def _fail_interrupted(study: Any) -> None:
     from optuna.trial import TrialState
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         log.info("trial %s was interrupted; it runs again and resumes from its checkpoint",
                  trial.user_attrs.get("key"))
 

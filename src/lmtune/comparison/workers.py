@@ -39,7 +39,8 @@ class Heartbeat:
 
     def __init__(self, study: Any, every_s: float):
         self.study, self.every_s = study, every_s
-        self.trial_id: int | None = None
+        self.trial: Any = None
+        """The trial this worker runs now (an `optuna.Trial`), or None between trials."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lmtune-heartbeat", daemon=True)
 
@@ -60,8 +61,9 @@ class Heartbeat:
         now = round(time.time(), 3)
         try:
             self.study.set_user_attr(f"worker:{worker_id()}", now)
-            if self.trial_id is not None:
-                self.study._storage.set_trial_user_attr(self.trial_id, BEAT, now)
+            trial = self.trial
+            if trial is not None:
+                trial.set_user_attr(BEAT, now)
         except Exception as err:  # noqa: BLE001 - a missed beat is retried; a long outage makes the trial stale
             log.warning("compare: heartbeat failed (%s)", err)
 
@@ -94,8 +96,8 @@ def fail_stale(study: Any, grace_s: float) -> list[str]:
         if now - beat < grace_s:
             continue
         try:
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        except (UpdateFinishedTrialError, RuntimeError):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        except (UpdateFinishedTrialError, RuntimeError, ValueError):
             continue  # it just finished, or another worker failed it first
         failed.append(trial.user_attrs.get("key"))
         log.info("compare: trial %s stopped beating (its worker is gone); it runs again",

@@ -5,7 +5,7 @@ between bf16 (matrix products) and fp32 (layer norms, residual sums). Swapping i
 weights for the length of a scoring pass removes both. Autocast stays on around the forward, as
 before, so the ops autocast keeps in fp32 (the losses) are unchanged. A training run converts at each
 validation (its weights change in place between passes, which no version counter reliably shows);
-a loaded run, whose weights never change, keeps its copies in a cache it owns (`Run.bf16_copies`), so
+a loaded run, whose weights never change, keeps its copies in a cache it owns (`LoadedRun.bf16_copies`), so
 prediction and a server convert once.
 """
 

@@ -49,15 +49,15 @@ class Feed:
 class Batcher:
     """The queue of one run and one kind of work (predict, generate, explain), and the task that drains it.
 
-    ``run`` is called in the worker thread with a batch's payloads and returns one result per payload (an
+    ``work`` is called in its compute lane with a batch's payloads and returns one result per payload (an
     exception instance for a payload that failed: it fails only its own request). With ``continuous`` it
     is called with the payloads and a `Feed`, keeps taking queued work while it runs, and answers each
     request through the feed as it ends.
     """
 
-    def __init__(self, model: str, kind: str, run: Callable[..., list[Any]], limits: Limits,
+    def __init__(self, model: str, kind: str, work: Callable[..., list[Any]], limits: Limits,
                  executor: Executor, metrics: Metrics, max_batch_size: int | None = None, continuous: bool = False):
-        self.model, self.kind, self.run, self.continuous = model, kind, run, continuous
+        self.model, self.kind, self.work, self.continuous = model, kind, work, continuous
         self._lock = threading.Lock()
         """Guards the queue: the event loop adds to it, and a continuous batch takes from it in the worker."""
         self._running: dict[int, Item] = {}
@@ -157,9 +157,9 @@ class Batcher:
                     self._running[id(item.payload)] = item
                 feed = Feed(self._admit, lambda payload, result: self._answer(loop, payload, result),
                             self.max_batch_size)
-                results = await loop.run_in_executor(self.executor, self.run, [item.payload for item in live], feed)
+                results = await loop.run_in_executor(self.executor, self.work, [item.payload for item in live], feed)
             else:
-                results = await loop.run_in_executor(self.executor, self.run, [item.payload for item in live])
+                results = await loop.run_in_executor(self.executor, self.work, [item.payload for item in live])
         except Exception as err:  # noqa: BLE001 - `run` isolates payloads; this is a failure of the whole batch
             results = [err] * len(live)
             for item in list(self._running.values()):  # admitted while it ran: they fail with it

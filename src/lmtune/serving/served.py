@@ -1,10 +1,20 @@
 """The runs a server holds: loaded once, named, their shared weights stored once, and the work each kind of
-request does on them (run in the server's worker thread, a batch at a time)."""
+request does on them (a batch at a time, in the server's compute lanes).
+
+Tokenizers have one owner each, by construction: a fast tokenizer mutated by one thread (its truncation
+settings) while another uses it fails with "Already borrowed" (tokenizers#537). The model thread owns the
+run's tokenizer; the request side (the event loop and the request threads, which take turns through a lock)
+owns `request_tokenizer`, a copy; the explain lane owns the tokenizer of its own copy of the run.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +24,56 @@ from lmtune.data import Table
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import score_examples
 from lmtune.generation import Job, generate_batch
-from lmtune.inference import Run, load
+from lmtune.inference import LoadedRun, load
 
 log = logging.getLogger("lmtune")
+
+
+class OwnedTokenizer:
+    """A tokenizer copy that one side of the server owns; its threads take turns with `borrow`."""
+
+    def __init__(self, tokenizer: Any):
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[Any]:
+        with self._lock:
+            yield self._tokenizer
 
 
 @dataclass
 class ServedRun:
     name: str
-    run: Run
+    loaded: LoadedRun
+    """The model thread's: its model and tokenizer are used there only."""
+    request_tokenizer: OwnedTokenizer = field(init=False)
+    """The request side's copy of the tokenizer (checking and encoding inputs before they queue)."""
     explainers: dict[tuple[str, int], Any] = field(default_factory=dict)
-    """Per (method, IG steps), built on first use (explainers are light: they share the run's model)."""
+    """Per (method, IG steps), built on first use in the explain lane (they share that lane's run)."""
+    _explained: LoadedRun | None = None
+    """The explain lane's own copy of the run (explaining switches attention kernels and hooks the embeddings,
+    which must not happen under a prediction running meanwhile); made at the first explanation."""
+
+    def __post_init__(self) -> None:
+        self.request_tokenizer = OwnedTokenizer(self.loaded.tokenizer)
 
     @property
     def generates(self) -> bool:
-        return self.run.task.capabilities.generates
+        return self.loaded.task.capabilities.generates
+
+    @property
+    def explains(self) -> bool:
+        return self.loaded.task.capabilities.explains
 
     def info(self) -> dict[str, Any]:
-        task = self.run.task
+        task, config = self.loaded.task, self.loaded.config
         out: dict[str, Any] = {
-            "name": self.name, "task": task.name, "run_dir": str(self.run.run_dir), "model": self.run.config.model,
-            "strategy": self.run.config.strategy.name, "input_fields": task.accepted_fields(self.run.config.data),
-            "max_length": self.run.config.train.max_length,
+            "name": self.name, "task": task.name, "run_dir": str(self.loaded.run_dir), "model": config.model,
+            "strategy": config.strategy.name, "input_fields": task.accepted_fields(config.data),
+            "max_length": config.train.max_length,
             "endpoints": (["/v1/predict", "/v1/completions", "/v1/chat/completions"] if self.generates
-                          else ["/v1/predict"]) + (["/v1/explain"] if explainable(self) else []),
+                          else ["/v1/predict"]) + (["/v1/explain"] if self.explains else []),
         }
         if task.capabilities.class_labels:
             out["labels"] = task.label_names()
@@ -49,16 +85,16 @@ class ServedRun:
         """Predictions for several requests' encoded examples at once, one list of rows per request."""
         examples = [example for request, _ in payloads for example in request]
         try:
-            records = score_examples(self.run.model, examples, self.run.task, batch_size,
-                                     self.run.tokenizer.pad_token_id, autocast=self.run.autocast(), purpose="predict",
-                                     bf16_cache=self.run.bf16_copies)
+            run = self.loaded
+            records = score_examples(run.model, examples, run.task, batch_size, run.tokenizer.pad_token_id,
+                                     autocast=run.autocast(), purpose="predict", bf16_cache=run.bf16_copies)
         except Exception:  # noqa: BLE001 - find the one request that breaks the batch; the others still get answers
             if len(payloads) == 1:
                 raise
             return [_one(self.predict, payload, batch_size) for payload in payloads]
         out, start = [], 0
         for request, rows in payloads:
-            out.append(self.run.task.predictions(records[start:start + len(request)], request, rows))
+            out.append(self.loaded.task.predictions(records[start:start + len(request)], request, rows))
             start += len(request)
         return out
 
@@ -81,7 +117,7 @@ class ServedRun:
                 del left[id(request)]
                 feed.done(request, request)
 
-        generate_batch(self.run.model, self.run.tokenizer, register(payloads),
+        generate_batch(self.loaded.model, self.loaded.tokenizer, register(payloads),
                        admit=lambda room: register(feed.admit(room)), finished=finished, max_rows=feed.room)
         return payloads
 
@@ -100,7 +136,11 @@ class ServedRun:
         key = (request.method, request.steps)
         explainer = self.explainers.get(key)
         if explainer is None:
-            explainer = Explainer(self.run, (request.method,), steps=request.steps, checks=False, compare_base=False)
+            if self._explained is None:
+                self._explained = replace(self.loaded, model=copy.deepcopy(self.loaded.model),
+                                          tokenizer=copy.deepcopy(self.loaded.tokenizer))
+            explainer = Explainer(self._explained, (request.method,), steps=request.steps, checks=False,
+                                  compare_base=False)
             self.explainers[key] = explainer
         results = explainer.explain_all(request.text, request.text_pair, request.target)
         return {"model": self.name, "method": request.method,
@@ -125,10 +165,6 @@ def _explanation(e: Any, method: str, encoder: bool) -> dict[str, Any]:
     return out
 
 
-def explainable(served: ServedRun) -> bool:
-    return served.run.task.capabilities.explains
-
-
 def names_and_paths(specs: list[str]) -> list[tuple[str, Path]]:
     """``RUN`` or ``NAME=RUN`` → (name, path); the name defaults to the directory's name and must be unique."""
     out: list[tuple[str, Path]] = []
@@ -148,7 +184,7 @@ def load_runs(specs: list[str]) -> tuple[list[ServedRun], int]:
     """Load every run; weights identical across runs (a shared base under LoRA adapters, frozen layers) are
     kept once in memory. Returns the runs and the bytes that sharing saved."""
     served = [ServedRun(name, load(path)) for name, path in names_and_paths(specs)]
-    saved = share_weights([s.run.model for s in served])
+    saved = share_weights([s.loaded.model for s in served])
     if saved:
         log.info("serve: %d MB of weights are shared between runs", saved // 2**20)
     return served, saved
