@@ -60,18 +60,7 @@ def compare(
     Returns:
         The leaderboard, also written as leaderboard.csv / leaderboard.json, with the winner.
     """
-    import optuna
-
-    if storage is not None:
-        check_storage(storage)  # a missing database driver is one line, before anything is written
-    # heartbeats and stale-trial handling are marked experimental by Optuna; their warnings are noise here
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    root = Path(out_dir) if out_dir else Path(f"{config.output}-compare")
-    root.mkdir(parents=True, exist_ok=True)
-    for name in strategies:
-        load_config({**config_to_dict(config), "strategy": {"name": name}})  # a bad name fails before any work
-    base = replace(config, train=replace(config.train, max_steps=budget or config.train.max_steps))
-    base = _with_eval_points(base)
+    root, base = _prepare(config, strategies, budget, storage, out_dir)
     study = _open_study(base, storage, root, prune)
     specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
     # a run is the parent record in the experiment trackers, each trial a child of it
@@ -87,6 +76,24 @@ def compare(
     if trackers is not None:
         trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
     return board
+
+
+def _prepare(config: RunConfig, strategies: list[str], budget: int | None, storage: str | None,
+             out_dir: str | Path | None) -> tuple[Path, RunConfig]:
+    """(comparison directory, the config every trial starts from); a bad strategy name or a missing database
+    driver fails here, in one line, before any work."""
+    import optuna
+
+    if storage is not None:
+        check_storage(storage)
+    # heartbeats and stale-trial handling are marked experimental by Optuna; their warnings are noise here
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for name in strategies:
+        load_config({**config_to_dict(config), "strategy": {"name": name}})
+    root = Path(out_dir) if out_dir else Path(f"{config.output}-compare")
+    root.mkdir(parents=True, exist_ok=True)
+    base = replace(config, train=replace(config.train, max_steps=budget or config.train.max_steps))
+    return root, _with_eval_points(base)
 
 
 def _work(study: Any, specs: list[TrialSpec], base: RunConfig, root: Path, storage: str | None,

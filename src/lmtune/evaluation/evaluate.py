@@ -51,23 +51,15 @@ def score_examples(
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     module = bare_model(model)
-    device = next(module.parameters()).device
     was_training = module.training
     module.eval()
-    scoring = Scoring(purpose, time.monotonic())
-    records: dict[int, Any] = {}
     context = accelerator.autocast if accelerator else (lambda: autocast if autocast is not None else nullcontext())
     bf16 = wants_bf16(accelerator, autocast)
     try:
         with bf16_weights(module, bf16_cache) if bf16 else nullcontext():
-            for indices in eval_batches([len(ex["input_ids"]) for ex in examples], batch_size)[rank::world]:
-                chosen = [examples[i] for i in indices]
-                batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
-                if bf16:
-                    batch = bf16_inputs(batch, keep=TARGETS)
-                with context():
-                    scored = task.score_batch(module, batch, chosen, indices, scoring)
-                records.update(zip(indices, scored, strict=True))
+            shard = eval_batches([len(ex["input_ids"]) for ex in examples], batch_size)[rank::world]
+            records = _score_shard(module, examples, shard, task, pad_id, Scoring(purpose, time.monotonic()),
+                                   context, bf16)
     finally:
         module.train(was_training)
     if world > 1:
@@ -75,6 +67,22 @@ def score_examples(
 
         records = {i: r for part in gather_object([records]) for i, r in part.items()}
     return [records[i] for i in range(len(examples))]
+
+
+def _score_shard(module: torch.nn.Module, examples: list[dict], batches: list[list[int]], task: Task, pad_id: int,
+                 scoring: Scoring, context: Any, bf16: bool) -> dict[int, Any]:
+    """(example index → record) for this process's batches."""
+    device = next(module.parameters()).device
+    records: dict[int, Any] = {}
+    for indices in batches:
+        chosen = [examples[i] for i in indices]
+        batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
+        if bf16:
+            batch = bf16_inputs(batch, keep=TARGETS)
+        with context():
+            scored = task.score_batch(module, batch, chosen, indices, scoring)
+        records.update(zip(indices, scored, strict=True))
+    return records
 
 
 def evaluate_examples(model: torch.nn.Module, examples: list[dict], task: Task, batch_size: int, pad_id: int,

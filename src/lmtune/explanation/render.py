@@ -42,10 +42,18 @@ def write_pngs(explanation: Explanation, out: Path, stem: str) -> list[Path]:
     window = plot_window(explanation)
     labels = [explanation.tokens[i] for i in window]
     att = explanation.attention[:, :, window][:, :, :, window]
-    layers, heads = att.shape[:2]
-    paths = []
     note = "" if len(window) == len(explanation.tokens) else f" ({len(window)} of {len(explanation.tokens)} tokens)"
+    paths = [_save(_heads_figure(plt, att, labels, note), out / f"{stem}-attention-heads.png"),
+             _save(_layers_figure(plt, att, explanation.rollout[window][:, window], labels, note),
+                   out / f"{stem}-attention-layers.png")]
+    if explanation.attributions:
+        paths.append(_save(_attributions_figure(plt, explanation), out / f"{stem}-attributions.png"))
+    return paths
 
+
+def _heads_figure(plt: Any, att: torch.Tensor, labels: list[str], note: str) -> Any:
+    """One panel per (layer, head): rows attend to columns."""
+    layers, heads = att.shape[:2]
     fig, axes = plt.subplots(layers, heads, figsize=(1.6 * heads, 1.6 * layers), squeeze=False)
     for layer in range(layers):
         for head in range(heads):
@@ -60,32 +68,37 @@ def write_pngs(explanation: Explanation, out: Path, stem: str) -> list[Path]:
             if head == 0:
                 ax.set_ylabel(f"layer {layer}", fontsize=7)
     fig.suptitle(f"Attention per layer and head{note}: rows attend to columns", fontsize=10)
-    paths.append(_save(fig, out / f"{stem}-attention-heads.png"))
+    return fig
 
+
+def _layers_figure(plt: Any, att: torch.Tensor, rollout: torch.Tensor, labels: list[str], note: str) -> Any:
+    """Head-averaged attention of each layer, and the rollout."""
+    layers = att.shape[0]
     fig, axes = plt.subplots(1, layers + 1, figsize=(3.2 * (layers + 1), 3.6), squeeze=False)
     views = [(f"layer {layer} (head mean)", att[layer].mean(0)) for layer in range(layers)]
-    views.append(("rollout", explanation.rollout[window][:, window]))
+    views.append(("rollout", rollout))
     for ax, (title, matrix) in zip(axes[0], views, strict=True):
         ax.imshow(matrix.numpy(), cmap="viridis")
         ax.set_title(title, fontsize=8)
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5)
         ax.set_yticks(range(len(labels)), labels, fontsize=5)
     fig.suptitle(f"Head-averaged attention per layer and attention rollout{note}", fontsize=10)
-    paths.append(_save(fig, out / f"{stem}-attention-layers.png"))
+    return fig
 
-    if explanation.attributions:
-        methods = list(explanation.attributions)
-        fig, axes = plt.subplots(2 * len(methods), 1, figsize=(12, 1.1 * 2 * len(methods)), squeeze=False)
-        for k, method in enumerate(methods):
-            tokens = [(t, s) for t, s, special in zip(explanation.tokens, explanation.attributions[method],
-                                                       _special(explanation), strict=True) if not special]
-            words = list(zip(explanation.words, explanation.word_attributions(method), strict=True))
-            _highlight_row(axes[2 * k][0], tokens, f"{METHOD_NAMES[method]}: tokens")
-            _highlight_row(axes[2 * k + 1][0], words, f"{METHOD_NAMES[method]}: words")
-        fig.suptitle(f"Attributions toward {explanation.target!r} (p = {explanation.probability:.3f}); "
-                     "red raises it, blue lowers it", fontsize=10)
-        paths.append(_save(fig, out / f"{stem}-attributions.png"))
-    return paths
+
+def _attributions_figure(plt: Any, explanation: Explanation) -> Any:
+    """Token and word highlights for each attribution method."""
+    methods = list(explanation.attributions)
+    fig, axes = plt.subplots(2 * len(methods), 1, figsize=(12, 1.1 * 2 * len(methods)), squeeze=False)
+    for k, method in enumerate(methods):
+        tokens = [(t, s) for t, s, special in zip(explanation.tokens, explanation.attributions[method],
+                                                   _special(explanation), strict=True) if not special]
+        words = list(zip(explanation.words, explanation.word_attributions(method), strict=True))
+        _highlight_row(axes[2 * k][0], tokens, f"{METHOD_NAMES[method]}: tokens")
+        _highlight_row(axes[2 * k + 1][0], words, f"{METHOD_NAMES[method]}: words")
+    fig.suptitle(f"Attributions toward {explanation.target!r} (p = {explanation.probability:.3f}); "
+                 "red raises it, blue lowers it", fontsize=10)
+    return fig
 
 
 def _special(explanation: Explanation) -> list[bool]:
