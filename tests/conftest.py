@@ -22,6 +22,21 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SST2 = SHARED_DATA / "sst2"
 
 
+def unavailable(message: str, required_by: str) -> None:
+    """A test's prerequisite is missing: fail where ``required_by`` (an environment variable) says it must be there
+    (CI sets LMTUNE_REQUIRE_DATA, _BROWSER and _SERVICES), else skip. Nothing is skipped silently in CI."""
+    if os.environ.get(required_by):
+        pytest.fail(f"{message} (required here: {required_by} is set)")
+    pytest.skip(message)
+
+
+def shared(path: Path) -> Path:
+    """``path`` under ../shared/data, which the integration tests read: missing fails in CI, skips elsewhere."""
+    if not path.exists():
+        unavailable(f"shared data not found at {path}", "LMTUNE_REQUIRE_DATA")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "lmtune-cache"))
@@ -43,8 +58,7 @@ def read_tsv(path: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def sst2_slice(tmp_path_factory) -> dict[str, Path]:
     """Small slices of the real SST-2: 240 training and 120 dev sentences."""
-    if not SST2.is_dir():
-        pytest.skip(f"shared data not found at {SST2}")
+    shared(SST2)
     out = tmp_path_factory.mktemp("sst2")
     train = read_tsv(SST2 / "train.tsv")[:240]
     dev = read_tsv(SST2 / "dev.tsv")[:120]
@@ -63,9 +77,7 @@ def rendered_dom(page: Path, tmp_path: Path) -> str:
     Skips where Chromium is missing, unless LMTUNE_REQUIRE_BROWSER is set (CI installs it).
     """
     if CHROMIUM is None:
-        if os.environ.get("LMTUNE_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (scripts/setup.sh installs it with apt-get)")
-        pytest.skip("chromium not installed")
+        unavailable("chromium is not installed (scripts/setup.sh installs it with apt-get)", "LMTUNE_REQUIRE_BROWSER")
     dom = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom", page.as_uri()],
@@ -82,8 +94,7 @@ def squad_slice(tmp_path_factory) -> dict[str, Path]:
     sys.path.insert(0, str(REPO / "scripts"))
     from squad_split import SQUAD, split, write
 
-    if not SQUAD.is_file():
-        pytest.skip(f"shared data not found at {SQUAD}")
+    shared(SQUAD)
     train, evaluation = split(SQUAD)
     out = tmp_path_factory.mktemp("squad")
     return {"train": write(train[:40], out / "train.jsonl"), "eval": write(evaluation[:16], out / "eval.jsonl")}
@@ -150,8 +161,7 @@ TINYSTORIES = SHARED_DATA / "corpus" / "tinystories_train_first2MiB.txt"
 @pytest.fixture(scope="session")
 def stories260k(tmp_path_factory) -> Path:
     """The real pretrained stories260K (llama2.c), imported as a run directory by `lmtune import`."""
-    if not STORIES260K.is_dir():
-        pytest.skip(f"shared model not found at {STORIES260K}")
+    shared(STORIES260K)
     out = tmp_path_factory.mktemp("imported") / "stories260K"
     result = subprocess.run(lmtune_command("import", "llama2c", str(STORIES260K), str(out)),
                             capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -162,8 +172,7 @@ def stories260k(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def stories_slice(tmp_path_factory) -> dict[str, Path]:
     """The first 60 TinyStories (train) and the next 12 (validation), as plain-text corpora."""
-    if not TINYSTORIES.is_file():
-        pytest.skip(f"shared data not found at {TINYSTORIES}")
+    shared(TINYSTORIES)
     from lmtune.data.corpus import DOCUMENT_SEPARATOR, split_documents
 
     stories = split_documents(TINYSTORIES.read_text(encoding="utf-8"))[0]
@@ -178,8 +187,7 @@ def stories_slice(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def instructions(tmp_path_factory) -> Path:
     """An instruction-tuning JSONL made from real SST-2 rows: half Alpaca-style, half chat messages."""
-    if not SST2.is_dir():
-        pytest.skip(f"shared data not found at {SST2}")
+    shared(SST2)
     out = tmp_path_factory.mktemp("sft") / "reviews.jsonl"
     lines = []
     for i, row in enumerate(read_tsv(SST2 / "train.tsv")[:120]):
@@ -240,8 +248,7 @@ DIALOGSUM = SHARED_DATA / "summarization" / "dialogsum"
 @pytest.fixture(scope="session")
 def dialogsum(tmp_path_factory) -> dict[str, Path]:
     """32 training and 4 test dialogues of the real DialogSum, and a tiny BERT to warm-start a summarizer."""
-    if not DIALOGSUM.is_dir():
-        pytest.skip(f"shared data not found at {DIALOGSUM}")
+    shared(DIALOGSUM)
     out = tmp_path_factory.mktemp("dialogsum")
     train = DIALOGSUM.joinpath("train.jsonl").read_text().splitlines()[:32]
     test = DIALOGSUM.joinpath("test.jsonl").read_text().splitlines()[:4]

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, lmtune_command
+from tests.conftest import REPO, lmtune_command, unavailable
 
 pytestmark = pytest.mark.integration
 STRATEGIES = "head,bitfit,lora"
@@ -37,9 +37,8 @@ def postgres():
 
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not bins:
-        if os.environ.get("LMTUNE_REQUIRE_SERVICES"):  # CI: scripts/setup.sh installs it
-            pytest.fail("PostgreSQL is not installed (scripts/setup.sh installs Debian's postgresql)")
-        pytest.skip("PostgreSQL not installed")
+        unavailable("PostgreSQL is not installed (scripts/setup.sh installs Debian's postgresql)",
+                    "LMTUNE_REQUIRE_SERVICES")
     folder = tempfile.mkdtemp(prefix="lmtune-pg-")
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_postgres:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from lmtune.cli.main import main
-from tests.conftest import SST2, read_tsv, rendered_dom, write_tsv
+from tests.conftest import SST2, read_tsv, rendered_dom, shared, write_tsv
 
 
 def test_explain_writes_pictures_scores_and_an_interactive_page(trained_run, tmp_path, capsys):
@@ -30,7 +30,7 @@ def test_integrated_gradients_deletes_better_than_random_on_dev_sentences(traine
     """The deletion test over 50 dev sentences: attribution-ranked deletion must lower the predicted
     class probability faster than random deletion, on average."""
     run, _ = trained_run
-    rows = read_tsv(SST2 / "dev.tsv")[200:250]
+    rows = read_tsv(shared(SST2) / "dev.tsv")[200:250]
     inputs = write_tsv(tmp_path / "inputs.tsv", rows, ["sentence", "label"])
     assert main(["explain", str(run), "--input", str(inputs), "--method", "ig", "--no-png", "--no-base",
                  "--steps", "16", "--out", str(tmp_path / "x")]) == 0

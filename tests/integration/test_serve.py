@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, Server, lmtune_command, read_tsv
+from tests.conftest import REPO, Server, lmtune_command, read_tsv, unavailable
 
 pytestmark = pytest.mark.integration
 JSON = {"Content-Type": "application/json"}
@@ -346,11 +346,8 @@ def test_playground_in_a_real_browser(server, tmp_path):
     from tests.conftest import CHROMIUM
 
     if CHROMIUM is None or not _chromedriver():
-        import os
-
-        if os.environ.get("LMTUNE_REQUIRE_BROWSER"):
-            pytest.fail("chromium and chromium-driver are needed (scripts/setup.sh installs them)")
-        pytest.skip("chromium-driver not installed")
+        unavailable("chromium and chromium-driver are needed (scripts/setup.sh installs them)",
+                    "LMTUNE_REQUIRE_BROWSER")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By

@@ -8,7 +8,7 @@ from lmtune.config import DataConfig
 from lmtune.data.sources import Table
 from lmtune.tasks.language_model import IGNORE_INDEX
 from lmtune.tasks.sft import InstructionTuning
-from tests.conftest import STORIES260K, TINYSTORIES
+from tests.conftest import STORIES260K, TINYSTORIES, shared
 
 
 def _llama2c_encode(text: str, pieces: list[tuple[str, float]]) -> list[int]:
@@ -39,8 +39,8 @@ def test_imported_tokenizer_encodes_and_decodes_as_llama2c(tokenizer):
     from lmtune.data.corpus import split_documents
     from lmtune.llama2c import read_pieces
 
-    pieces = read_pieces(STORIES260K / "tok512.bin", 512)
-    stories = split_documents(TINYSTORIES.read_text(encoding="utf-8"))[0][:40]
+    pieces = read_pieces(shared(STORIES260K) / "tok512.bin", 512)
+    stories = split_documents(shared(TINYSTORIES).read_text(encoding="utf-8"))[0][:40]
     odd = ['Tom said: "Wow — 3½ cakes!" 😀\nThe end.', "  two  spaces\n new line"]
     for text in [*stories, *odd]:
         ids = tokenizer(text)["input_ids"]
