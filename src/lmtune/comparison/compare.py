@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,27 @@ def _work(study: Any, specs: list[TrialSpec], base: RunConfig, root: Path, stora
             log.info("[%s] trial %s (%d of %d)%s", workers.worker_id(), spec.key, specs.index(spec) + 1,
                      len(specs), _best_line(study))
             study.enqueue_trial({}, user_attrs={"key": spec.key})
-            study.optimize(lambda trial: _objective(trial, by_key, base, root, parent, beat), n_trials=1,
-                           catch=(LmtuneError,))
+            _ask_and_tell(study, lambda trial: _objective(trial, by_key, base, root, parent, beat))
+
+
+def _ask_and_tell(study: Any, objective: Callable[[Any], float]) -> None:
+    """Run one trial through Optuna's ask-and-tell interface. A trial the objective refuses (an LmtuneError,
+    already told to the user in one line) fails quietly: `Study.optimize` would log its traceback."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trial = study.ask()  # the next enqueued trial: its key says which run it is
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except LmtuneError:
+        study.tell(trial, state=TrialState.FAIL)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
 
 
 def _running(study: Any) -> bool:

@@ -31,7 +31,8 @@ class MetricsLog:
         self._last_line = self._start_time = time.monotonic()
         self._start_n = self._done = start_step
         self._total = total_steps
-        self._loss = float("nan")
+        self._loss: float | None = None
+        """The latest logged training loss; None until the first log line of this process (not a NaN)."""
         if enabled:
             from tqdm.auto import tqdm
 
@@ -59,18 +60,18 @@ class MetricsLog:
             return
         self._done += 1
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{self._loss:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
+        self.bar.set_postfix(loss=_shown(self._loss), samples_s=f"{samples_per_s:.0f}", refresh=False)
         if self.bar.disable and time.monotonic() - self._last_line >= PLAIN_PROGRESS_EVERY_S:
             self._plain_progress(self._loss, samples_per_s)
 
-    def _plain_progress(self, loss: float, samples_per_s: float) -> None:
+    def _plain_progress(self, loss: float | None, samples_per_s: float) -> None:
         """Without a terminal (CI, nohup, logs) the bar is off: a progress line every half minute instead."""
         self._last_line = time.monotonic()
         done, total = self._done, self._total
         rate = (done - self._start_n) / max(self._last_line - self._start_time, 1e-9)
         eta = (total - done) / rate if rate > 0 else float("inf")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        log.info("step %d/%d  loss %.4f  %.0f samples/s  eta %s", done, total, loss, samples_per_s, eta_text)
+        log.info("step %d/%d  loss %s  %.0f samples/s  eta %s", done, total, _shown(loss), samples_per_s, eta_text)
 
     def message(self, text: str) -> None:
         """A line for the user on stderr (stdout stays clean for machine-readable output)."""
@@ -84,6 +85,11 @@ class MetricsLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _shown(loss: float | None) -> str:
+    """The loss as the progress shows it: "-" before the first log line (a real NaN shows as nan)."""
+    return "-" if loss is None else f"{loss:.4f}"
 
 
 def truncate_log(run_dir: Path, step: int) -> None:
