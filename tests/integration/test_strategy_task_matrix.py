@@ -14,7 +14,7 @@ import torch
 
 from lmtune.cli.main import main
 from lmtune.strategies import STRATEGIES
-from tests.conftest import REPO, SHARED_DATA, lmtune_command, make_tiny_bert, read_tsv, write_tsv
+from tests.conftest import REPO, SHARED_DATA, lmtune_command, make_tiny_bert, read_tsv, untrained_run, write_tsv
 
 pytestmark = pytest.mark.integration
 
@@ -85,17 +85,22 @@ def test_pair(capsys, setups, task, strategy, tmp_path):
     if strategy not in ("full", "llrd"):
         assert final["trainable_parameters"] < final["parameters"]
     import lmtune
+    from lmtune.data.splits import load_tables
 
     run = lmtune.load(out)
-    assert run.evaluate(_eval_data(setups, task))["loss"] > 0  # the saved run reloads and evaluates
-    if strategy == "full":  # evaluating the validation rows again reproduces what training logged
-        from lmtune.data.splits import load_tables
-
-        again = run.evaluate(load_tables(run.config.data, run.task)["validation"])
-        logged = final["validation"]
-        for name in run.task.metric_names:
-            if name in logged:
-                assert again[name] == pytest.approx(logged[name], abs=1e-4), name
+    # the saved run is the trained one: evaluating the validation rows again reproduces what training logged
+    again = run.evaluate(load_tables(run.config.data, run.task)["validation"])
+    logged = final["validation"]
+    # freeze and head were evaluated from the frozen-layer cache (the frozen bottom's outputs, kept in bf16);
+    # the reloaded run recomputes them, which moves a loss in its 4th digit
+    tolerance = {"rel": 1e-3} if strategy in ("freeze", "head") else {"abs": 1e-4}
+    for name in run.task.metric_names:
+        if name in logged:
+            assert again[name] == pytest.approx(logged[name], **tolerance), name
+    if strategy != "lora":  # the strategy trained what it says: something moved, and nothing it froze
+        start = dict(untrained_run(out).model.named_parameters())
+        moved = [name for name, param in run.model.named_parameters() if not torch.equal(param, start[name])]
+        assert moved and sum(start[n].numel() for n in moved) <= final["trainable_parameters"], moved
     if strategy == "lora":
         merged = lmtune.export(out, merge=True)
         again = dataclasses.replace(run, model=run.task.build_model(str(merged)).eval())

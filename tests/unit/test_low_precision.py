@@ -1,5 +1,6 @@
 """Scoring on bf16 weight copies: the same numbers as a bf16 model, the fp32 weights back afterwards."""
 
+import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -34,12 +35,9 @@ def test_a_cache_makes_the_copies_once_and_the_weights_come_back_after_an_error(
     with bf16_weights(model, cache):
         first = {id(p): p.data_ptr() for p in model.parameters()}
     assert len(cache) == len(first)
-    try:
-        with bf16_weights(model, cache):
-            second = {id(p): p.data_ptr() for p in model.parameters()}
-            raise RuntimeError("a batch failed")
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="a batch failed"), bf16_weights(model, cache):
+        second = {id(p): p.data_ptr() for p in model.parameters()}
+        raise RuntimeError("a batch failed")
     assert second == first  # the same copies, not new ones
     assert all(p.dtype == torch.float32 for p in model.parameters())
 

@@ -174,3 +174,13 @@ def test_each_side_of_the_server_owns_its_tokenizer(tmp_path):
     with served.request_tokenizer.borrow() as request_side:
         assert request_side is not tokenizer and request_side.backend_tokenizer is not tokenizer.backend_tokenizer
         assert request_side("a fine film")["input_ids"] == tokenizer("a fine film")["input_ids"]
+
+
+def test_max_tokens_defaults_as_openai_documents():
+    """Completions default to 16 new tokens; chat completions to as many as the server allows."""
+    from lmtune.serving.limits import Limits
+    from lmtune.serving.requests import chat_request, completion_request
+
+    limits = Limits(max_new_tokens=300)
+    assert completion_request({"prompt": "x"}, limits).max_tokens == 16
+    assert chat_request({"messages": [{"role": "user", "content": "hi"}]}, limits).max_tokens == 300
