@@ -99,3 +99,24 @@ def test_gradient_clipping_bounds_the_update():
     _optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm=0.5, copies=None)
     moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
     assert moved.item() == pytest.approx(0.5, rel=1e-4)  # SGD with lr 1 moves by exactly the clipped norm
+
+
+def test_a_random_state_that_was_not_restored_stops_the_resume(tmp_path):
+    """accelerate only logs when it cannot restore the random state; lmtune checks it and says so."""
+    from types import SimpleNamespace
+
+    import pytest
+    import torch
+
+    from lmtune.errors import LmtuneError
+    from lmtune.training.checkpoint import _check_random_state
+
+    accelerator = SimpleNamespace(process_index=0)
+    torch.save({"torch_manual_seed": torch.get_rng_state()}, tmp_path / "random_states_0.pkl")
+    _check_random_state(accelerator, tmp_path)  # restored: nothing to say
+    torch.rand(3)  # the state moved on, as if the restore had not happened
+    with pytest.raises(LmtuneError, match="random_states_0.pkl: the random state was not restored"):
+        _check_random_state(accelerator, tmp_path)
+    (tmp_path / "random_states_0.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(LmtuneError, match="cannot read the saved random state"):
+        _check_random_state(accelerator, tmp_path)

@@ -126,9 +126,26 @@ def load_checkpoint(accelerator: Any, path: Path) -> TrainState:
         raise LmtuneError(f"{path}: cannot restore this checkpoint ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); delete it to resume from an "
                           "earlier one") from err
+    _check_random_state(accelerator, path)
     saved = read_json_object(path / STATE_FILE, "a training state", ["step", "epoch", "batch"])
     known = {f.name for f in dataclasses.fields(TrainState)}
     return TrainState(**{k: v for k, v in saved.items() if k in known})
+
+
+def _check_random_state(accelerator: Any, path: Path) -> None:
+    """That the checkpoint's random state is this process's now: accelerate only logs "Could not load random
+    states" when it fails, and a resumed run would then draw other dropout masks than the run it continues."""
+    import torch
+
+    file = path / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        saved = torch.load(file, weights_only=False)["torch_manual_seed"]
+    except Exception as err:  # noqa: BLE001 - any failure to read it means the state was not restored
+        raise LmtuneError(f"{file}: cannot read the saved random state ({type(err).__name__}); delete "
+                          f"{path.name} to resume from an earlier checkpoint") from None
+    if not torch.equal(torch.get_rng_state(), saved):
+        raise LmtuneError(f"{file}: the random state was not restored; delete {path.name} to resume from an "
+                          "earlier checkpoint")
 
 
 def remove_partial(run_dir: Path) -> None:
