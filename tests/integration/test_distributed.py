@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from lmtune.serving.process import free_port
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_torchrun_two_cpu_processes(sst2_slice, tmp_path):
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
         "-m", "lmtune", "train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
         f"data.validation={sst2_slice['dev']}", f"output={out}", "train.epochs=1", "train.batch_size=16",
         "train.eval_every=3", "train.log_every=1",

@@ -483,7 +483,9 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(task_runs):
         slow = threading.Thread(target=lambda: answers.append(
             post(srv, "/v1/explain", {"model": "cls", "text": "a film " * 30, "steps": 200})))
         slow.start()
+        deadline = time.time() + 60
         while _metric(srv, "lmtune_in_flight_requests") < 1:  # the explain has started
+            assert time.time() < deadline and slow.is_alive(), "the explain request never started"
             time.sleep(0.02)
         srv.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
