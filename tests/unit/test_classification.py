@@ -27,17 +27,17 @@ def _table(labels, source="t.csv"):
 
 def test_label_set_from_strings_and_integers():
     task = Classification()
-    task.fit(_table(["1", "0", "1"]), DataConfig(train="t.csv"))
+    task.learn_from_rows(_table(["1", "0", "1"]), DataConfig(train="t.csv"))
     assert task.labels == [0, 1]
-    task.fit(_table(["pos", "neg", "neutral"]), DataConfig(train="t.csv"))
+    task.learn_from_rows(_table(["pos", "neg", "neutral"]), DataConfig(train="t.csv"))
     assert task.labels == ["neg", "neutral", "pos"]
 
 
 def test_one_class_and_unknown_label_are_clear_errors():
     task = Classification()
     with pytest.raises(DataError, match="label column 'label' has only one class"):
-        task.fit(_table(["pos", "pos"]), DataConfig(train="t.csv"))
-    task.fit(_table(["pos", "neg"]), DataConfig(train="t.csv"))
+        task.learn_from_rows(_table(["pos", "pos"]), DataConfig(train="t.csv"))
+    task.learn_from_rows(_table(["pos", "neg"]), DataConfig(train="t.csv"))
     with pytest.raises(DataError, match=r"dev.csv:3: label 'meh' is not one of the training labels \(neg, pos\)"):
         task.encode(_table(["pos", "meh"], "dev.csv"), _FakeTokenizer(), DataConfig(train="t.csv"), 16)
 

@@ -69,7 +69,7 @@ def test_two_processes_gather_exactly_what_one_computes(monkeypatch, bert, kind)
     data = DataConfig(train="x", text="text", label="label")
     if kind == "classification":
         task, rows = Classification(), [{"text": t, "label": i % 2} for i, t in enumerate(TEXTS)]
-        task.fit(Table("t", ["text", "label"], rows), data)
+        task.learn_from_rows(Table("t", ["text", "label"], rows), data)
     elif kind == "masked_lm":
         task, rows = MaskedLM(pseudo_perplexity_samples=3), [{"text": t} for t in TEXTS]
     else:

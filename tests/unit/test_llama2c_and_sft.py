@@ -76,4 +76,4 @@ def test_sft_rows_without_a_response_are_refused(tokenizer):
     data = DataConfig(train="x", **InstructionTuning.default_columns)
     table = Table("rows.jsonl", ["instruction"], [{"instruction": "Say hi."}], [7])
     with pytest.raises(DataError, match=r"rows.jsonl:7: column 'output' is None"):
-        task.fit(table, data)
+        task.learn_from_rows(table, data)

@@ -49,7 +49,7 @@ def test_answers_map_to_token_spans_in_the_right_window(tokenizer):
     context = f"{filler} The answer is Denver Broncos indeed. {filler}"
     table = _table([_row("who won?", context, "Denver Broncos")])
     task = QuestionAnswering({"doc_stride": 32})
-    task.fit(table, DATA)
+    task.learn_from_rows(table, DATA)
     features = task.encode(table, tokenizer, DATA, max_length=96)
     assert len(features) > 3 and {f["example"] for f in features} == {0}
     holding = [f for f in features if f["start_positions"] != 0]
@@ -91,6 +91,6 @@ def test_postprocessing_picks_the_best_valid_span_across_windows(tokenizer):
 def test_bad_answers_name_the_row():
     task = QuestionAnswering()
     with pytest.raises(DataError, match=r"q.jsonl: row 2: answer 'Rome' is not at character 0 of the context"):
-        task.fit(_table([_row("q", "Paris is big", "Paris"), _row("q", "Paris is big", "Rome", start=0)]), DATA)
+        task.learn_from_rows(_table([_row("q", "Paris is big", "Paris"), _row("q", "Paris is big", "Rome", start=0)]), DATA)
     with pytest.raises(DataError, match=r"q.jsonl: row 1: column 'answers' must be"):
-        task.fit(_table([{"question": "q", "context": "c", "answers": "c"}]), DATA)
+        task.learn_from_rows(_table([{"question": "q", "context": "c", "answers": "c"}]), DATA)

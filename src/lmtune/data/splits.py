@@ -16,10 +16,10 @@ def load_tables(data: DataConfig, task: Any) -> dict[str, Table]:
 
     Args:
         data: the config's data section.
-        task: a `lmtune.tasks.Task` (``read`` and ``fit``).
+        task: a `lmtune.tasks.Task` (``read`` and ``learn_from_rows``).
     """
     train = task.read(data.train, "train").head(data.max_train_samples)
-    task.fit(train, data)
+    task.learn_from_rows(train, data)
     tables = {"train": train}
     if data.validation:
         tables["validation"] = task.read(data.validation, "validation").head(data.max_eval_samples)

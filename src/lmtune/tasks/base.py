@@ -126,7 +126,7 @@ class Task(abc.ABC):
         """Everything needed to rebuild this task for eval/predict (labels, options, seeds); saved in task.json."""
 
     def configure(self, cfg: Any) -> None:  # noqa: B027 - optional: most tasks have no settings
-        """Take the task's settings from a run config (before `fit`)."""
+        """Take the task's settings from a run config (before `learn_from_rows`)."""
 
     # ---- data -------------------------------------------------------------------------------------
 
@@ -135,7 +135,7 @@ class Task(abc.ABC):
         return read_table(source, split)
 
     @abc.abstractmethod
-    def fit(self, train: Table, data: DataConfig) -> None:
+    def learn_from_rows(self, train: Table, data: DataConfig) -> None:
         """Learn what the task needs from the training data (e.g. the label set); validate every row."""
 
     @abc.abstractmethod

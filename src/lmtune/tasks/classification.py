@@ -56,7 +56,7 @@ class Classification(Task):
             raise LmtuneError(f"--target: {label!r} is not a label of this run; labels: {', '.join(names)}")
         return [ClassProbability(index, names[index], names[best])]
 
-    def fit(self, train: Table, data: DataConfig) -> None:
+    def learn_from_rows(self, train: Table, data: DataConfig) -> None:
         train.require(data.text, data.text_pair, data.label)
         values = {_normalize(row.get(data.label), train, i, data.label) for i, row in enumerate(train.rows)}
         if len(values) < 2:

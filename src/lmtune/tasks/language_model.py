@@ -144,7 +144,7 @@ class CausalLM(TokenTask):
         """Plain-text corpora are read as documents (see `lmtune.data.corpus`), not as one row per line."""
         return read_corpus(source, split)
 
-    def fit(self, train: Table, data: DataConfig) -> None:
+    def learn_from_rows(self, train: Table, data: DataConfig) -> None:
         train.require(data.text)
         train.texts(data.text)  # every document is text
 

@@ -78,7 +78,7 @@ class MaskedLM(TokenTask):
                         "ln(vocabulary) at first", source)
         return model
 
-    def fit(self, train: Table, data: DataConfig) -> None:
+    def learn_from_rows(self, train: Table, data: DataConfig) -> None:
         train.require(data.text)
         train.texts(data.text)
 

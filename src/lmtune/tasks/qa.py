@@ -67,7 +67,7 @@ class QuestionAnswering(Task):
         self.options.update(doc_stride=cfg.data.doc_stride, max_answer_length=cfg.qa.max_answer_length,
                             n_best=cfg.qa.n_best, allow_no_answer=cfg.qa.allow_no_answer)
 
-    def fit(self, train: Table, data: DataConfig) -> None:
+    def learn_from_rows(self, train: Table, data: DataConfig) -> None:
         train.require(data.text, data.text_pair, data.label)
         for i in range(len(train)):
             _answers(train, i, data)  # every answer is checked against its context before training starts

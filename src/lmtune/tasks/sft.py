@@ -67,7 +67,7 @@ class InstructionTuning(TokenTask):
 
     # ---- rows → conversations -------------------------------------------------------------------
 
-    def fit(self, train: Table, data: DataConfig) -> None:
+    def learn_from_rows(self, train: Table, data: DataConfig) -> None:
         for i in range(len(train)):
             self.conversation(train, i, data, with_response=True)
 

@@ -63,7 +63,7 @@ class Summarization(Task):
             raise LmtuneError(f"early_stopping.metric: {cfg.early_stopping.metric} needs generation during "
                               "training; set summarization.eval_generate to a number of validation rows")
 
-    def fit(self, train: Table, data: DataConfig) -> None:
+    def learn_from_rows(self, train: Table, data: DataConfig) -> None:
         train.require(data.text, data.label)
         for i, row in enumerate(train.rows):
             for column in (data.text, data.label):
