@@ -1,4 +1,4 @@
-"""``lmtune`` command line: a table of subcommands, each a thin layer over `lmtune.pipeline`."""
+"""``lmtune`` command line: a table of subcommands, each a thin layer over the Python API's modules."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ from pathlib import Path
 
 from lmtune.errors import LmtuneError, Stopped
 
+DESCRIPTION = """Pretrain, fine-tune, compare strategies, diagnose and explain transformer language models.
+
+A run directory (what `lmtune train` writes: config, checkpoints, metrics, the final model) is what the
+other commands take. `lmtune COMMAND --help` describes each one."""
+EPILOG = """the commands by job:
+  make a run          train (fine-tune or pretrain; resumes an unfinished run), compare (strategies, with a
+                      winner), import (a llama2.c checkpoint)
+  use a finished run  eval, predict, generate, serve (HTTP, OpenAI-compatible), export (plain weights)
+  look into a run     diagnose, report, explain, runs (list run directories), track (to MLflow and others)
+
+documentation: README.md and the docs/ site (mkdocs build)"""
 EXIT_USAGE = 2
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
 """Write failures the user must fix (disk full, quota, read-only, permissions): one line, not a traceback."""
@@ -215,7 +226,11 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmtune", description=__doc__)
+    from lmtune.about import __version__
+
+    parser = argparse.ArgumentParser(prog="lmtune", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lmtune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_training_commands, _inference_commands, _insight_commands):
@@ -230,7 +245,7 @@ def _report_to_option(p: argparse.ArgumentParser) -> None:
 
 def _training_commands(sub: argparse._SubParsersAction) -> None:
     """train, compare, import, export: commands that write run directories."""
-    p = sub.add_parser("train", help="fine-tune as a YAML config says (resumes an unfinished run)")
+    p = sub.add_parser("train", help="fine-tune or pretrain as a YAML config says (resumes an unfinished run)")
     p.add_argument("config", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=2e-5")
     _report_to_option(p)
