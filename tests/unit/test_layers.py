@@ -26,3 +26,12 @@ def test_the_config_leaf_knows_every_strategy_knob():
     """StrategyConfig (in the leaf) holds the settings; each strategy class owns which of them it takes."""
     taken = {knob for name in STRATEGIES.names() for knob in knobs_of(name)}
     assert taken == set(STRATEGY_KNOBS)
+
+
+def test_the_documentation_site_builds_strictly(tmp_path):
+    """mkdocs --strict: a broken link, a page missing from the nav or a bad file is an error."""
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "site" / "guide" / "config" / "index.html").is_file()
