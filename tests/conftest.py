@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -114,6 +115,47 @@ def kill_at_checkpoint(command: list[str], run_dir: Path, step: int, timeout: fl
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@dataclass
+class CliResult:
+    """What an `lmtune` command run in process gave: its exit code, stdout, and stderr with the log lines."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path) -> CliResult:
+    """Run `lmtune ARGS...` in this process, from the repository like a user would: the CLI's code path without
+    a new interpreter's 5-6 s of imports. Tests about the process itself (an exit by signal, a kill, a real
+    traceback on stderr) start one with `lmtune_command` instead."""
+    import io
+    import logging
+    from contextlib import chdir, redirect_stderr, redirect_stdout
+
+    from lmtune.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("lmtune: %(message)s"))
+    logger = logging.getLogger("lmtune")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with chdir(REPO), redirect_stdout(out), redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    """`run_cli` as a fixture, for tests that read better with it among their arguments."""
+    return run_cli
 
 
 def lmtune_command(*args: str) -> list[str]:

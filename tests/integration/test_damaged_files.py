@@ -71,7 +71,7 @@ def test_missing_tokenizer_files(capsys, run):
     ("task.json", b'{"task": "classif', "not valid JSON (line 1, column 10: Unterminated string"),
     ("task.json", b"", "empty file; expected the run's task state"),
     ("config.yaml", b"task: classification\ndata: [\n", "not valid YAML at line 3"),
-    ("config.yaml", b"task: nonsense\n", "not a valid run config (task: unknown task 'nonsense'"),
+    ("config.yaml", b"task: nonsense\ndata: {train: t.csv}\n", "not a valid run config (task: unknown task 'nonsense'"),
     ("model/config.json", b"\x00\x01", "not valid JSON"),
 ])
 def test_damaged_run_files(capsys, run, name, content, problem):

@@ -6,16 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINYSTORIES, kill_at_checkpoint, lmtune_command, rendered_dom
+from tests.conftest import REPO, TINYSTORIES, CliResult, kill_at_checkpoint, lmtune_command, rendered_dom, run_cli
 
 
-def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(lmtune_command(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout)
+def run(*args: str) -> CliResult:
+    """`lmtune ARGS...` in process (these tests are about what the commands do, not about their process)."""
+    return run_cli(*args)
 
 
 def write_config(path, text: str):
@@ -67,7 +67,7 @@ train:
     command = lmtune_command("train", str(config), f"output={out}")
     kill_at_checkpoint(command, out, 8)
     tokenizer = hashlib.sha1((out / "base" / "tokenizer.json").read_bytes()).hexdigest()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = run("train", str(config), f"output={out}")  # resumed in this process
     assert result.returncode == 0, result.stderr
     assert "resumed from step-8" in result.stderr
     assert hashlib.sha1((out / "base" / "tokenizer.json").read_bytes()).hexdigest() == tokenizer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -12,8 +11,8 @@ from tests.conftest import REPO, kill_at_checkpoint, lmtune_command, untrained_r
 pytestmark = pytest.mark.integration
 
 
-def _train(squad_slice, out, *extra):
-    return lmtune_command(
+def _args(squad_slice, out, *extra):
+    return (
         "train", str(REPO / "examples" / "squad.yaml"), f"data.train={squad_slice['train']}",
         f"data.validation={squad_slice['eval']}", f"output={out}", "train.max_length=128", "data.doc_stride=32",
         "train.batch_size=8", "train.max_steps=8", "train.eval_every=4", "train.log_every=2", "train.seed=3",
@@ -21,32 +20,28 @@ def _train(squad_slice, out, *extra):
     )
 
 
-def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path):
+def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path, cli):
     whole = tmp_path / "whole"
-    result = subprocess.run(_train(squad_slice, whole), capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = cli(*_args(squad_slice, whole))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"validation_exact_match", "validation_f1", "validation_loss"} <= set(summary)
 
-    killed = tmp_path / "killed"
-    kill_at_checkpoint(_train(squad_slice, killed), killed, step=4)
-    result = subprocess.run(_train(squad_slice, killed), capture_output=True, text=True, cwd=REPO, timeout=600)
+    killed = tmp_path / "killed"  # killed in its own process, resumed in this one
+    kill_at_checkpoint(lmtune_command(*_args(squad_slice, killed)), killed, step=4)
+    result = cli(*_args(squad_slice, killed))
     assert result.returncode == 0 and "resumed from step-4" in result.stderr, result.stderr
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))
     assert got["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], abs=1e-6)
     assert got["validation"]["f1"] == expected["validation"]["f1"]
 
-    result = subprocess.run(lmtune_command("eval", str(whole), "--data", str(squad_slice["eval"]), "--json"),
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
-    metrics = json.loads(result.stdout)
+    metrics = json.loads(cli("eval", whole, "--data", squad_slice["eval"], "--json").stdout)
     assert metrics["f1"] == expected["validation"]["f1"]  # eval reproduces the logged validation
     assert metrics["exact_match"] == expected["validation"]["exact_match"]
     assert metrics["loss"] < untrained_run(whole).evaluate(str(squad_slice["eval"]))["loss"]
 
     rows = [json.loads(x) for x in squad_slice["eval"].read_text().splitlines()[:3]]
-    result = subprocess.run(lmtune_command("predict", str(whole), "--input", str(squad_slice["eval"])),
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
-    predictions = [json.loads(x) for x in result.stdout.splitlines()]
+    predictions = [json.loads(x) for x in cli("predict", whole, "--input", squad_slice["eval"]).stdout.splitlines()]
     assert len(predictions) == 16
     # predict and eval take one path: SQuAD's scores of predict's answers are eval's scores
     from lmtune.tasks.squad_metric import squad_scores
@@ -59,10 +54,8 @@ def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path)
         assert 0 <= p["score"] <= 1
 
     # explain: attributions toward the answer's start and, separately, its end
-    result = subprocess.run(lmtune_command("explain", str(whole), "--input", str(squad_slice["eval"]),
-                                           "--max-inputs", "1", "--method", "gradxinput,occlusion", "--no-png",
-                                           "--no-base", "--out", str(tmp_path / "explain")),
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = cli("explain", whole, "--input", squad_slice["eval"], "--max-inputs", "1", "--method",
+                 "gradxinput,occlusion", "--no-png", "--no-base", "--out", tmp_path / "explain")
     assert result.returncode == 0, result.stderr
     start, end = (json.loads(x) for x in result.stdout.splitlines()[:2])
     assert start["target"].startswith("start of") and end["target"].startswith("end of")
@@ -71,11 +64,9 @@ def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path)
 
 
 @pytest.mark.parametrize("strategy", ["lora", "freeze"])
-def test_qa_with_lora_and_freezing(squad_slice, tmp_path, strategy):
+def test_qa_with_lora_and_freezing(squad_slice, tmp_path, strategy, cli):
     out = tmp_path / strategy
-    result = subprocess.run(_train(squad_slice, out, f"strategy.name={strategy}", "train.max_steps=2",
-                                   "train.eval_every=0"),
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = cli(*_args(squad_slice, out, f"strategy.name={strategy}", "train.max_steps=2", "train.eval_every=0"))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["trainable_parameters"] < summary["parameters"]
@@ -87,16 +78,13 @@ def test_qa_with_lora_and_freezing(squad_slice, tmp_path, strategy):
     assert "The Denver Broncos won the game."[answer["start"]:answer["end"]] == answer["answer"]
 
 
-def test_qa_learns_to_answer(easy_qa, tmp_path):
+def test_qa_learns_to_answer(easy_qa, tmp_path, cli):
     """Eight SQuAD steps are too few to move F1 off zero; on questions whose answer follows one pattern, a few
     steps take the bundled model from no right answer to most of them."""
     out = tmp_path / "run"
-    result = subprocess.run(lmtune_command("train", str(REPO / "examples" / "squad.yaml"),
-                                           f"data.train={easy_qa['train']}",
-                                           f"data.validation={easy_qa['eval']}", f"output={out}",
-                                           "train.max_length=64", "train.batch_size=8", "train.max_steps=6",
-                                           "train.eval_train_samples=8"),
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = cli("train", REPO / "examples" / "squad.yaml", f"data.train={easy_qa['train']}",
+                 f"data.validation={easy_qa['eval']}", f"output={out}", "train.max_length=64", "train.batch_size=8",
+                 "train.max_steps=6", "train.eval_train_samples=8")
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())["validation"]
     untrained = untrained_run(out).evaluate(str(easy_qa["eval"]))

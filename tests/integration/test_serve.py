@@ -21,10 +21,11 @@ pytestmark = pytest.mark.integration
 JSON = {"Content-Type": "application/json"}
 
 
-def _train(*args: str) -> None:
-    result = subprocess.run(lmtune_command("train", *args, "train.eval_train_samples=0"), capture_output=True,
-                            text=True, cwd=REPO, timeout=600)
-    assert result.returncode == 0, result.stderr
+def _train(config: str, *overrides: str) -> None:
+    """Train in this process (the runs here are what is served; how `lmtune train` runs is tested elsewhere)."""
+    import lmtune
+
+    lmtune.train(config, [*overrides, "train.eval_train_samples=0"], show_diagnosis=False)
 
 
 @pytest.fixture(scope="module")

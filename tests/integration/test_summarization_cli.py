@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -17,37 +16,32 @@ def slices(dialogsum):
     return dialogsum
 
 
-def _train(s, out):
-    return lmtune_command("train", str(REPO / "examples" / "dialogsum.yaml"), f"model={s['model']}",
-                          f"data.train={s['train']}", f"data.validation={s['test']}", f"output={out}",
-                          "train.max_steps=30", "train.eval_every=10", "train.batch_size=4", "train.max_length=96",
-                          "summarization.eval_generate=2", "summarization.num_beams=2",
-                          "summarization.max_target_length=16", "train.lr=1e-3")
+def _args(s, out):
+    return ("train", str(REPO / "examples" / "dialogsum.yaml"), f"model={s['model']}", f"data.train={s['train']}",
+            f"data.validation={s['test']}", f"output={out}", "train.max_steps=30", "train.eval_every=10",
+            "train.batch_size=4", "train.max_length=96", "summarization.eval_generate=2", "summarization.num_beams=2",
+            "summarization.max_target_length=16", "train.lr=1e-3")
 
 
-def test_summarization_trains_resumes_evaluates_and_predicts(slices, tmp_path):
+def test_summarization_trains_resumes_evaluates_and_predicts(slices, tmp_path, cli):
     whole = tmp_path / "whole"
-    result = subprocess.run(_train(slices, whole), capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = cli(*_args(slices, whole))
     assert result.returncode == 0, result.stderr
-    killed = tmp_path / "killed"
-    kill_at_checkpoint(_train(slices, killed), killed, step=10)
-    result = subprocess.run(_train(slices, killed), capture_output=True, text=True, cwd=REPO, timeout=600)
+    killed = tmp_path / "killed"  # killed in its own process, resumed in this one
+    kill_at_checkpoint(lmtune_command(*_args(slices, killed)), killed, step=10)
+    result = cli(*_args(slices, killed))
     assert result.returncode == 0 and "resumed from step-" in result.stderr, result.stderr
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))
     assert got["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], abs=1e-5)
     assert got["validation"]["rougeL"] == pytest.approx(expected["validation"]["rougeL"], abs=1e-3)
 
-    result = subprocess.run(lmtune_command("eval", str(whole), "--data", str(slices["test"]), "--json"),
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
-    metrics = json.loads(result.stdout)
+    metrics = json.loads(cli("eval", whole, "--data", slices["test"], "--json").stdout)
     assert metrics["generated"] == 4 and {"rouge1", "rouge2", "rougeL"} <= set(metrics)
     untrained = untrained_run(whole).evaluate(str(slices["test"]))
     # it learned: the loss over every reference token fell clearly (10.3 → 9.2 measured); ROUGE over 4 greedy
     # summaries after 30 steps is mostly chance (2.6 to 10.1 across seeds of the dropout masks), so only higher
     assert metrics["loss"] < untrained["loss"] - 0.5 and metrics["rouge1"] > untrained["rouge1"]
-    result = subprocess.run(lmtune_command("predict", str(whole), "--input", str(slices["test"])),
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
-    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    lines = [json.loads(x) for x in cli("predict", whole, "--input", slices["test"]).stdout.splitlines()]
     assert len(lines) == 4 and all(x["summary"].strip() for x in lines)
     # the summaries `predict` writes are the ones `eval` scored: their ROUGE-1, computed here independently
     # (best over each dialogue's references), is the eval's

@@ -91,6 +91,7 @@ def test_postprocessing_picks_the_best_valid_span_across_windows(tokenizer):
 def test_bad_answers_name_the_row():
     task = QuestionAnswering()
     with pytest.raises(DataError, match=r"q.jsonl: row 2: answer 'Rome' is not at character 0 of the context"):
-        task.learn_from_rows(_table([_row("q", "Paris is big", "Paris"), _row("q", "Paris is big", "Rome", start=0)]), DATA)
+        task.learn_from_rows(_table([_row("q", "Paris is big", "Paris"), _row("q", "Paris is big", "Rome", start=0)]),
+                             DATA)
     with pytest.raises(DataError, match=r"q.jsonl: row 1: column 'answers' must be"):
         task.learn_from_rows(_table([{"question": "q", "context": "c", "answers": "c"}]), DATA)
