@@ -19,7 +19,7 @@ import pytest
 
 from lmtune import pipeline
 from lmtune.cli.main import main
-from tests.conftest import REPO, lmtune_command
+from tests.conftest import REPO, CliResult, lmtune_command, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +33,9 @@ def _args(sst2_slice: dict[str, Path], out: Path) -> list[str]:
             "data.max_eval_samples=40", "train.log_every=1", "train.keep_checkpoints=3", "train.lr=1e-4"]
 
 
-def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(lmtune_command(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout)
+def _run(args: list[str]) -> CliResult:
+    """A resumed run, in this process: what these tests are about is the interrupted process before it."""
+    return run_cli(*args)
 
 
 def _outcome(run: Path) -> tuple:

@@ -32,10 +32,9 @@ def test_run_directory_layout_and_logs(trained_run):
     assert json.loads((run / "task.json").read_text())["labels"] == [0, 1]
 
 
-def test_eval_json_prints_one_object_of_metrics(trained_run, sst2_slice):
+def test_eval_json_prints_one_object_of_metrics(trained_run, sst2_slice, cli):
     run, summary = trained_run
-    result = subprocess.run(lmtune_command("eval", str(run), "--data", str(sst2_slice["dev"]), "--json"),
-                            capture_output=True, text=True, timeout=300)
+    result = cli("eval", run, "--data", sst2_slice["dev"], "--json")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["accuracy"] == pytest.approx(summary["validation_accuracy"], abs=1e-6)
@@ -43,18 +42,18 @@ def test_eval_json_prints_one_object_of_metrics(trained_run, sst2_slice):
     assert sum(map(sum, metrics["confusion_matrix"])) == 120
 
 
-def test_predict_from_file_and_stdin(trained_run, tmp_path):
+def test_predict_from_file_and_stdin(trained_run, tmp_path, cli):
     run, _ = trained_run
     inputs = tmp_path / "in.jsonl"
     inputs.write_text('{"sentence": "a gorgeous, witty, seductive movie ."}\n{"sentence": "the worst film ."}\n')
     out = tmp_path / "out.jsonl"
-    result = subprocess.run(lmtune_command("predict", str(run), "--input", str(inputs), "--output", str(out)),
-                            capture_output=True, text=True, timeout=300)
+    result = cli("predict", run, "--input", inputs, "--output", out)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == ["a gorgeous, witty, seductive movie .", "the worst film ."]
     assert all(set(r) == {"text", "label", "score", "scores"} for r in rows)
     assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-4
+    # stdin through a real pipe: a process of its own
     result = subprocess.run(lmtune_command("predict", str(run), "--input", "-"), input="one line\nanother line\n",
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Another test of this process may have left an accelerator behind: start from none."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def test_a_second_accelerator_in_one_process_can_change_precision():
