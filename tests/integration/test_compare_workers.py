@@ -12,17 +12,21 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, lmtune_command, unavailable
+from tests.conftest import REPO, lmtune_command, run_cli, unavailable
 
 pytestmark = pytest.mark.integration
 STRATEGIES = "head,bitfit,lora"
 
 
-def _compare(sst2_slice, out, *extra):
-    return lmtune_command("compare", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
-                          f"data.validation={sst2_slice['dev']}", "train.batch_size=16", "train.eval_train_samples=0",
-                          "train.lr=1e-3", "--strategies", STRATEGIES, "--budget", "8", "--no-prune", "--out", str(out),
-                          *extra)
+def _compare_args(sst2_slice, out, *extra) -> list[str]:
+    return ["compare", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+            f"data.validation={sst2_slice['dev']}", "train.batch_size=16", "train.eval_train_samples=0",
+            "train.lr=1e-3", "--strategies", STRATEGIES, "--budget", "8", "--no-prune", "--out", str(out), *extra]
+
+
+def _compare(sst2_slice, out, *extra) -> list[str]:
+    """A worker process (these tests kill and race them)."""
+    return lmtune_command(*_compare_args(sst2_slice, out, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +106,17 @@ def _kill_mid_trial(first, out, storage, deadline):
         first.send_signal(signal.SIGCONT)
 
 
+@pytest.fixture(scope="module")
+def alone_winner(sst2_slice, tmp_path_factory) -> str:
+    """The winner of the same comparison run by one worker, in this process (both storages compare with it)."""
+    result = run_cli(*_compare_args(sst2_slice, tmp_path_factory.mktemp("alone") / "alone"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split("winner: ")[1].split()[0]
+
+
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
-def test_two_workers_one_killed_mid_trial_complete_every_trial_once(sst2_slice, tmp_path, kind, request):
+def test_two_workers_one_killed_mid_trial_complete_every_trial_once(sst2_slice, tmp_path, kind, request,
+                                                                    alone_winner):
     from optuna.trial import TrialState
 
     journal = tmp_path / "study.journal"
@@ -135,12 +148,8 @@ def test_two_workers_one_killed_mid_trial_complete_every_trial_once(sst2_slice, 
     boards = [stdout.split("winner: ")[1] for stdout, _ in outputs]
     assert boards[0] == boards[1]
 
-    alone = subprocess.run(_compare(sst2_slice, tmp_path / "alone"), capture_output=True, text=True, cwd=REPO,
-                           timeout=900)
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    assert alone.stdout.split("winner: ")[1].split()[0] == boards[0].split()[0]  # the same winner as one worker
-    printed = subprocess.run(_compare(sst2_slice, out, "--storage", url, "--leaderboard"),
-                             capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert alone_winner == boards[0].split()[0]  # the same winner as one worker
+    printed = run_cli(*_compare_args(sst2_slice, out, "--storage", url, "--leaderboard"))
     assert printed.returncode == 0 and printed.stdout.split("winner: ")[1] == boards[0]
     assert json.loads((out / "leaderboard.json").read_text())["winner"] == boards[0].split()[0]
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, kill_at_checkpoint, lmtune_command
+from tests.conftest import REPO, kill_at_checkpoint, lmtune_command, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_a_killed_and_resumed_run_is_one_mlflow_run_with_one_history_and_tensorb
     kill_at_checkpoint(command, out, step=8, cwd=tmp_path)
     [killed] = _runs(store)
     assert killed.info.status == "RUNNING"  # SIGKILL: nobody could close it
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    result = run_cli(*command[3:])  # resumed in this process (the kill needed one of its own)
     assert result.returncode == 0, result.stderr
     assert "resumed from step-8" in result.stderr
 
@@ -88,19 +88,16 @@ def test_sigterm_marks_the_tracker_run_killed_and_runs_lists_it(sst2_slice, tmp_
     while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.1)
-    listed = subprocess.run(lmtune_command("runs", str(tmp_path), "--json"), capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
+    listed = run_cli("runs", tmp_path, "--json")  # `lmtune runs` reads files: in this process
     assert json.loads(listed.stdout)["status"] == "running"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 128 + signal.SIGTERM
     [run] = _runs(store)
     assert run.info.status == "KILLED"
-    listed = subprocess.run(lmtune_command("runs", str(tmp_path), "--json"), capture_output=True, text=True,
-                            cwd=tmp_path, timeout=120)
-    row = json.loads(listed.stdout)
+    row = json.loads(run_cli("runs", tmp_path, "--json").stdout)
     assert row["status"] == "killed" and row["task"] == "classification" and row["strategy"] == "full"
     assert row["metric"] == "accuracy" and row["age_s"] < 120
-    table = subprocess.run(lmtune_command("runs", str(tmp_path)), capture_output=True, text=True, cwd=tmp_path)
+    table = run_cli("runs", tmp_path)
     assert table.stdout.splitlines()[0].split() == ["run", "task", "model", "strategy", "status", "best", "age"]
 
 
