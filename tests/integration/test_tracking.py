@@ -159,8 +159,7 @@ def test_track_replays_a_finished_run_once(trained_run, tmp_path):
 
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
     for _ in range(2):  # the second replay finds everything logged already
-        result = subprocess.run(lmtune_command("track", str(copy), "--to", "mlflow", "--mlflow-uri", store),
-                                capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        result = run_cli("track", copy, "--to", "mlflow", "--mlflow-uri", store)
         assert result.returncode == 0, result.stderr
     [run] = _runs(store)
     assert run.info.status == "FINISHED"
