@@ -3,7 +3,14 @@
 from lmtune.about import __version__  # noqa: F401  (lmtune.__version__)
 from lmtune.config import RunConfig
 from lmtune.errors import ConfigError, DataError, LmtuneError
-from lmtune.loader import load_config
+
+
+def load_config(source, overrides=()):
+    """A run config from a YAML path (or a dict) with ``key=value`` overrides, checked; see
+    `lmtune.loader.load_config` (imported here on first use: ``import lmtune`` stays light)."""
+    from lmtune.loader import load_config as load
+
+    return load(source, overrides)
 
 
 def train(config, overrides=(), **options):

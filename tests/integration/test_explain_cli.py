@@ -27,13 +27,14 @@ def test_explain_writes_pictures_scores_and_an_interactive_page(trained_run, tmp
 
 
 def test_integrated_gradients_deletes_better_than_random_on_dev_sentences(trained_run, tmp_path, capsys):
-    """The deletion test over 24 dev sentences: attribution-ranked deletion must lower the predicted
-    class probability faster than random deletion, on average (benchmarks/explain_deletion.py: 46 of 50)."""
+    """The deletion test over 16 dev sentences: attribution-ranked deletion must lower the predicted
+    class probability faster than random deletion, on average (benchmarks/explain_deletion.py: 46 of 50
+    sentences, areas 0.46 against 0.81)."""
     run, _ = trained_run
-    rows = read_tsv(shared(SST2) / "dev.tsv")[200:224]
+    rows = read_tsv(shared(SST2) / "dev.tsv")[200:216]
     inputs = write_tsv(tmp_path / "inputs.tsv", rows, ["sentence", "label"])
     assert main(["explain", str(run), "--input", str(inputs), "--method", "ig", "--no-png", "--no-base",
                  "--steps", "16", "--out", str(tmp_path / "x")]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])["summary"]["ig"]
-    assert summary["inputs"] == 24
+    assert summary["inputs"] == 16
     assert summary["deletion_area_attribution"] < summary["deletion_area_random"], summary

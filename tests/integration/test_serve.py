@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from lmtune.serving.errors import ERROR_TYPES
-from tests.conftest import REPO, Server, lmtune_command, read_tsv, unavailable
+from tests.conftest import REPO, Server, lmtune_command, read_tsv, run_cli, unavailable
 
 pytestmark = pytest.mark.integration
 JSON = {"Content-Type": "application/json"}
@@ -64,10 +64,10 @@ def post(server: Server, path: str, body: dict, **kwargs) -> httpx.Response:
 
 
 def cli_predict(run, rows: list[dict], tmp_path) -> list[dict]:
+    """What `lmtune predict` prints for ``rows`` (run in this process)."""
     path = tmp_path / "inputs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    result = subprocess.run(lmtune_command("predict", str(run), "--input", str(path)), capture_output=True,
-                            text=True, cwd=REPO, timeout=300)
+    result = run_cli("predict", run, "--input", path)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -185,7 +185,7 @@ def test_a_long_explanation_does_not_hold_up_predictions(server):
     explained: dict = {}
 
     def explain() -> None:
-        response = post(server, "/v1/explain", {"model": "cls", "text": text, "method": "ig", "steps": 200})
+        response = post(server, "/v1/explain", {"model": "cls", "text": text, "method": "ig", "steps": 100})
         explained["status"], explained["at"] = response.status_code, time.monotonic()
 
     worker = threading.Thread(target=explain)

@@ -172,12 +172,10 @@ def test_track_replays_a_finished_run_once(trained_run, tmp_path):
 
 def test_compare_logs_a_parent_run_and_a_child_per_trial(sst2_slice, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = subprocess.run(
-        lmtune_command("compare", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
-                       f"data.validation={sst2_slice['dev']}", f"output={tmp_path / 'cmp'}", "train.batch_size=16",
-                       "train.eval_train_samples=0", f"tracking.mlflow_uri={store}", "--strategies", "head,bitfit",
-                       "--budget", "4", "--no-prune", "--report-to", "mlflow"),
-        capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    result = run_cli("compare", REPO / "examples" / "sst2.yaml", f"data.train={sst2_slice['train']}",
+                     f"data.validation={sst2_slice['dev']}", f"output={tmp_path / 'cmp'}", "train.batch_size=16",
+                     "train.eval_train_samples=0", f"tracking.mlflow_uri={store}", "--strategies", "head,bitfit",
+                     "--budget", "4", "--no-prune", "--report-to", "mlflow")
     assert result.returncode == 0, result.stderr
     runs = _runs(store)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

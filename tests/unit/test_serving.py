@@ -184,3 +184,13 @@ def test_max_tokens_defaults_as_openai_documents():
     limits = Limits(max_new_tokens=300)
     assert completion_request({"prompt": "x"}, limits).max_tokens == 16
     assert chat_request({"messages": [{"role": "user", "content": "hi"}]}, limits).max_tokens == 300
+
+
+def test_the_python_serve_takes_paths_strings_and_lists(tmp_path):
+    """`lmtune.serve` builds the app for one run (a str or a Path) or several; runs load at startup."""
+    import lmtune
+
+    assert lmtune.serve(tmp_path / "a").state.lmtune.specs == [str(tmp_path / "a")]
+    assert lmtune.serve(str(tmp_path / "a")).state.lmtune.specs == [str(tmp_path / "a")]
+    assert lmtune.serve([tmp_path / "a", f"b={tmp_path / 'b'}"]).state.lmtune.specs == [
+        str(tmp_path / "a"), f"b={tmp_path / 'b'}"]
