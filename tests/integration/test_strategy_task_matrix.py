@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 
 from lmtune.cli.main import main
 from lmtune.strategies import STRATEGIES
-from tests.conftest import REPO, SHARED_DATA, lmtune_command, make_tiny_bert, read_tsv, untrained_run, write_tsv
+from tests.conftest import REPO, SHARED_DATA, make_tiny_bert, read_tsv, run_cli, untrained_run, write_tsv
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +36,9 @@ def setups(tmp_path_factory, sst2_slice, squad_slice, stories_slice, instruction
     dialogs = (SHARED_DATA / "summarization" / "dialogsum" / "train.jsonl").read_text().splitlines()[:12]
     (out / "sum.jsonl").write_text("\n".join(dialogs) + "\n")
     lm_run = out / "lm-base"
-    result = subprocess.run(lmtune_command("train", str(REPO / "examples" / "tinystories.yaml"),
-                                           f"data.train={stories_slice['train']}", f"output={lm_run}",
-                                           "model=scratch:tiny", "lm.vocab_size=400", "train.max_steps=2",
-                                           "train.max_length=48",
-                                           "train.batch_size=4", "data.max_train_samples=20"),
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = run_cli("train", REPO / "examples" / "tinystories.yaml", f"data.train={stories_slice['train']}",
+                     f"output={lm_run}", "model=scratch:tiny", "lm.vocab_size=400", "train.max_steps=2",
+                     "train.max_length=48", "train.batch_size=4", "data.max_train_samples=20")
     assert result.returncode == 0, result.stderr
     return {
         "classification": ["task=classification", f"model={bert}", f"data.train={out / 'cls.tsv'}",

@@ -17,7 +17,7 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
-    """Another test of this process may have left an accelerator behind: start from none."""
+    """Start from no accelerator (tests/conftest.py also clears it after every test)."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
