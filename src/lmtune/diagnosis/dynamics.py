@@ -152,7 +152,7 @@ def _overfitting(f: _Facts, cfg: RunConfig) -> Finding | None:
         evidence = [f"validation {f.watch} was best at {f.where(f.best)} ({f.values[f.best]:.4f}) and ended at "
                     f"{f.values[last]:.4f}",
                     f"meanwhile the training sample's loss fell from {sample_turn:.4f} to {sample_last:.4f} "
-                    f"and its {f.watch} went from {f.sample(turn):.4f} to {f.sample(last):.4f}",
+                    f"and its {f.watch} {_moved(f.sample(turn), f.sample(last))}",
                     f"train/validation gap at the end: {gap_last * f.scale:.4f} ({f.watch} {f.sample(last):.4f} "
                     f"on training examples vs {f.values[last]:.4f} on validation)"]
     else:  # no training sample scored: the running training loss stands in for it
@@ -198,6 +198,11 @@ def _overfitting_suggestions(cfg: RunConfig, f: _Facts) -> list[Suggestion]:
         tips.append(Suggestion("train fewer parameters", ["strategy.name=lora"]))
     tips.append(Suggestion("more training data; `lmtune diagnose RUN --data-curve` estimates whether it would help"))
     return tips
+
+
+def _moved(before: float, after: float) -> str:
+    """"went from A to B", or "stayed at A" when the two print the same."""
+    return f"stayed at {after:.4f}" if f"{before:.4f}" == f"{after:.4f}" else f"went from {before:.4f} to {after:.4f}"
 
 
 def _stop_at(cfg: RunConfig, f: _Facts) -> list[str]:
