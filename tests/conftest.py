@@ -138,10 +138,11 @@ class CliResult:
     stderr: str
 
 
-def run_cli(*args: str | Path) -> CliResult:
-    """Run `lmtune ARGS...` in this process, from the repository like a user would: the CLI's code path without
-    a new interpreter's 5-6 s of imports. Tests about the process itself (an exit by signal, a kill, a real
-    traceback on stderr) start one with `lmtune_command` instead."""
+def run_cli(*args: str | Path, cwd: Path = REPO) -> CliResult:
+    """Run `lmtune ARGS...` in this process, from ``cwd`` (the repository, like a user): the CLI's code path
+    without a new interpreter's 5-6 s of imports. Tests about the process itself (an exit by signal, a kill, a
+    real traceback on stderr) start one with `lmtune_command` instead. Tests whose command writes beside the
+    current directory (MLflow's default artifact root) pass their own ``cwd``."""
     import io
     import logging
     from contextlib import chdir, redirect_stderr, redirect_stdout
@@ -156,7 +157,7 @@ def run_cli(*args: str | Path) -> CliResult:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        with chdir(REPO), redirect_stdout(out), redirect_stderr(err):
+        with chdir(cwd), redirect_stdout(out), redirect_stderr(err):
             code = main([str(a) for a in args])
     finally:
         logger.removeHandler(handler)

@@ -52,7 +52,7 @@ def test_a_killed_and_resumed_run_is_one_mlflow_run_with_one_history_and_tensorb
     kill_at_checkpoint(command, out, step=8, cwd=tmp_path)
     [killed] = _runs(store)
     assert killed.info.status == "RUNNING"  # SIGKILL: nobody could close it
-    result = run_cli(*command[3:])  # resumed in this process (the kill needed one of its own)
+    result = run_cli(*command[3:], cwd=tmp_path)  # resumed in this process (the kill needed one of its own)
     assert result.returncode == 0, result.stderr
     assert "resumed from step-8" in result.stderr
 
@@ -88,16 +88,16 @@ def test_sigterm_marks_the_tracker_run_killed_and_runs_lists_it(sst2_slice, tmp_
     while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.1)
-    listed = run_cli("runs", tmp_path, "--json")  # `lmtune runs` reads files: in this process
+    listed = run_cli("runs", tmp_path, "--json", cwd=tmp_path)  # `lmtune runs` reads files: in this process
     assert json.loads(listed.stdout)["status"] == "running"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 128 + signal.SIGTERM
     [run] = _runs(store)
     assert run.info.status == "KILLED"
-    row = json.loads(run_cli("runs", tmp_path, "--json").stdout)
+    row = json.loads(run_cli("runs", tmp_path, "--json", cwd=tmp_path).stdout)
     assert row["status"] == "killed" and row["task"] == "classification" and row["strategy"] == "full"
     assert row["metric"] == "accuracy" and row["age_s"] < 120
-    table = run_cli("runs", tmp_path)
+    table = run_cli("runs", tmp_path, cwd=tmp_path)
     assert table.stdout.splitlines()[0].split() == ["run", "task", "model", "strategy", "status", "best", "age"]
 
 
@@ -159,7 +159,7 @@ def test_track_replays_a_finished_run_once(trained_run, tmp_path):
 
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
     for _ in range(2):  # the second replay finds everything logged already
-        result = run_cli("track", copy, "--to", "mlflow", "--mlflow-uri", store)
+        result = run_cli("track", copy, "--to", "mlflow", "--mlflow-uri", store, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     [run] = _runs(store)
     assert run.info.status == "FINISHED"
@@ -175,7 +175,7 @@ def test_compare_logs_a_parent_run_and_a_child_per_trial(sst2_slice, tmp_path):
     result = run_cli("compare", REPO / "examples" / "sst2.yaml", f"data.train={sst2_slice['train']}",
                      f"data.validation={sst2_slice['dev']}", f"output={tmp_path / 'cmp'}", "train.batch_size=16",
                      "train.eval_train_samples=0", f"tracking.mlflow_uri={store}", "--strategies", "head,bitfit",
-                     "--budget", "4", "--no-prune", "--report-to", "mlflow")
+                     "--budget", "4", "--no-prune", "--report-to", "mlflow", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = _runs(store)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
