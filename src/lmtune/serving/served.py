@@ -13,6 +13,7 @@ import copy
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +55,9 @@ class ServedRun:
     _explained: LoadedRun | None = None
     """The explain lane's own copy of the run (explaining switches attention kernels and hooks the embeddings,
     which must not happen under a prediction running meanwhile); made at the first explanation."""
+    model_lane: Executor | None = None
+    """The model thread: the explain copy is taken there, between batches, never while a batch has swapped the
+    weights for their bf16 copies (the server sets it; None: copy in the calling thread)."""
 
     def __post_init__(self) -> None:
         self.request_tokenizer = OwnedTokenizer(self.loaded.tokenizer)
@@ -137,14 +141,20 @@ class ServedRun:
         explainer = self.explainers.get(key)
         if explainer is None:
             if self._explained is None:
-                self._explained = replace(self.loaded, model=copy.deepcopy(self.loaded.model),
-                                          tokenizer=copy.deepcopy(self.loaded.tokenizer))
+                lane = self.model_lane
+                self._explained = lane.submit(self._copy).result() if lane else self._copy()
             explainer = Explainer(self._explained, (request.method,), steps=request.steps, checks=False,
                                   compare_base=False)
             self.explainers[key] = explainer
         results = explainer.explain_all(request.text, request.text_pair, request.target)
         return {"model": self.name, "method": request.method,
                 "explanations": [_explanation(e, request.method, encoder=not self.generates) for e in results]}
+
+
+    def _copy(self) -> LoadedRun:
+        """The run with a model and tokenizer of its own (and its own bf16 cache)."""
+        return replace(self.loaded, model=copy.deepcopy(self.loaded.model),
+                       tokenizer=copy.deepcopy(self.loaded.tokenizer), bf16_copies={})
 
 
 def _one(work: Any, *args: Any) -> Any:

@@ -111,6 +111,7 @@ async def _load(state: State) -> None:
     trim = HeapTrimmer()
     for run in served:
         state.runs[run.name] = run
+        run.model_lane = state.executor
         kinds = {"predict": lambda p, r=run: r.predict(p, state.limits.max_batch_size)}
         if run.generates:
             kinds["generate"] = run.generate
