@@ -21,7 +21,7 @@ from lmtune.errors import LmtuneError
 from lmtune.evaluation import evaluate_examples, predict_examples
 from lmtune.evaluation.low_precision import BF16Cache
 from lmtune.integrity import FileCheckError
-from lmtune.models import from_hub_or_local, load_tokenizer
+from lmtune.models import from_hub_or_local, load_tokenizer, resolve_model
 from lmtune.strategies.lora import is_adapter_dir, load_adapter_model
 from lmtune.tasks import TASKS, Task, task_names_with
 from lmtune.training.precision import resolve_precision
@@ -68,8 +68,20 @@ class LoadedRun:
         if self.task.capabilities.labelled:
             table.require(self.config.data.label)
         examples = self.task.encode(table, self.tokenizer, self.config.data, self.config.train.max_length)
+        if self.task.capabilities.reference:
+            self._attach_reference(examples)
         return evaluate_examples(self.model, examples, self.task, self.config.train.eval_batch,
                                  self.tokenizer.pad_token_id, autocast=self.autocast(), bf16_cache=self.bf16_copies)
+
+    def _attach_reference(self, examples: list[dict]) -> None:
+        """The starting model's scores of ``examples``: this model with its adapters off, or (the base weights
+        changed) the model the run started from, loaded for the purpose and let go after."""
+        from lmtune.evaluation.reference import attach_reference
+
+        adapters = is_adapter_dir(self.run_dir / rundir.MODEL)
+        start = self.model if adapters else _load_model(self.task, resolve_model(self.config.model))
+        attach_reference(start, {"evaluation": examples}, self.task, self.config.train.eval_batch,
+                         self.tokenizer.pad_token_id, autocast=self.autocast())
 
     def generate(self, prompt: str | dict, settings: Any = None, on_text: Callable[[str], None] | None = None,
                  **options: Any) -> str:
@@ -104,14 +116,19 @@ def load(run_dir: str | Path) -> LoadedRun:
     path, cfg, task_state = rundir.read_run(run_dir)
     task = restore_task(cfg, task_state, path)
     source = str(path / rundir.MODEL)
-    if is_adapter_dir(path / rundir.MODEL):
-        model = load_adapter_model(path / rundir.MODEL, lambda base: from_hub_or_local(task.build_model, base))
-    else:
-        model = from_hub_or_local(task.build_model, source)
-    model.eval()
+    model = _load_model(task, source)
     if torch.cuda.is_available():
         model.to("cuda")
     return LoadedRun(path, cfg, task, model, load_tokenizer(source))
+
+
+def _load_model(task: Task, source: str) -> Any:
+    """A model directory (an adapter on its base, or whole weights) or Hub id, in eval mode."""
+    if is_adapter_dir(Path(source)):
+        model = load_adapter_model(Path(source), lambda base: from_hub_or_local(task.build_model, base))
+    else:
+        model = from_hub_or_local(task.build_model, source)
+    return model.eval()
 
 
 def restore_task(cfg: RunConfig, task_state: dict[str, Any], run_dir: Path | None = None) -> Task:

@@ -33,7 +33,7 @@ def test_every_task_declares_its_metrics(name):
     assert len(set(cls.metric_names)) == len(cls.metrics)
     assert cls.primary_metric in cls.metric_names
     for metric in cls.metrics:
-        assert isinstance(metric, Metric) and metric.scale in ("fraction", "percent", "nats", "perplexity")
+        assert isinstance(metric, Metric) and metric.scale in ("fraction", "percent", "nats", "perplexity", "log_prob")
         assert 0 < metric.min_delta < (1 if metric.scale == "fraction" else math.inf)
         assert metric.unit == (100.0 if metric.scale == "percent" else 1.0)
 
@@ -49,6 +49,9 @@ def test_capabilities_that_need_hooks_have_them():
             assert cls.training_examples is not Task.training_examples, name
         if cls.capabilities.class_labels:
             assert cls.gold is not Task.gold and cls.label_names is not Task.label_names, name
+        if cls.capabilities.pairs:  # two sequences per example: batched by the longer, collated as two rows
+            assert cls.collate is not Task.collate and cls.example_length is not Task.example_length, name
+        assert cls.capabilities.reference == (cls.attach_reference is not Task.attach_reference), name
         # explains if and only if it says what is explained
         assert cls.capabilities.explains == (cls.explanation_targets is not Task.explanation_targets), name
 
@@ -66,7 +69,7 @@ def test_task_knowledge_stays_in_tasks():
 def test_messages_list_the_tasks_that_declare_a_capability():
     from lmtune.tasks import task_names_with
 
-    assert task_names_with("generates") == "causal_lm or sft"
+    assert task_names_with("generates") == "causal_lm, preference or sft"
     assert task_names_with("explains") == "causal_lm, classification or qa"
     assert task_names_with("rdrop") == "classification"
 

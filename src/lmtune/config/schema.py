@@ -7,10 +7,13 @@ report every problem in the config at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ATTENTIONS = ("eager", "sdpa")
+
+
+BAD_ROWS = ("skip", "error")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class DataConfig:
     """qa: overlap, in tokens, between the windows of a context longer than train.max_length."""
     train_fraction: float = 1.0
     """Train on a seeded random fraction of the training rows (learning curves over data size)."""
+    on_bad_rows: str = "skip"
+    """preference: pairs that cannot teach anything (no shared prompt, identical or empty replies). skip: leave
+    them out, counted by kind in the log and in task.json; error: stop at the first, naming its row."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -50,6 +56,8 @@ class DataConfig:
             problems.append(f"data.train_fraction: {self.train_fraction} is not in (0, 1]")
         if self.doc_stride <= 0:
             problems.append(f"data.doc_stride: {self.doc_stride} must be > 0")
+        if self.on_bad_rows not in BAD_ROWS:
+            problems.append(f"data.on_bad_rows: {self.on_bad_rows!r} is not one of {', '.join(BAD_ROWS)}")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -293,6 +301,41 @@ class LanguageModelingConfig:
         return problems
 
 
+PREFERENCE_LOSSES = ("dpo", "ipo", "simpo", "orpo")
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    loss: str = "dpo"
+    """dpo (sigmoid; Rafailov et al., 2023) | ipo (squared; Azar et al., 2023) | simpo (no reference,
+    length-normalised, with a target margin; Meng et al., 2024) | orpo (no reference: the chosen reply's NLL plus an
+    odds-ratio term; Hong et al., 2024)."""
+    beta: float | None = None
+    """Strength of the preference term (dpo/ipo: the KL-penalty scale; simpo: the reward scale; orpo: the
+    odds-ratio weight). Default per loss: dpo 0.1, ipo 0.1, simpo 2.0, orpo 0.1."""
+    sft_weight: float = 0.0
+    """Weight of an added NLL term on the chosen reply (per token); orpo has its own, always 1."""
+    margin: float = 0.5
+    """simpo: the target reward margin (gamma)."""
+
+    DEFAULT_BETA: ClassVar[dict[str, float]] = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}
+
+    @property
+    def strength(self) -> float:
+        """``beta``, or the loss's default."""
+        return self.beta if self.beta is not None else self.DEFAULT_BETA.get(self.loss, 0.1)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.loss not in PREFERENCE_LOSSES:
+            problems.append(f"preference.loss: {self.loss!r} is not one of {', '.join(PREFERENCE_LOSSES)}")
+        if self.beta is not None and not self.beta > 0:
+            problems.append(f"preference.beta: {self.beta} must be > 0")
+        if self.sft_weight < 0:
+            problems.append(f"preference.sft_weight: {self.sft_weight} must be >= 0")
+        return problems
+
+
 AUGMENTATIONS = ("delete", "swap", "insert", "mlm")
 
 
@@ -395,7 +438,8 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class RunConfig:
     task: str = "classification"
-    """What is learned: classification | qa | summarization | causal_lm | masked_lm | sft (see `lmtune.tasks`)."""
+    """What is learned: classification | qa | summarization | causal_lm | masked_lm | sft | preference
+    (see `lmtune.tasks`)."""
     model: str = "bundled:minilm"
     """bundled:minilm, scratch:tiny|mini|small (causal_lm: a new decoder and tokenizer), a local model
     directory, a run directory, or a Hugging Face Hub id."""
@@ -408,6 +452,7 @@ class RunConfig:
     qa: QAConfig = field(default_factory=QAConfig)
     summarization: SummarizationConfig = field(default_factory=SummarizationConfig)
     lm: LanguageModelingConfig = field(default_factory=LanguageModelingConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: str = "runs/run"
     """Run directory: config, checkpoints, metrics and the final model are written here."""

@@ -82,8 +82,9 @@ def pad_batch(rows: list[list[int]], value: int, left: bool = False,
     return out, mask
 
 
-TARGETS = ("labels", "start_positions", "end_positions")
-"""Target fields of a batch: the loss reads them, the model's forward does not get them."""
+TARGETS = ("labels", "start_positions", "end_positions", "reference")
+"""Target fields of a batch: the loss reads them, the model's forward does not get them (``reference``: the
+starting model's scores of preference pairs)."""
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from lmtune.data import collate
 from lmtune.data.batching import eval_batches
 from lmtune.data.collate import TARGETS
 from lmtune.evaluation.low_precision import BF16Cache, bf16_inputs, bf16_weights, wants_bf16
@@ -57,7 +56,7 @@ def score_examples(
     bf16 = wants_bf16(accelerator, autocast)
     try:
         with bf16_weights(module, bf16_cache) if bf16 else nullcontext():
-            shard = eval_batches([len(ex["input_ids"]) for ex in examples], batch_size)[rank::world]
+            shard = eval_batches([task.example_length(ex) for ex in examples], batch_size)[rank::world]
             records = _score_shard(module, examples, shard, task, pad_id, Scoring(purpose, time.monotonic()),
                                    context, bf16)
     finally:
@@ -76,7 +75,7 @@ def _score_shard(module: torch.nn.Module, examples: list[dict], batches: list[li
     records: dict[int, Any] = {}
     for indices in batches:
         chosen = [examples[i] for i in indices]
-        batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
+        batch = {k: v.to(device) for k, v in task.collate(chosen, pad_id).items()}
         if bf16:
             batch = bf16_inputs(batch, keep=TARGETS)
         with context():

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from lmtune.config import DataConfig, EarlyStoppingConfig
-from lmtune.data import Table, read_table
+from lmtune.data import Table, collate, read_table
 from lmtune.registry import Registry
 
 Purpose = Literal["evaluate", "predict"]
@@ -34,8 +34,9 @@ class Metric:
 
     name: str
     greater_is_better: bool
-    scale: Literal["fraction", "percent", "nats", "perplexity"]
-    """fraction: in [0, 1]; percent: in [0, 100]; nats: a loss (≥ 0, unbounded); perplexity: e^loss (≥ 1)."""
+    scale: Literal["fraction", "percent", "nats", "perplexity", "log_prob"]
+    """fraction: in [0, 1]; percent: in [0, 100]; nats: a loss (≥ 0, unbounded); perplexity: e^loss (≥ 1);
+    log_prob: a log-probability or a difference of them, in nats (any sign)."""
     min_delta: float
     """The smallest difference that means something, in the metric's own units (below it: noise)."""
     majority_baseline: bool = False
@@ -53,7 +54,7 @@ class Metric:
         """(axis label, the range the values cannot leave) for charts."""
         return {"fraction": (f"{self.name} (0-1)", (0.0, 1.0)), "percent": (f"{self.name} (%)", (0.0, 100.0)),
                 "nats": (f"{self.name} (nats)", (0.0, math.inf)),
-                "perplexity": (self.name, (1.0, math.inf))}[self.scale]
+                "perplexity": (self.name, (1.0, math.inf)), "log_prob": (f"{self.name} (nats)", None)}[self.scale]
 
     def better(self, a: float, b: float) -> bool:
         """Whether ``a`` is better than ``b`` (strictly)."""
@@ -87,6 +88,13 @@ class Capabilities:
     """Can train a new model from nothing (``model: scratch:SIZE``: a new decoder and tokenizer)."""
     low_precision_logits: bool = False
     """The loss accepts bf16 logits (it upcasts chunk by chunk), so the loop may skip accelerate's fp32 copy."""
+    pairs: bool = False
+    """Each example is two sequences (a preference pair): `collate` makes two rows of it, and no frozen-layer
+    cache applies (it keeps one sequence per example)."""
+    reference: bool = False
+    """The loss and metrics compare the model with where it started: before training, the pipeline scores the
+    train and validation examples with the starting model (its adapters switched off, or the weights as loaded)
+    and hands the records to `attach_reference` (`lmtune.evaluation.reference`)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,8 @@ class Task(abc.ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     default_columns: ClassVar[dict[str, str]] = {}
     """Column names used when the config names none (e.g. QA: question / context / answers)."""
+    stabilizers: ClassVar[tuple[str, ...]] = ()
+    """Settings to suggest, besides a lower learning rate, when the training loss stops being finite."""
     input_fields: ClassVar[tuple[str, ...]] = ("text",)
     """The fields of one input in an HTTP request (`lmtune serve`), the main text first; a bare string is the
     main text. `input_row` turns them into a row of the run's columns."""
@@ -169,6 +179,18 @@ class Task(abc.ABC):
     def training_examples(self, examples: list[dict], max_length: int) -> list[dict]:
         """What training iterates over (packed tasks: blocks of documents); evaluation uses ``examples``."""
         return examples
+
+    def collate(self, examples: list[dict], pad_id: int, bucket_limit: int | None = None) -> dict[str, torch.Tensor]:
+        """A batch of encoded examples as padded tensors (`lmtune.data.collate`; pairs: two rows each)."""
+        return collate(examples, pad_id, bucket_limit)
+
+    def example_length(self, example: dict) -> int:
+        """The tokens an example is padded to (what batches are sorted and sized by)."""
+        return len(example["input_ids"])
+
+    def attach_reference(self, examples: list[dict], records: list[Any]) -> None:
+        """Keep with each example what the starting model scored for it (capabilities.reference)."""
+        raise NotImplementedError(f"task {self.name!r} compares with no reference model")
 
     def training_batches(self, examples: list[dict], tokenizer: Any) -> Any:
         """(epoch, indices) → that batch's training examples, for tasks whose inputs change per epoch; None."""

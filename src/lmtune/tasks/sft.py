@@ -120,7 +120,7 @@ class InstructionTuning(TokenTask):
         tokenizer.chat_template = self.chat_template  # saved with the model's tokenizer
         return self.chat_template
 
-    def _render(self, messages: list[dict], tokenizer: Any, generation_prompt: bool) -> str:
+    def render(self, messages: list[dict], tokenizer: Any, generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
                                              chat_template=self._template(tokenizer))
 
@@ -130,8 +130,8 @@ class InstructionTuning(TokenTask):
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = self._render(messages[:k], tokenizer, True)
-            full = self._render(messages[: k + 1], tokenizer, False)
+            prompt = self.render(messages[:k], tokenizer, True)
+            full = self.render(messages[: k + 1], tokenizer, False)
             if not prompt.startswith(done) or not full.startswith(prompt):
                 raise LmtuneError("lm.chat_template: rendering a conversation turn by turn must extend the text "
                                   "rendered so far; this template rewrites earlier turns")
@@ -184,7 +184,7 @@ class InstructionTuning(TokenTask):
             messages = prompt
         # tokenized piece by piece, exactly as training tokenized the same turns
         pieces = [text for text, _ in self.pieces(messages, tokenizer)]
-        pieces.append(self._render(messages, tokenizer, True)[len("".join(pieces)):])
+        pieces.append(self.render(messages, tokenizer, True)[len("".join(pieces)):])
         ids = self._start(tokenizer, pieces[0] or pieces[-1])
         for text in pieces:
             ids += tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lmtune.config import TrainConfig
-from lmtune.data import collate, epoch_batches, shard
+from lmtune.data import epoch_batches, shard
 from lmtune.data.collate import model_inputs
 from lmtune.errors import LmtuneError, Stopped
 from lmtune.evaluation import evaluate_examples
@@ -117,7 +117,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
     Returns:
         The final training state (step, best metric and its step, throughput counters).
     """
-    lengths = [len(ex["input_ids"]) for ex in inputs.train]
+    lengths = [inputs.task.example_length(ex) for ex in inputs.train]
     per_epoch, total = plan_steps(lengths, cfg, accelerator.num_processes)
     with ExitStack() as speedups:
         # sparse gradients and DDP's bucketed all-reduce do not mix: several processes keep dense embeddings
@@ -212,7 +212,7 @@ class _Loop:
             examples = inputs.batch_examples(self.state.epoch, indices)
         else:
             examples = [inputs.train[j] for j in indices]
-        padded = collate(examples, inputs.pad_id, bucket_limit=self.cfg.max_length)
+        padded = inputs.task.collate(examples, inputs.pad_id, bucket_limit=self.cfg.max_length)
         batch = {k: v.to(accelerator.device) for k, v in padded.items()}
         with nullcontext() if step_ends else accelerator.no_sync(self.model):
             features = model_inputs(batch)
@@ -222,6 +222,7 @@ class _Loop:
             else:
                 loss = task_loss = inputs.task.loss(self.forward(**features), batch,
                                                     label_smoothing=inputs.label_smoothing)
+            _stop_if_not_finite(task_loss, self.state.step + 1, self.cfg, inputs)
             accelerator.backward(loss / group_size)
         if self.copies is not None:
             self.copies.gradients_to_masters()
@@ -247,6 +248,21 @@ class _Loop:
     def _evaluate_and_save(self) -> None:
         _evaluate_and_save(self.accelerator, self.model, self.inputs, self.cfg, self.state, self.tracker,
                            self.per_epoch)
+
+
+def _stop_if_not_finite(loss: torch.Tensor, step: int, cfg: TrainConfig, inputs: FitInputs) -> None:
+    """A NaN or infinite loss ends the run before it reaches the weights, in one line saying what to change; the
+    checkpoints written so far stay as they are (the run resumes from the last one)."""
+    if torch.isfinite(loss.detach()).item():
+        return
+    from lmtune.training.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(inputs.run_dir)
+    kept = f"the last good checkpoint, {last.name}, is kept" if last else "no checkpoint was written yet"
+    clipping = ("regularization.max_grad_norm=1.0",) if inputs.max_grad_norm is None else ()
+    changes = ", ".join((f"a lower train.lr (now {cfg.lr:g})", *inputs.task.stabilizers, *clipping))
+    raise LmtuneError(f"training loss is {float(loss.detach())} at step {step}: the weights were not updated with it; "
+                      f"try {changes}; {kept}")
 
 
 def _resume(accelerator: Any, run_dir: Path) -> tuple[TrainState, Path | None, list[str]]:

@@ -1,0 +1,85 @@
+"""The preference losses, from each pair's summed log-probabilities of its two replies.
+
+Each takes the model's (policy's) and the reference's summed log-probabilities of the chosen and rejected
+replies, and their token counts, and returns the loss and the implicit reward of each reply per pair. Rewards
+are ``beta`` times a log-ratio to the reference (dpo: summed; ipo: per token) or, for the reference-free losses
+(simpo, orpo), ``beta`` times the per-token log-probability, as their papers define them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lmtune.config.schema import PreferenceConfig
+
+
+@dataclass(frozen=True)
+class PairLogps:
+    """Per pair, (pairs,) each: summed log-probabilities of the replies and their token counts."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+
+    @property
+    def chosen_mean(self) -> torch.Tensor:
+        return self.chosen / self.chosen_tokens.clamp(min=1)
+
+    @property
+    def rejected_mean(self) -> torch.Tensor:
+        return self.rejected / self.rejected_tokens.clamp(min=1)
+
+
+@dataclass(frozen=True)
+class PairLoss:
+    loss: torch.Tensor
+    """(pairs,) the loss of each pair."""
+    chosen_reward: torch.Tensor
+    rejected_reward: torch.Tensor
+
+
+def preference_loss(p: PairLogps, cfg: PreferenceConfig, smoothing: float = 0.0) -> PairLoss:
+    """The configured loss of each pair (plus ``sft_weight`` times the chosen reply's NLL per token).
+
+    ``smoothing`` (dpo, simpo; training only): the fraction of pairs assumed mislabelled (conservative DPO, Mitchell
+    2023), which is what label smoothing means for a binary preference.
+    """
+    beta = cfg.strength
+    if cfg.loss == "dpo":
+        chosen, rejected = beta * (p.chosen - p.ref_chosen), beta * (p.rejected - p.ref_rejected)
+        loss = _smoothed_sigmoid(chosen - rejected, smoothing)
+    elif cfg.loss == "ipo":
+        tokens_c, tokens_r = p.chosen_tokens.clamp(min=1), p.rejected_tokens.clamp(min=1)
+        ratio_c, ratio_r = (p.chosen - p.ref_chosen) / tokens_c, (p.rejected - p.ref_rejected) / tokens_r
+        loss = (ratio_c - ratio_r - 1 / (2 * beta)) ** 2
+        chosen, rejected = beta * ratio_c, beta * ratio_r
+    elif cfg.loss == "simpo":
+        chosen, rejected = beta * p.chosen_mean, beta * p.rejected_mean
+        loss = _smoothed_sigmoid(chosen - rejected - cfg.margin, smoothing)
+    elif cfg.loss == "orpo":
+        mean_c, mean_r = p.chosen_mean, p.rejected_mean
+        log_odds = (mean_c - mean_r) - (_log1mexp(mean_c) - _log1mexp(mean_r))
+        loss = -mean_c - beta * F.logsigmoid(log_odds)
+        chosen, rejected = beta * mean_c, beta * mean_r
+    else:  # the config check refuses other names
+        raise ValueError(f"unknown preference loss {cfg.loss!r}")
+    if cfg.sft_weight:
+        loss = loss - cfg.sft_weight * p.chosen_mean
+    return PairLoss(loss, chosen.detach(), rejected.detach())
+
+
+def _smoothed_sigmoid(logits: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """-log σ(logits), with a fraction ``smoothing`` of pairs taken as flipped (Mitchell's conservative DPO)."""
+    return -(1 - smoothing) * F.logsigmoid(logits) - smoothing * F.logsigmoid(-logits)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^x) for x < 0, accurately near 0 (a reply of probability ~1 has odds near infinity)."""
+    x = x.clamp(max=-1e-6)
+    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
