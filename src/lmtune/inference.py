@@ -76,10 +76,9 @@ class LoadedRun:
     def _attach_reference(self, examples: list[dict]) -> None:
         """The starting model's scores of ``examples``: this model with its adapters off, or (the base weights
         changed) the model the run started from, loaded for the purpose and let go after."""
-        from lmtune.evaluation.reference import attach_reference
+        from lmtune.evaluation.reference import attach_reference, has_adapters
 
-        adapters = is_adapter_dir(self.run_dir / rundir.MODEL)
-        start = self.model if adapters else _load_model(self.task, resolve_model(self.config.model))
+        start = self.model if has_adapters(self.model) else _load_model(self.task, resolve_model(self.config.model))
         attach_reference(start, {"evaluation": examples}, self.task, self.config.train.eval_batch,
                          self.tokenizer.pad_token_id, autocast=self.autocast())
 

@@ -32,16 +32,20 @@ log = logging.getLogger("lmtune")
 REFERENCE_FILE = "reference-logps.json"
 
 
+def has_adapters(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a base with PEFT adapters (then the base is in it, and is the reference)."""
+    from peft import PeftModel
+
+    return isinstance(bare_model(model), PeftModel)
+
+
 @contextmanager
 def adapters_off(model: torch.nn.Module) -> Iterator[bool]:
     """Within the block a PEFT model runs as its base (yields True); any other model runs as it is (False)."""
-    from peft import PeftModel
-
-    module = bare_model(model)
-    if not isinstance(module, PeftModel):
+    if not has_adapters(model):
         yield False
         return
-    with module.disable_adapter():
+    with bare_model(model).disable_adapter():
         yield True
 
 

@@ -95,7 +95,9 @@ class PreferenceTuning(Task):
         """The table's usable pairs; bad ones are counted by kind (and logged), or an error (on_bad_rows)."""
         pairs, bad = read_pairs(table, self.on_bad_rows)
         if bad.counts:
-            self.bad_pairs[table.source] = dict(bad.counts)
+            counts = self.bad_pairs.setdefault(table.source, {})  # a held-out split of the same file adds to it
+            for kind, n in bad.counts.items():
+                counts[kind] = counts.get(kind, 0) + n
             log.warning("%s: %d of %d pairs left out: %s", table.source, sum(bad.counts.values()), len(table),
                         bad.summary())
         if not pairs:
@@ -108,7 +110,11 @@ class PreferenceTuning(Task):
         return pairs
 
     def learn_from_rows(self, train: Table, data: DataConfig) -> None:
-        self.chat = self.pairs(train)[0].chat
+        """Check every row and learn the form (chat or text); `encode` counts and reports the bad pairs."""
+        pairs, _ = read_pairs(train, self.on_bad_rows)
+        if not pairs:
+            raise DataError(f"{train.source}: no usable preference pair")
+        self.chat = pairs[0].chat
 
     def encode(self, table: Table, tokenizer: Any, data: DataConfig, max_length: int) -> list[dict]:
         if not any("chosen" in row for row in table.rows[:1]):  # prediction inputs: prompts only
