@@ -149,3 +149,23 @@ def test_a_non_finite_loss_stops_the_run_in_one_line(cli, tmp_path, stories260k,
     kept = sorted((out / "checkpoints").iterdir()) if (out / "checkpoints").exists() else []
     if step > 2:  # what was written before the loss broke is kept, whole
         assert kept and f"the last good checkpoint, {kept[-1].name}, is kept" in line
+
+
+def test_compare_ranks_losses_and_betas_by_reward_accuracy_then_margin(cli, tmp_path, stories260k, hh_pairs):
+    args = list(_args(stories260k, hh_pairs, tmp_path / "run", "train.eval_every=2"))
+    args[0], args[1] = "compare", str(_config(tmp_path))
+    result = cli(*args, "--strategies", "lora", "--vary", "preference.loss=dpo,simpo", "--vary",
+                 "preference.beta=0.1,2", "--budget", "4", "--no-prune", "--out", tmp_path / "cmp")
+    assert result.returncode == 0, result.stderr
+    board = json.loads((tmp_path / "cmp" / "leaderboard.json").read_text())
+    names = [row["strategy"] for row in board["rows"]]
+    assert sorted(names) == ["lora+loss=dpo+beta=0.1", "lora+loss=dpo+beta=2", "lora+loss=simpo+beta=0.1",
+                             "lora+loss=simpo+beta=2"]
+    assert board["metric"] == "reward_accuracy" and "then the best reward_margin" in board["rule"]
+    keys = [(row["mean"], row["secondary"]) for row in board["rows"]]
+    assert keys == sorted(keys, reverse=True)  # accuracy first, margin breaks ties
+    for row in board["rows"]:  # each candidate ran with its own settings
+        config = (tmp_path / "cmp" / "trials" / f"{row['strategy']}-v0-s5" / "config.yaml").read_text()
+        loss, beta = row["strategy"].split("+")[1:]
+        assert f"loss: {loss.split('=')[1]}" in config and f"beta: {float(beta.split('=')[1])}" in config
+    assert cli("compare", str(_config(tmp_path)), "--vary", "preference.loss").returncode == 2

@@ -17,8 +17,8 @@ from tests.conftest import REPO, SHARED_DATA, make_tiny_bert, read_tsv, run_cli,
 
 pytestmark = pytest.mark.integration
 
-TASKS = ("classification", "qa", "summarization", "causal_lm", "masked_lm", "sft")
-REFUSED = {("causal_lm", "head"), ("causal_lm", "bitfit"), ("sft", "head"), ("sft", "bitfit")}
+TASKS = ("classification", "qa", "summarization", "causal_lm", "masked_lm", "sft", "preference")
+REFUSED = {(task, strategy) for task in ("causal_lm", "sft", "preference") for strategy in ("head", "bitfit")}
 """Llama-style decoders: no bias terms, and the output head is the (tied) input embedding matrix."""
 COMMON = ["train.max_steps=2", "train.batch_size=4", "train.eval_train_samples=4", "train.max_length=48",
           "data.max_eval_samples=6", "train.keep_checkpoints=1"]
@@ -35,6 +35,8 @@ def setups(tmp_path_factory, sst2_slice, squad_slice, stories_slice, instruction
     (out / "text.txt").write_text("\n".join(r["sentence"] for r in rows[:16]) + "\n")
     dialogs = (SHARED_DATA / "summarization" / "dialogsum" / "train.jsonl").read_text().splitlines()[:12]
     (out / "sum.jsonl").write_text("\n".join(dialogs) + "\n")
+    hh = (SHARED_DATA / "preference" / "hh_harmless_base_test.jsonl").read_text(encoding="utf-8").splitlines()
+    (out / "pairs.jsonl").write_text("\n".join(sorted(hh[:100], key=len)[:16]) + "\n", encoding="utf-8")
     lm_run = out / "lm-base"
     result = run_cli("train", REPO / "examples" / "tinystories.yaml", f"data.train={stories_slice['train']}",
                      f"output={lm_run}", "model=scratch:tiny", "lm.vocab_size=400", "train.max_steps=2",
@@ -52,8 +54,11 @@ def setups(tmp_path_factory, sst2_slice, squad_slice, stories_slice, instruction
                       "lm.pseudo_perplexity_samples=4"],
         "sft": ["task=sft", f"model={lm_run}", f"data.train={instructions}", "train.max_length=200",
                 "data.max_train_samples=24"],
+        "preference": ["task=preference", f"model={lm_run}", f"data.train={out / 'pairs.jsonl'}",
+                       "train.max_length=96"],
         "_eval": {"classification": out / "cls.tsv", "qa": squad_slice["eval"], "summarization": out / "sum.jsonl",
-                  "causal_lm": stories_slice["validation"], "masked_lm": out / "text.txt", "sft": out / "sft.jsonl"},
+                  "causal_lm": stories_slice["validation"], "masked_lm": out / "text.txt", "sft": out / "sft.jsonl",
+                  "preference": out / "pairs.jsonl"},
     }
 
 

@@ -53,20 +53,19 @@ def _expected(loss: str, beta: float, i: int, smoothing: float = 0.0, margin: fl
 def test_each_loss_matches_its_formula(loss, beta, smoothing):
     out = preference_loss(_logps(), PreferenceConfig(loss=loss, beta=beta), smoothing)
     for i in range(2):
-        assert float(out.loss[i]) == pytest.approx(_expected(loss, beta, i, smoothing), rel=1e-9)
+        assert float(out[i]) == pytest.approx(_expected(loss, beta, i, smoothing), rel=1e-9)
 
 
-def test_rewards_and_the_sft_term():
+def test_the_margin_and_the_sft_term():
+    assert _logps().margin.tolist() == pytest.approx([(-10 + 11) - (-12 + 11.5), (-4 + 4.5) - (-3 + 2)])
     out = preference_loss(_logps(), PreferenceConfig(loss="dpo", beta=0.1))
-    assert out.chosen_reward.tolist() == pytest.approx([0.1 * 1.0, 0.1 * 0.5])
-    assert out.rejected_reward.tolist() == pytest.approx([0.1 * -0.5, 0.1 * -1.0])
     with_sft = preference_loss(_logps(), PreferenceConfig(loss="dpo", beta=0.1, sft_weight=0.5))
-    assert (with_sft.loss - out.loss).tolist() == pytest.approx([0.5 * 10 / 5, 0.5 * 4 / 2])
+    assert (with_sft - out).tolist() == pytest.approx([0.5 * 10 / 5, 0.5 * 4 / 2])
 
 
 def test_dpo_at_the_reference_is_log_two():
     same = PairLogps(*(torch.tensor([-3.0]),) * 2, torch.tensor([2]), torch.tensor([2]), *(torch.tensor([-3.0]),) * 2)
-    assert float(preference_loss(same, PreferenceConfig()).loss) == pytest.approx(math.log(2))
+    assert float(preference_loss(same, PreferenceConfig())) == pytest.approx(math.log(2))
 
 
 # ---- input forms --------------------------------------------------------------------------------------------

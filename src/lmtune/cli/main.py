@@ -127,9 +127,22 @@ def _compare(args: argparse.Namespace) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     board = compare(config, strategies, seeds=args.seeds, trials=args.trials, budget=args.budget,
                     storage=args.storage, out_dir=args.out, prune=not args.no_prune, heartbeat=args.heartbeat,
-                    run=not args.leaderboard)
+                    run=not args.leaderboard, vary=_varied(args.vary))
     sys.stdout.write(board.text() + "\n")
     return 0
+
+
+def _varied(options: list[str] | None) -> dict[str, list[str]]:
+    """``--vary KEY=V1,V2`` options as {KEY: [V1, V2]}."""
+    out: dict[str, list[str]] = {}
+    for option in options or []:
+        key, _, values = option.partition("=")
+        choices = [v.strip() for v in values.split(",") if v.strip()]
+        if "." not in key or not choices or key.startswith("strategy."):
+            raise LmtuneError(f"--vary: {option!r} is not SECTION.KEY=VALUE,VALUE (e.g. preference.loss=dpo,ipo; "
+                              "strategies are chosen with --strategies)")
+        out[key.strip()] = choices
+    return out
 
 
 def _with_report_to(args: argparse.Namespace) -> list[str]:
@@ -267,6 +280,9 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                         "misses three runs again elsewhere (default 60)")
     p.add_argument("--leaderboard", action="store_true",
                    help="print the leaderboard from the storage and exit (any worker, or none, can)")
+    p.add_argument("--vary", action="append", metavar="KEY=V1,V2",
+                   help="also compare these values of a setting (repeatable; every strategy runs with every "
+                        "combination), e.g. --vary preference.loss=dpo,ipo --vary preference.beta=0.1,0.5")
     _report_to_option(p)
     p.set_defaults(func=_compare)
 

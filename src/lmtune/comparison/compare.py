@@ -16,7 +16,7 @@ from typing import Any
 
 from lmtune.comparison import workers
 from lmtune.comparison.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
-from lmtune.comparison.space import TrialSpec, overrides_for, plan
+from lmtune.comparison.space import Candidate, TrialSpec, candidates, overrides_for, plan
 from lmtune.config import RunConfig, config_to_dict
 from lmtune.errors import LmtuneError
 from lmtune.extras import check_storage
@@ -41,6 +41,7 @@ def compare(
     prune: bool = True,
     heartbeat: float = HEARTBEAT_S,
     run: bool = True,
+    vary: dict[str, list[str]] | None = None,
 ) -> Leaderboard:
     """Train each strategy (× seeds × tuned variants), rank them, and name a winner.
 
@@ -57,13 +58,16 @@ def compare(
         prune: stop hopeless trials early with successive halving.
         heartbeat: seconds between a worker's signs of life; after three missed ones its trial runs again.
         run: False: only build the leaderboard from the storage (``--leaderboard``).
+        vary: settings to compare besides the strategy (config key → values, e.g. ``{"preference.loss": ["dpo",
+            "ipo"]}``): every strategy runs with every combination, each a candidate of its own.
 
     Returns:
         The leaderboard, also written as leaderboard.csv / leaderboard.json, with the winner.
     """
-    root, base = _prepare(config, strategies, budget, storage, out_dir)
+    entrants = candidates(strategies, vary)
+    root, base = _prepare(config, entrants, budget, storage, out_dir)
     study = _open_study(base, storage, root, prune)
-    specs = plan(strategies, [base.train.seed + i for i in range(seeds)], trials)
+    specs = plan(entrants, [base.train.seed + i for i in range(seeds)], trials)
     # a run is the parent record in the experiment trackers, each trial a child of it
     trackers = TrackingSession(base, root, header=None).start() if run else None
     try:
@@ -72,25 +76,27 @@ def compare(
     except BaseException as err:
         trackers.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    board = build_leaderboard(study, strategies, _deciding(config).metric)
+    task = TASKS.get(config.task)
+    secondary = task.metric(task.secondary_metric) if task.secondary_metric else None
+    board = build_leaderboard(study, [c.name for c in entrants], _deciding(config).metric, secondary)
     write_leaderboard(board, root)
     if trackers is not None:
         trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
     return board
 
 
-def _prepare(config: RunConfig, strategies: list[str], budget: int | None, storage: str | None,
+def _prepare(config: RunConfig, entrants: list[Candidate], budget: int | None, storage: str | None,
              out_dir: str | Path | None) -> tuple[Path, RunConfig]:
-    """(comparison directory, the config every trial starts from); a bad strategy name or a missing database
-    driver fails here, in one line, before any work."""
+    """(comparison directory, the config every trial starts from); a bad strategy name or varied setting, or a
+    missing database driver, fails here in one line, before any work."""
     import optuna
 
     if storage is not None:
         check_storage(storage)
     # heartbeats and stale-trial handling are marked experimental by Optuna; their warnings are noise here
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for name in strategies:
-        load_config({**config_to_dict(config), "strategy": {"name": name}})
+    for entrant in entrants:
+        load_config({**config_to_dict(config), "strategy": {"name": entrant.strategy}}, list(entrant.settings))
     root = Path(out_dir) if out_dir else Path(f"{config.output}-compare")
     root.mkdir(parents=True, exist_ok=True)
     base = replace(config, train=replace(config.train, max_steps=budget or config.train.max_steps))
@@ -219,6 +225,7 @@ def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent:
     trial.set_user_attr("key", spec.key)
     trial.set_user_attr("worker", workers.worker_id())
     trial.set_user_attr("strategy", spec.strategy)
+    trial.set_user_attr("candidate", spec.candidate)
     trial.set_user_attr("seed", spec.seed)
     trial.set_user_attr("variant", spec.variant)
     raw = copy.deepcopy(config_to_dict(base))

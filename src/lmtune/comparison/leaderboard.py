@@ -14,15 +14,17 @@ from lmtune.rundir import read_log
 from lmtune.tasks.base import Metric
 
 
-def rule(noise_floor: float) -> str:
+def rule(noise_floor: float, secondary: Metric | None = None) -> str:
     """The winner rule, stated with the metric's noise floor (its declared smallest meaningful difference)."""
-    return ("winner: among strategies whose mean is within noise of the best (best mean - max(std_best + std, "
-            f"{noise_floor:g})), the one with the fewest trainable parameters (then the least wall time)")
+    then = f"the best {secondary.name}, then " if secondary else ""
+    return ("winner: among candidates whose mean is within noise of the best (best mean - max(std_best + std, "
+            f"{noise_floor:g})), the one with the fewest trainable parameters (then {then}the least wall time)")
 
 
 @dataclass
 class Row:
     strategy: str
+    """The candidate: a strategy, with the settings varied for it (``lora+loss=ipo``)."""
     status: str
     """complete, or 'pruned at step N'."""
     mean: float | None
@@ -36,6 +38,8 @@ class Row:
     """Validation loss minus the last logged training loss (positive: validation is worse)."""
     run_dir: str | None
     settings: dict[str, Any] = field(default_factory=dict)
+    secondary: float | None = None
+    """Mean of the task's tie-breaking metric (`Task.secondary_metric`), when it declares one."""
 
 
 @dataclass
@@ -47,13 +51,14 @@ class Leaderboard:
 
     def text(self) -> str:
         """The leaderboard as an aligned text table, with the winner and the rule."""
-        head = f"{'strategy':<8} {self.metric + ' (mean ± std)':>24} {'seeds':>5} {'wall s':>8} {'peak MiB':>9} " \
-               f"{'trainable':>11} {'saved MB':>9} {'gap':>7}  status"
+        width = max(8, *(len(r.strategy) for r in self.rows))
+        head = f"{'strategy':<{width}} {self.metric + ' (mean ± std)':>24} {'seeds':>5} {'wall s':>8} " \
+               f"{'peak MiB':>9} {'trainable':>11} {'saved MB':>9} {'gap':>7}  status"
         lines = [head]
         for r in self.rows:
             score = f"{r.mean:.4f} ± {r.std:.4f}" if r.mean is not None else "-"
             lines.append(
-                f"{r.strategy:<8} {score:>24} {r.seeds:>5} {_num(r.wall_seconds, '.0f'):>8} "
+                f"{r.strategy:<{width}} {score:>24} {r.seeds:>5} {_num(r.wall_seconds, '.0f'):>8} "
                 f"{_num(r.peak_rss_mib, '.0f'):>9} {_num(r.trainable_parameters, ','):>11} "
                 f"{_num(r.model_bytes and r.model_bytes / 1e6, '.1f'):>9} {_num(r.train_val_gap, '+.3f'):>7}  "
                 f"{r.status}"
@@ -64,8 +69,10 @@ class Leaderboard:
         return "\n".join(lines)
 
 
-def build_leaderboard(study: Any, strategies: list[str], metric: Metric) -> Leaderboard:
-    """One row per strategy (its best settings), ranked by mean ``metric``; pruned strategies last.
+def build_leaderboard(study: Any, strategies: list[str], metric: Metric,
+                      secondary: Metric | None = None) -> Leaderboard:
+    """One row per candidate (a strategy with its varied settings; its best tuned settings), ranked by mean
+    ``metric`` then ``secondary``; pruned ones last.
 
     Means closer than the metric's ``min_delta`` (or the seeds' spread) count as ties."""
     from optuna.trial import TrialState
@@ -74,10 +81,10 @@ def build_leaderboard(study: Any, strategies: list[str], metric: Metric) -> Lead
     maximize = study.direction.name == "MAXIMIZE"
     rows = []
     for strategy in strategies:
-        mine = [t for t in trials if t.user_attrs.get("strategy") == strategy]
+        mine = [t for t in trials if t.user_attrs.get("candidate", t.user_attrs.get("strategy")) == strategy]
         complete = [t for t in mine if t.state == TrialState.COMPLETE]
         if complete:
-            rows.append(_complete_row(strategy, complete, maximize))
+            rows.append(_complete_row(strategy, complete, maximize, secondary))
         elif any(t.state == TrialState.PRUNED for t in mine):
             pruned = max((t for t in mine if t.state == TrialState.PRUNED), key=lambda t: len(t.intermediate_values))
             step = pruned.user_attrs.get("pruned_at_step")
@@ -87,9 +94,10 @@ def build_leaderboard(study: Any, strategies: list[str], metric: Metric) -> Lead
             error = next((t.user_attrs["error"] for t in mine if "error" in t.user_attrs), None)
             status = f"refused: {error}" if error else "not run"
             rows.append(Row(strategy, status, None, None, 0, None, None, None, None, None, None))
-    sign = 1 if maximize else -1
-    rows.sort(key=lambda r: (r.mean is None, -sign * (r.mean or 0)))
-    return Leaderboard(metric.name, rows, _winner(rows, maximize, metric.min_delta), rule(metric.min_delta))
+    sign, tie = 1 if maximize else -1, 1 if secondary is None or secondary.greater_is_better else -1
+    rows.sort(key=lambda r: (r.mean is None, -sign * (r.mean or 0), -tie * (r.secondary or 0)))
+    return Leaderboard(metric.name, rows, _winner(rows, maximize, metric.min_delta, tie),
+                       rule(metric.min_delta, secondary))
 
 
 def write_leaderboard(board: Leaderboard, root: Path) -> None:
@@ -111,7 +119,7 @@ def write_leaderboard(board: Leaderboard, root: Path) -> None:
         os.symlink(os.path.relpath(winner.run_dir, root), link)
 
 
-def _complete_row(strategy: str, complete: list, maximize: bool) -> Row:
+def _complete_row(strategy: str, complete: list, maximize: bool, secondary: Metric | None) -> Row:
     by_settings: dict[tuple, list] = {}
     for trial in complete:
         by_settings.setdefault((trial.user_attrs.get("variant"), tuple(sorted(trial.params.items()))), []).append(trial)
@@ -126,7 +134,13 @@ def _complete_row(strategy: str, complete: list, maximize: bool) -> Row:
         round(statistics.mean(t.user_attrs.get("wall_seconds", 0) for t in group), 1),
         max(t.user_attrs.get("peak_rss_mib", 0) for t in group), attrs.get("trainable_parameters"),
         attrs.get("model_bytes"), _gap(attrs), attrs.get("run_dir"), dict(best.params),
+        _mean_of(group, secondary.name) if secondary else None,
     )
+
+
+def _mean_of(trials: list, name: str) -> float | None:
+    values = [t.user_attrs.get("validation", {}).get(name) for t in trials]
+    return round(statistics.mean(values), 6) if values and None not in values else None
 
 
 def _gap(attrs: dict) -> float | None:
@@ -138,14 +152,15 @@ def _gap(attrs: dict) -> float | None:
     return round(validation_loss - train[-1], 4) if train else None
 
 
-def _winner(rows: list[Row], maximize: bool, noise_floor: float) -> str | None:
+def _winner(rows: list[Row], maximize: bool, noise_floor: float, tie: int = 1) -> str | None:
     done = [r for r in rows if r.mean is not None]
     if not done:
         return None
     sign = 1 if maximize else -1
     best = max(done, key=lambda r: sign * r.mean)
     close = [r for r in done if sign * (best.mean - r.mean) <= max(best.std + r.std, noise_floor)]
-    return min(close, key=lambda r: (r.trainable_parameters or 0, r.wall_seconds or 0)).strategy
+    fewest = min(close, key=lambda r: (r.trainable_parameters or 0, -tie * (r.secondary or 0), r.wall_seconds or 0))
+    return fewest.strategy
 
 
 def _num(value: Any, spec: str) -> str:

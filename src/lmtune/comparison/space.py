@@ -1,7 +1,9 @@
-"""What a comparison trial varies: strategy, seed and (when tuning) learning rate and strategy knobs."""
+"""What a comparison trial varies: strategy, settings the user varies (``--vary``), seed and (when tuning) learning
+rate and strategy knobs."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,18 +24,50 @@ class TrialSpec:
     seed: int
     variant: int
     """0: the strategy's default settings; 1..: settings sampled by the tuner."""
+    settings: tuple[str, ...] = ()
+    """The candidate's fixed overrides (``--vary``), e.g. ``("preference.loss=ipo",)``."""
+
+    @property
+    def candidate(self) -> str:
+        """What the leaderboard ranks: the strategy, with the varied settings it runs with."""
+        return candidate_name(self.strategy, self.settings)
 
     @property
     def key(self) -> str:
-        return f"{self.strategy}-v{self.variant}-s{self.seed}"
+        return f"{self.candidate}-v{self.variant}-s{self.seed}"
 
 
-def plan(strategies: list[str], seeds: list[int], variants: int) -> list[TrialSpec]:
-    """All trials in the order they run: every strategy at its defaults first (so the pruner has references
-    from every strategy early), then further seeds, then tuned variants."""
-    specs = [TrialSpec(s, seeds[0], 0) for s in strategies]
-    specs += [TrialSpec(s, seed, 0) for seed in seeds[1:] for s in strategies]
-    specs += [TrialSpec(s, seed, v) for v in range(1, variants) for s in strategies for seed in seeds]
+@dataclass(frozen=True)
+class Candidate:
+    strategy: str
+    settings: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return candidate_name(self.strategy, self.settings)
+
+
+def candidate_name(strategy: str, settings: tuple[str, ...]) -> str:
+    """``lora``, or ``lora+loss=ipo+beta=0.5`` (each varied key by its last part)."""
+    short = [f"{key.rsplit('.', 1)[-1]}={value}" for key, _, value in (s.partition("=") for s in settings)]
+    return "+".join([strategy, *short])
+
+
+def candidates(strategies: list[str], vary: dict[str, list[str]] | None = None) -> list[Candidate]:
+    """Every strategy with every combination of the varied settings' values."""
+    grid = list(itertools.product(*[[f"{key}={value}" for value in values] for key, values in (vary or {}).items()]))
+    return [Candidate(strategy, tuple(settings)) for strategy in strategies for settings in grid]
+
+
+def plan(entrants: list[Candidate], seeds: list[int], variants: int) -> list[TrialSpec]:
+    """All trials in the order they run: every candidate at its defaults first (so the pruner has references
+    from every one early), then further seeds, then tuned variants."""
+    def spec(c: Candidate, seed: int, variant: int) -> TrialSpec:
+        return TrialSpec(c.strategy, seed, variant, c.settings)
+
+    specs = [spec(c, seeds[0], 0) for c in entrants]
+    specs += [spec(c, seed, 0) for seed in seeds[1:] for c in entrants]
+    specs += [spec(c, seed, v) for v in range(1, variants) for c in entrants for seed in seeds]
     return specs
 
 
@@ -46,7 +80,7 @@ def overrides_for(trial: Any, spec: TrialSpec) -> list[str]:
     LLRD ``decay``).
     """
     default_lr = build_strategy(StrategyConfig(spec.strategy)).default_lr
-    out = [f"strategy.name={spec.strategy}", f"train.seed={spec.seed}"]
+    out = [f"strategy.name={spec.strategy}", f"train.seed={spec.seed}", *spec.settings]
     if spec.variant == 0:
         return [*out, f"train.lr={default_lr}"]
     lr = trial.suggest_float(f"{spec.strategy}.lr", default_lr / 4, default_lr * 4, log=True)

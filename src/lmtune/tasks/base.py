@@ -114,6 +114,8 @@ class Task(abc.ABC):
     """Every validation metric, loss first. Early stopping, compare, diagnosis and report read these."""
     primary_metric: ClassVar[str]
     """The metric that picks the best checkpoint when early_stopping.metric is not set."""
+    secondary_metric: ClassVar[str | None] = None
+    """Breaks ties of the deciding metric when `lmtune compare` ranks its candidates (always higher is better)."""
     capabilities: ClassVar[Capabilities] = Capabilities()
     default_columns: ClassVar[dict[str, str]] = {}
     """Column names used when the config names none (e.g. QA: question / context / answers)."""

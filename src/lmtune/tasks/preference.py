@@ -50,8 +50,12 @@ class PreferenceTuning(Task):
         _logp("chosen_logp_sum", True), _logp("rejected_logp_sum", False),
         Metric("kl", False, "nats", 0.001),
     )
-    """chosen/rejected_logp: per reply token; _sum: per reply. kl: per token, the model's drift from the reference
-    on the pairs' replies (Schulman's k3 estimator on each reply's mean log-ratio; 0 at the start)."""
+    """reward_margin: the chosen reply's log-ratio to the reference minus the rejected one's, in nats (DPO's implicit
+    reward without beta: one definition for every loss and beta, so runs compare); reward_accuracy: the share of
+    pairs whose margin is > 0. chosen/rejected_logp: per reply token; _sum: per reply. kl: per token, the model's
+    drift from the reference on the pairs' replies (Schulman's k3 estimator on each reply's mean log-ratio; 0 at
+    the start)."""
+    secondary_metric = "reward_margin"
     primary_metric = "reward_accuracy"
     capabilities = Capabilities(labelled=False, generates=True, low_precision_logits=True, pairs=True,
                                 reference=True)
@@ -201,7 +205,7 @@ class PreferenceTuning(Task):
         """Mean preference loss over the batch's pairs; label smoothing is conservative DPO's (dpo and simpo)."""
         total, count = self.sequence_logps(outputs, batch)
         pairs = self._pair_logps(total, count, batch.get("reference"))
-        return preference_loss(pairs, self.settings, label_smoothing).loss.mean()
+        return preference_loss(pairs, self.settings, label_smoothing).mean()
 
     def score_batch(self, model: Any, batch: dict[str, torch.Tensor], examples: list[dict], indices: list[int],
                     scoring: Scoring) -> list[tuple[float, ...]]:
@@ -217,12 +221,11 @@ class PreferenceTuning(Task):
         values = torch.tensor(records, dtype=torch.float64)
         reference = torch.tensor([ex["reference"] for ex in examples], dtype=torch.float64)
         pairs = PairLogps(values[:, 0], values[:, 2], values[:, 1], values[:, 3], reference[:, 0], reference[:, 1])
-        out = preference_loss(pairs, self.settings)
-        margin = out.chosen_reward - out.rejected_reward
+        losses, margin = preference_loss(pairs, self.settings), pairs.margin
         drift = torch.cat([(pairs.chosen - pairs.ref_chosen) / pairs.chosen_tokens.clamp(min=1),
                            (pairs.rejected - pairs.ref_rejected) / pairs.rejected_tokens.clamp(min=1)])
         result: dict[str, Any] = {
-            "loss": out.loss.mean(), "reward_accuracy": (margin > 0).double().mean(), "reward_margin": margin.mean(),
+            "loss": losses.mean(), "reward_accuracy": (margin > 0).double().mean(), "reward_margin": margin.mean(),
             "chosen_logp": pairs.chosen_mean.mean(), "rejected_logp": pairs.rejected_mean.mean(),
             "chosen_logp_sum": pairs.chosen.mean(), "rejected_logp_sum": pairs.rejected.mean(),
             "kl": (torch.exp(-drift) - 1 + drift).mean(),
@@ -230,7 +233,7 @@ class PreferenceTuning(Task):
         result = {k: round(float(v), 6) for k, v in result.items()}
         result["pairs"] = len(records)
         if example_losses:
-            result["example_losses"] = [round(float(v), 5) for v in out.loss]
+            result["example_losses"] = [round(float(v), 5) for v in losses]
         return result
 
     def predictions(self, records: list[tuple[float, ...]], examples: list[dict], rows: int) -> list[dict[str, Any]]:

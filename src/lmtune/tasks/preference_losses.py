@@ -1,9 +1,9 @@
 """The preference losses, from each pair's summed log-probabilities of its two replies.
 
 Each takes the model's (policy's) and the reference's summed log-probabilities of the chosen and rejected
-replies, and their token counts, and returns the loss and the implicit reward of each reply per pair. Rewards
-are ``beta`` times a log-ratio to the reference (dpo: summed; ipo: per token) or, for the reference-free losses
-(simpo, orpo), ``beta`` times the per-token log-probability, as their papers define them.
+replies, and their token counts, and returns the loss of each pair. The metrics that judge a run (reward accuracy
+and margin, `lmtune.tasks.preference`) are one definition for every loss, so that runs of different losses and
+betas compare.
 """
 
 from __future__ import annotations
@@ -36,42 +36,37 @@ class PairLogps:
         return self.rejected / self.rejected_tokens.clamp(min=1)
 
 
-@dataclass(frozen=True)
-class PairLoss:
-    loss: torch.Tensor
-    """(pairs,) the loss of each pair."""
-    chosen_reward: torch.Tensor
-    rejected_reward: torch.Tensor
+    @property
+    def margin(self) -> torch.Tensor:
+        """The chosen reply's log-ratio to the reference minus the rejected one's (DPO's implicit reward margin
+        without beta), in nats: > 0 when the model moved toward the chosen reply more than toward the other."""
+        return (self.chosen - self.ref_chosen) - (self.rejected - self.ref_rejected)
 
 
-def preference_loss(p: PairLogps, cfg: PreferenceConfig, smoothing: float = 0.0) -> PairLoss:
-    """The configured loss of each pair (plus ``sft_weight`` times the chosen reply's NLL per token).
+def preference_loss(p: PairLogps, cfg: PreferenceConfig, smoothing: float = 0.0) -> torch.Tensor:
+    """The configured loss of each pair, (pairs,) (plus ``sft_weight`` times the chosen reply's NLL per token).
 
     ``smoothing`` (dpo, simpo; training only): the fraction of pairs assumed mislabelled (conservative DPO, Mitchell
     2023), which is what label smoothing means for a binary preference.
     """
     beta = cfg.strength
     if cfg.loss == "dpo":
-        chosen, rejected = beta * (p.chosen - p.ref_chosen), beta * (p.rejected - p.ref_rejected)
-        loss = _smoothed_sigmoid(chosen - rejected, smoothing)
+        loss = _smoothed_sigmoid(beta * p.margin, smoothing)
     elif cfg.loss == "ipo":
         tokens_c, tokens_r = p.chosen_tokens.clamp(min=1), p.rejected_tokens.clamp(min=1)
         ratio_c, ratio_r = (p.chosen - p.ref_chosen) / tokens_c, (p.rejected - p.ref_rejected) / tokens_r
         loss = (ratio_c - ratio_r - 1 / (2 * beta)) ** 2
-        chosen, rejected = beta * ratio_c, beta * ratio_r
     elif cfg.loss == "simpo":
-        chosen, rejected = beta * p.chosen_mean, beta * p.rejected_mean
-        loss = _smoothed_sigmoid(chosen - rejected - cfg.margin, smoothing)
+        loss = _smoothed_sigmoid(beta * (p.chosen_mean - p.rejected_mean) - cfg.margin, smoothing)
     elif cfg.loss == "orpo":
         mean_c, mean_r = p.chosen_mean, p.rejected_mean
         log_odds = (mean_c - mean_r) - (_log1mexp(mean_c) - _log1mexp(mean_r))
         loss = -mean_c - beta * F.logsigmoid(log_odds)
-        chosen, rejected = beta * mean_c, beta * mean_r
     else:  # the config check refuses other names
         raise ValueError(f"unknown preference loss {cfg.loss!r}")
     if cfg.sft_weight:
         loss = loss - cfg.sft_weight * p.chosen_mean
-    return PairLoss(loss, chosen.detach(), rejected.detach())
+    return loss
 
 
 def _smoothed_sigmoid(logits: torch.Tensor, smoothing: float) -> torch.Tensor:
