@@ -1,5 +1,5 @@
 from lmtune.comparison.leaderboard import Row, _winner
-from lmtune.comparison.space import TrialSpec, plan
+from lmtune.comparison.space import TrialSpec, candidates, overrides_for, plan
 from lmtune.tasks.classification import Classification
 from lmtune.tasks.qa import QuestionAnswering
 
@@ -9,10 +9,21 @@ def _row(strategy, mean, std, trainable, wall=10.0):
 
 
 def test_plan_runs_every_strategy_at_defaults_first():
-    specs = plan(["full", "lora"], [1, 2], variants=2)
+    specs = plan(candidates(["full", "lora"]), [1, 2], variants=2)
     assert specs[:2] == [TrialSpec("full", 1, 0), TrialSpec("lora", 1, 0)]
     assert specs[2:4] == [TrialSpec("full", 2, 0), TrialSpec("lora", 2, 0)]
     assert len(specs) == 8 and len({s.key for s in specs}) == 8
+
+
+def test_varied_settings_make_candidates_of_every_combination():
+    entrants = candidates(["lora", "full"], {"preference.loss": ["dpo", "ipo"], "preference.beta": ["0.1", "0.5"]})
+    assert [c.name for c in entrants[:4]] == ["lora+loss=dpo+beta=0.1", "lora+loss=dpo+beta=0.5",
+                                              "lora+loss=ipo+beta=0.1", "lora+loss=ipo+beta=0.5"]
+    assert len(entrants) == 8 and entrants[1].settings == ("preference.loss=dpo", "preference.beta=0.5")
+    spec = plan(entrants, [3], variants=1)[1]
+    assert spec.key == "lora+loss=dpo+beta=0.5-v0-s3"
+    assert overrides_for(None, spec) == ["strategy.name=lora", "train.seed=3", "preference.loss=dpo",
+                                         "preference.beta=0.5", "train.lr=0.0005"]
 
 
 def test_winner_is_the_cheapest_within_noise_of_the_best():
