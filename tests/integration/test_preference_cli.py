@@ -78,6 +78,12 @@ def test_dpo_learns_the_training_pairs_and_resumes_exactly(cli, tmp_path, storie
     for name in ("loss", "reward_accuracy", "reward_margin", "kl"):
         assert again["validation"][name] == pytest.approx(final["validation"][name], abs=1e-6), name
 
+    # the report charts how the preference was won: both replies' log-probabilities, the margin, the drift
+    assert cli("report", whole).returncode == 0
+    page = (whole / "report.html").read_text()
+    for title in ("Chosen logp and rejected logp", "Reward margin", "Kl"):
+        assert f">{title}<" in page, title
+
     # eval recomputes the reference (adapters off) and reproduces what training logged
     metrics = json.loads(cli("eval", whole, "--data", hh_pairs / "dev.jsonl", "--json").stdout)
     for name in ("loss", "reward_accuracy", "reward_margin", "chosen_logp", "kl"):

@@ -217,3 +217,42 @@ def test_the_adapters_off_reference_is_the_base_model(stories260k, encoded):
     assert with_adapters[0][0] != pytest.approx(base[0][0], abs=1e-3)
     off = score_reference(tuned, {"train": examples}, task, 8, tokenizer.pad_token_id)["train"]
     assert off == pytest.approx(base, abs=1e-5)
+
+
+# ---- warning signs ------------------------------------------------------------------------------------------
+
+def _evals(*rows: tuple[float, float, float, float, float]) -> list[tuple[int, dict]]:
+    """(step, metrics) per evaluation from (reward_accuracy, reward_margin, chosen_logp, rejected_logp, kl)."""
+    names = ("reward_accuracy", "reward_margin", "chosen_logp", "rejected_logp", "kl")
+    return [(10 * (i + 1), dict(zip(names, row, strict=True))) for i, row in enumerate(rows)]
+
+
+def _cfg(**preference):
+    from lmtune.loader import load_config
+
+    return load_config({"task": "preference", "model": "m", "data": {"train": "t.jsonl"}, "preference": preference,
+                        "train": {"lr": 1e-3}})
+
+
+def test_signs_of_over_optimization_are_read_from_the_curves():
+    from lmtune.tasks.preference_signs import preference_signs
+
+    healthy = _evals((0.55, 0.1, -2.0, -2.1, 0.001), (0.62, 0.4, -1.98, -2.3, 0.004), (0.70, 0.8, -1.97, -2.6, 0.006))
+    assert preference_signs(healthy, {30: {"reward_accuracy": 0.8}}, _cfg()) == []
+
+    pushed = _evals((0.55, 0.1, -2.0, -2.1, 0.001), (0.62, 0.9, -2.3, -3.2, 0.004), (0.70, 1.5, -2.6, -4.0, 0.006))
+    (sign,) = preference_signs(pushed, {}, _cfg())
+    assert sign.title.startswith("both replies are pushed down")
+    assert sign.evidence[0] == "validation chosen log-probability per token fell from -2.000 to -2.600"
+    assert sign.suggestions[0] == ("keep the chosen reply likely with an SFT term on it", ["preference.sft_weight=0.5"])
+
+    stalled = _evals((0.55, 0.1, -2.0, -2.1, 0.001), (0.60, 0.3, -2.0, -2.2, 0.002), (0.61, 0.4, -2.0, -2.3, 0.003),
+                     (0.60, 0.5, -2.0, -2.4, 0.004))
+    (sign,) = preference_signs(stalled, {40: {"reward_accuracy": 0.98}}, _cfg(loss="ipo"))
+    assert sign.title.startswith("over-optimization")
+    assert ("stop where validation was best", ["train.max_steps=30"]) in sign.suggestions
+    assert ("a stronger pull toward the reference", ["preference.beta=0.2"]) in sign.suggestions
+
+    drift = _evals((0.55, 0.1, -2.0, -2.1, 0.002), (0.70, 0.3, -2.0, -2.2, 0.004), (0.62, 0.4, -2.0, -2.3, 0.05))
+    (sign,) = preference_signs(drift, {30: {"reward_accuracy": 0.9}}, _cfg())
+    assert sign.evidence[0].startswith("KL to the reference grew from 0.0040 (step 20")

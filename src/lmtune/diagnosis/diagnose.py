@@ -8,7 +8,7 @@ from pathlib import Path
 from lmtune import rundir
 from lmtune.diagnosis.data_checks import data_findings
 from lmtune.diagnosis.dynamics import Curves, assess
-from lmtune.diagnosis.findings import Diagnosis, Finding
+from lmtune.diagnosis.findings import Diagnosis, Finding, Suggestion
 from lmtune.errors import LmtuneError
 from lmtune.integrity import read_json_object
 from lmtune.rundir import read_log
@@ -31,7 +31,10 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
     final_file = path / rundir.FINAL_METRICS
     final = read_json_object(final_file, "the run's final metrics") if final_file.exists() else None
     deciding = deciding_metric(task, cfg.early_stopping)
-    state = assess(Curves.from_log(read_log(path)), cfg, deciding, final, task.capabilities)
+    curves = Curves.from_log(read_log(path))
+    state = assess(curves, cfg, deciding, final, task.capabilities)
+    signs = [Finding("overfitting", o.title, o.evidence, [Suggestion(why, keys) for why, keys in o.suggestions])
+             for o in task.observations(curves.validation, curves.train_sample, cfg)]
     data: list[Finding] = []
     if task.capabilities.class_labels:  # the data checks are about class labels
         try:
@@ -41,7 +44,9 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
     overall = state.kind
     if overall == "healthy" and any(f.kind == "data" and f.severe for f in data):
         overall = "data problem"
-    result = Diagnosis(overall, [state, *data], str(path))
+    elif overall == "healthy" and signs:
+        overall = "overfitting"
+    result = Diagnosis(overall, [state, *signs, *data], str(path))
     if write:
         rundir.write_text_atomic(path / DIAGNOSIS, json.dumps(result.to_dict(), indent=2))
     return result

@@ -138,10 +138,20 @@ def _curves(c: Context) -> str:
     metric = line_chart({"training sample": series("train_sample", shown),
                          "validation": series("validation", shown)},
                         shown.replace("_", " ").capitalize(), "optimizer step", label, markers, bounds)
+    extra = [_group_chart(c, group, series, markers) for group in c.task.chart_groups]
     note = ("<p>The training sample is a fixed set of training examples scored like validation (eval mode, no "
             "augmentation) at each evaluation: the distance between the two lines is the real train/validation "
             "gap.</p>")
-    return f'<div class="charts">{loss}{metric}</div>{note}'
+    return f'<div class="charts">{loss}{metric}{"".join(extra)}</div>{note}'
+
+
+def _group_chart(c: Context, group: tuple[str, ...], series: Any, markers: dict[str, float]) -> str:
+    """One chart of several of the task's metrics (`Task.chart_groups`), validation and training sample."""
+    lines = {f"{split.replace('_', ' ')}: {name.replace('_', ' ')}": series(split, name)
+             for name in group for split in ("train_sample", "validation")}
+    label, bounds = c.task.metric(group[0]).axis
+    title = " and ".join(name.replace("_", " ") for name in group)
+    return line_chart(lines, title[0].upper() + title[1:], "optimizer step", label, markers, bounds)
 
 
 def _second_metric(c: Context, series: Any) -> str:

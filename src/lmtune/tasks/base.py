@@ -98,6 +98,17 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class Observation:
+    """A warning sign in a run's curves that only its task can read (`Task.observations`); the diagnosis shows it
+    as an over-optimization finding, with the evidence and the settings to try."""
+
+    title: str
+    evidence: list[str]
+    suggestions: list[tuple[str, list[str]]]
+    """(the next step in words, the ``key=value`` overrides that do it)."""
+
+
+@dataclass(frozen=True)
 class Scoring:
     """What `Task.score_batch` knows about the evaluation it is part of."""
 
@@ -114,6 +125,8 @@ class Task(abc.ABC):
     """Every validation metric, loss first. Early stopping, compare, diagnosis and report read these."""
     primary_metric: ClassVar[str]
     """The metric that picks the best checkpoint when early_stopping.metric is not set."""
+    chart_groups: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    """Further validation metrics the report charts over the run, each group on one chart."""
     secondary_metric: ClassVar[str | None] = None
     """Breaks ties of the deciding metric when `lmtune compare` ranks its candidates (always higher is better)."""
     capabilities: ClassVar[Capabilities] = Capabilities()
@@ -253,6 +266,11 @@ class Task(abc.ABC):
 
         raise LmtuneError(f"explain: task {self.name!r} has no explanation; explain supports "
                           f"{task_names_with('explains')} runs")
+
+    def observations(self, validation: list[tuple[int, dict]], sample: dict[int, dict], cfg: Any) -> list[Observation]:
+        """Warning signs in the curves: ``validation`` is [(step, metrics)] of each evaluation, ``sample`` the
+        training sample's metrics by step, ``cfg`` the run's config. None by default."""
+        return []
 
     def gold(self, example: dict) -> Any:
         """An encoded example's target in the form of a prediction's ``label`` (class-label tasks), else None."""

@@ -26,10 +26,11 @@ from lmtune.config.schema import PreferenceConfig
 from lmtune.data import Table
 from lmtune.data.collate import IGNORE_INDEX, collate, model_inputs
 from lmtune.errors import DataError, LmtuneError
-from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
+from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Observation, Scoring, Task
 from lmtune.tasks.language_model import load_causal_lm
 from lmtune.tasks.preference_losses import PairLogps, preference_loss
 from lmtune.tasks.preference_rows import Pair, read_pairs
+from lmtune.tasks.preference_signs import preference_signs
 from lmtune.tasks.sft import InstructionTuning
 
 log = logging.getLogger("lmtune")
@@ -56,6 +57,7 @@ class PreferenceTuning(Task):
     drift from the reference on the pairs' replies (Schulman's k3 estimator on each reply's mean log-ratio; 0 at
     the start)."""
     secondary_metric = "reward_margin"
+    chart_groups = (("chosen_logp", "rejected_logp"), ("reward_margin",), ("kl",))
     primary_metric = "reward_accuracy"
     capabilities = Capabilities(labelled=False, generates=True, low_precision_logits=True, pairs=True,
                                 reference=True)
@@ -244,6 +246,11 @@ class PreferenceTuning(Task):
             out[example["row"]] = {"chosen_logp": round(c, 5), "rejected_logp": round(r, 5),
                                    "prefers": "chosen" if c > r else "rejected"}
         return out
+
+    def observations(self, validation: list[tuple[int, dict]], sample: dict[int, dict], cfg: Any) -> list[Observation]:
+        """Over-optimization: both replies pushed down, training pairs learned while validation stalls, drift from
+        the reference without gain (`lmtune.tasks.preference_signs`)."""
+        return preference_signs(validation, sample, cfg)
 
     # ---- generation -----------------------------------------------------------------------------
 
