@@ -256,14 +256,7 @@ def _report_to_option(p: argparse.ArgumentParser) -> None:
                                        "trackio): the same as tracking.report_to=...")
 
 
-def _training_commands(sub: argparse._SubParsersAction) -> None:
-    """train, compare, import, export: commands that write run directories."""
-    p = sub.add_parser("train", help="fine-tune or pretrain as a YAML config says (resumes an unfinished run)")
-    p.add_argument("config", help="run config YAML")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=2e-5")
-    _report_to_option(p)
-    p.set_defaults(func=_train)
-
+def _compare_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train several strategies on the config's data and pick a winner")
     p.add_argument("config", help="run config YAML (data, model, task, training budget)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -285,6 +278,17 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                         "combination), e.g. --vary preference.loss=dpo,ipo --vary preference.beta=0.1,0.5")
     _report_to_option(p)
     p.set_defaults(func=_compare)
+
+
+def _training_commands(sub: argparse._SubParsersAction) -> None:
+    """train, compare, import, export: commands that write run directories."""
+    p = sub.add_parser("train", help="fine-tune or pretrain as a YAML config says (resumes an unfinished run)")
+    p.add_argument("config", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=2e-5")
+    _report_to_option(p)
+    p.set_defaults(func=_train)
+
+    _compare_command(sub)
 
     p = sub.add_parser("track", help="log an existing run directory to experiment trackers (MLflow, ...)")
     p.add_argument("run", help="run directory")

@@ -76,12 +76,18 @@ def compare(
     except BaseException as err:
         trackers.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    board = _leaderboard(study, config, entrants, root)
+    if trackers is not None:
+        trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
+    return board
+
+
+def _leaderboard(study: Any, config: RunConfig, entrants: list[Candidate], root: Path) -> Leaderboard:
+    """The ranked candidates (by the deciding metric, ties by the task's secondary one), written to ``root``."""
     task = TASKS.get(config.task)
     secondary = task.metric(task.secondary_metric) if task.secondary_metric else None
     board = build_leaderboard(study, [c.name for c in entrants], _deciding(config).metric, secondary)
     write_leaderboard(board, root)
-    if trackers is not None:
-        trackers.finish("FINISHED", extra_tags={"lmtune.winner": str(board.winner), "lmtune.rule": board.rule[:500]})
     return board
 
 
