@@ -175,3 +175,52 @@ def test_compare_ranks_losses_and_betas_by_reward_accuracy_then_margin(cli, tmp_
         loss, beta = row["strategy"].split("+")[1:]
         assert f"loss: {loss.split('=')[1]}" in config and f"beta: {float(beta.split('=')[1])}" in config
     assert cli("compare", str(_config(tmp_path)), "--vary", "preference.loss").returncode == 2
+
+
+def longest(prompt, completions):
+    """A judge for `lmtune pairs --judge module:function`: longer completions score higher."""
+    return [float(len(c)) for c in completions]
+
+
+def test_pairs_from_a_model_and_a_judge(cli, tmp_path, stories260k, trained_run):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               ("Once upon a time", "The little dog", "Lily saw a big", "One day, Tom")))
+    out = tmp_path / "pairs.jsonl"
+    result = cli("pairs", stories260k, "--prompts", prompts, "--judge", f"{__name__}:longest", "--out", out,
+                 "--samples", "3", "--max-new-tokens", "12")
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert counts["prompts"] == 4 and counts["pairs"] + counts["ties"] == 4 and len(rows) == counts["pairs"] >= 3
+    for row in rows:  # the best and the worst of the samples, by the judge's own scores
+        assert row["chosen_score"] == len(row["chosen"]) > row["rejected_score"] == len(row["rejected"])
+    # sampling is seeded: the same command writes the same pairs
+    again = tmp_path / "again.jsonl"
+    assert cli("pairs", stories260k, "--prompts", prompts, "--judge", f"{__name__}:longest", "--out", again,
+               "--samples", "3", "--max-new-tokens", "12").returncode == 0
+    assert again.read_text() == out.read_text()
+
+    # a classification run as the judge: the score is its probability of the label for prompt + completion
+    judged = tmp_path / "judged.jsonl"
+    run_dir, _ = trained_run
+    result = cli("pairs", stories260k, "--prompts", prompts, "--judge", run_dir, "--label", "1", "--out", judged,
+                 "--samples", "3", "--max-new-tokens", "12")
+    assert result.returncode == 0, result.stderr
+    import lmtune
+
+    judge = lmtune.load(run_dir)
+    for row in (json.loads(line) for line in judged.read_text().splitlines()):
+        texts = [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+        scores = [p["scores"]["1"] for p in judge.predict(texts)]
+        assert scores == pytest.approx([row["chosen_score"], row["rejected_score"]], abs=1e-5)
+        assert scores[0] > scores[1]
+
+    bad = cli("pairs", stories260k, "--prompts", prompts, "--judge", run_dir, "--label", "joy", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and bad.stderr.strip().endswith(f"--label: 'joy' is not a label of {run_dir}; it has "
+                                                              "'0', '1'")
+    assert not (tmp_path / "x").exists()
+    # the pairs are preference data as they are
+    result = cli("train", _config(tmp_path), "task=preference", f"model={stories260k}", f"data.train={out}",
+                 "data.validation_split=0.25", "train.max_steps=1", "train.batch_size=2", f"output={tmp_path / 'dpo'}")
+    assert result.returncode == 0, result.stderr

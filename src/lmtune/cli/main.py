@@ -18,7 +18,7 @@ A run directory (what `lmtune train` writes: config, checkpoints, metrics, the f
 other commands take. `lmtune COMMAND --help` describes each one."""
 EPILOG = """the commands by job:
   make a run          train (fine-tune or pretrain; resumes an unfinished run), compare (strategies, with a
-                      winner), import (a llama2.c checkpoint)
+                      winner), import (a llama2.c checkpoint), pairs (preference data from a model and a judge)
   use a finished run  eval, predict, generate, serve (HTTP, OpenAI-compatible), export (plain weights)
   look into a run     diagnose, report, explain, runs (list run directories), track (to MLflow and others)
 
@@ -92,6 +92,18 @@ def _generate(args: argparse.Namespace) -> int:
 
     text = run.generate(args.prompt, settings, on_text=None if args.no_stream else show)
     sys.stdout.write(("" if not args.no_stream else text) + "\n")
+    return 0
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    from lmtune.generation import GenerationSettings
+    from lmtune.pairs import PairSettings, make_pairs
+
+    generation = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                    top_p=args.top_p, seed=args.seed)
+    settings = PairSettings(samples=args.samples, generation=generation, min_gap=args.min_gap)
+    counts = make_pairs(args.run, args.prompts, args.judge, args.out, args.label, settings, args.judge_reply_only)
+    sys.stdout.write(json.dumps(counts) + "\n")
     return 0
 
 
@@ -256,6 +268,27 @@ def _report_to_option(p: argparse.ArgumentParser) -> None:
                                        "trackio): the same as tracking.report_to=...")
 
 
+def _pairs_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pairs", help="make preference pairs: sample completions from a run, rank them with a judge")
+    p.add_argument("run", help="run directory of the model that samples (a language model run)")
+    p.add_argument("--prompts", required=True, help="file of prompts: a 'prompt' or 'text' column (text or chat "
+                                                    "messages), or plain lines")
+    p.add_argument("--judge", required=True, help="a classification run directory, or module:function given "
+                                                  "(prompt, completions) and returning one score per completion")
+    p.add_argument("--label", help="with a classification judge: the label whose probability is the score")
+    p.add_argument("--judge-reply-only", action="store_true",
+                   help="a classification judge reads the completion alone (default: prompt + completion)")
+    p.add_argument("--out", required=True, help="JSONL of prompt/chosen/rejected rows (with their scores)")
+    p.add_argument("--samples", type=_positive, default=4, help="completions per prompt (default 4)")
+    p.add_argument("--max-new-tokens", type=_positive, default=32)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first sample (sample k uses seed + k)")
+    p.add_argument("--min-gap", type=float, default=0.0,
+                   help="no pair for a prompt whose best and worst scores are this close (default 0)")
+    p.set_defaults(func=_pairs)
+
+
 def _compare_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train several strategies on the config's data and pick a winner")
     p.add_argument("config", help="run config YAML (data, model, task, training budget)")
@@ -289,6 +322,7 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     _compare_command(sub)
+    _pairs_command(sub)
 
     p = sub.add_parser("track", help="log an existing run directory to experiment trackers (MLflow, ...)")
     p.add_argument("run", help="run directory")
