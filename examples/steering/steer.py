@@ -97,8 +97,8 @@ def main() -> int:
     parser.add_argument("--fresh-prompts", type=int, default=150)
     parser.add_argument("--fresh-samples", type=int, default=2)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("lmtune").setLevel(logging.INFO)
+    logging.basicConfig(level=logging.INFO, format="lmtune: %(message)s")
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # tied weights' "removed shared tensor"
     out = Path(args.out)
     data = _write_data(out, args.pair_prompts, args.fresh_prompts)
     decoder = _train({"task": "causal_lm", "model": "scratch:tiny", "lm": {"vocab_size": 4096},

@@ -211,8 +211,8 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     if accelerator.is_main_process:
         rundir.write_header(run_dir, cfg, data.task.state())
     accelerator.wait_for_everyone()
-    if data.task.capabilities.reference:
-        _attach_reference(accelerator, cfg, data, model, run_dir)
+    reference_seconds = _attach_reference(accelerator, cfg, data, model, run_dir) \
+        if data.task.capabilities.reference else None
     # augmented (or re-masked) inputs change every epoch, so their frozen-layer outputs cannot be cached
     caching = data.batch_examples is None and not data.task.capabilities.packed and not data.task.capabilities.pairs
     model, cache_info = attach_cache(
@@ -223,19 +223,24 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     if trackers is not None and trackers.active:
         inputs.on_record = trackers.record
     state = fit(accelerator, model, inputs, cfg.train)
+    if reference_seconds is not None:
+        cache_info["reference_seconds"] = reference_seconds
     return _finish(accelerator, model, data, strategy, cfg, state, run_dir, cache_info)
 
 
-def _attach_reference(accelerator: Any, cfg: RunConfig, data: Prepared, model: Any, run_dir: Path) -> None:
-    """The starting model's scores of every example, before the first step (`lmtune.evaluation.reference`)."""
+def _attach_reference(accelerator: Any, cfg: RunConfig, data: Prepared, model: Any, run_dir: Path) -> float:
+    """The starting model's scores of every example, before the first step (`lmtune.evaluation.reference`);
+    returns the seconds it took (metrics.json's ``reference_seconds``)."""
     from lmtune.evaluation.reference import attach_reference
 
+    started = time.perf_counter()
     model.to(accelerator.device)
     splits = {name: examples for name, examples in data.encoded.items() if examples}
     done = attach_reference(model, splits, data.task, cfg.train.eval_batch, data.tokenizer.pad_token_id, accelerator,
                             run_dir=run_dir, main_process=accelerator.is_main_process)
     if accelerator.is_main_process:
         log.info("%s", done)
+    return round(time.perf_counter() - started, 3)
 
 
 def _fit_inputs(cfg: RunConfig, data: Prepared, run_dir: Path, lr_scales: dict[int, float],
