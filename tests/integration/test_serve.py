@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from lmtune.serving.errors import ERROR_TYPES
-from tests.conftest import REPO, Server, lmtune_command, read_tsv, run_cli, unavailable
+from tests.conftest import REPO, SHARED_DATA, Server, lmtune_command, read_tsv, run_cli, unavailable
 
 pytestmark = pytest.mark.integration
 JSON = {"Content-Type": "application/json"}
@@ -47,8 +47,14 @@ def task_runs(tmp_path_factory, trained_run, sst2_slice, easy_qa, dialogsum, sto
     sft.write_text(f"task: sft\nmodel: {stories260k}\ndata: {{train: {instructions}}}\nstrategy: {{name: lora}}\n"
                    "train: {max_steps: 3, batch_size: 8, max_length: 128}\n")
     _train(str(sft), f"output={out / 'sft'}")
+    hh = (SHARED_DATA / "preference" / "hh_harmless_base_test.jsonl").read_text(encoding="utf-8").splitlines()
+    (out / "pairs.jsonl").write_text("\n".join(sorted(hh[:60], key=len)[:12]) + "\n", encoding="utf-8")
+    dpo = out / "dpo.yaml"
+    dpo.write_text(f"task: preference\nmodel: {stories260k}\ndata: {{train: {out / 'pairs.jsonl'}}}\n"
+                   "strategy: {name: lora}\ntrain: {max_steps: 3, batch_size: 4, max_length: 128}\n")
+    _train(str(dpo), f"output={out / 'dpo'}")
     return {"cls": trained_run[0], "cls_lora": out / "cls_lora", "qa": out / "qa", "summ": out / "summ",
-            "lm": stories260k, "sft": out / "sft"}
+            "lm": stories260k, "sft": out / "sft", "dpo": out / "dpo"}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,7 @@ def test_service_endpoints_describe_every_run(server, task_runs):
     runs = {r["name"]: r for r in info["runs"]}
     assert {name: r["task"] for name, r in runs.items()} == {
         "cls": "classification", "cls_lora": "classification", "qa": "qa", "summ": "summarization",
-        "lm": "causal_lm", "sft": "sft"}
+        "lm": "causal_lm", "sft": "sft", "dpo": "preference"}
     assert runs["cls"]["labels"] == ["0", "1"] and runs["qa"]["input_fields"] == ["question", "context"]
     assert "/v1/chat/completions" in runs["sft"]["endpoints"] and "/v1/explain" in runs["qa"]["endpoints"]
     assert info["limits"]["max_batch_size"] == 32 and info["versions"]["lmtune"]
@@ -107,6 +113,8 @@ def test_http_predictions_equal_lmtune_predict_for_every_task(server, task_runs,
         "lm": ([{"text": "Once upon a time"}, {"text": "Tom had a dog"}], ["Once upon a time", "Tom had a dog"]),
         "sft": ([{"instruction": "Is this review positive?", "input": "a witty film"}],
                 [{"instruction": "Is this review positive?", "input": "a witty film"}]),
+        "dpo": ([{"prompt": "\n\nHuman: Tell me a story.\n\nAssistant:"}],
+                ["\n\nHuman: Tell me a story.\n\nAssistant:"]),
     }
     import lmtune
 
@@ -238,7 +246,11 @@ def test_openai_client_completions_and_chat_streaming(server, task_runs):
     streamed = client.completions.create(model="lm", prompt="Once upon a time", max_tokens=24, temperature=0,
                                          stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == greedy.choices[0].text
-    with pytest.raises(Exception, match="needs a causal_lm or sft run"):
+    tuned = client.completions.create(model="dpo", prompt="\n\nHuman: Hello\n\nAssistant:", max_tokens=12,
+                                      temperature=0)  # a preference-tuned run serves as any decoder does
+    assert tuned.choices[0].text == lmtune.generate(task_runs["dpo"], "\n\nHuman: Hello\n\nAssistant:",
+                                                    max_new_tokens=12)
+    with pytest.raises(Exception, match="needs a causal_lm, preference or sft run"):
         client.chat.completions.create(model="cls", messages=messages)
 
 
