@@ -82,9 +82,8 @@ def _validation(model, args: argparse.Namespace) -> dict:
     from lmtune.evaluation import evaluate_examples
     from lmtune.evaluation.reference import attach_reference
     from lmtune.models import load_tokenizer
-    from lmtune.tasks.language_model import load_causal_lm
-
     from lmtune.pipeline import make_task
+    from lmtune.tasks.language_model import load_causal_lm
 
     cfg = lmtune.load_config(_config(args, Path(args.work) / "unused"))
     task = make_task(cfg)
@@ -107,6 +106,27 @@ def run_lmtune(args: argparse.Namespace, out: Path) -> dict:
     losses = [x["loss"] for x in train if x.get("split") == "train"]
     return {"pairs_per_s": round(args.steps * args.batch_size / seconds, 2), "train_seconds": round(seconds, 1),
             "final_train_loss": losses[-1], "validation": metrics["validation"]}
+
+
+def run_sft(args: argparse.Namespace, out: Path) -> dict:
+    """The memory yardstick: lmtune SFT of the same model and strategy, on each pair's prompt and replies as
+    instruction rows, with as many sequences per step as DPO has (two per pair)."""
+    import lmtune
+
+    work = Path(args.work)
+    data = out / "sft.jsonl"
+    with data.open("w") as handle:
+        for line in (work / "train.jsonl").read_text().splitlines():
+            pair = json.loads(line)
+            for reply in (pair["chosen"], pair["rejected"]):
+                handle.write(json.dumps({"instruction": pair["prompt"], "output": reply}) + "\n")
+    config = _config(args, out / "sft")
+    config.pop("preference")
+    config["task"] = "sft"
+    config["data"] = {"train": str(data), "validation_split": 0.1}
+    config["train"] = {**config["train"], "batch_size": 2 * args.batch_size}
+    metrics = lmtune.train(config, show_diagnosis=False)
+    return {"sequences_per_s": round(args.steps * 2 * args.batch_size / metrics["train_seconds"], 2)}
 
 
 def run_trl(args: argparse.Namespace, out: Path) -> dict:
@@ -158,12 +178,12 @@ def main() -> None:
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work", default="/tmp/lmtune-dpo-bench")
-    parser.add_argument("--child", choices=["lmtune", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["lmtune", "trl", "sft"], help=argparse.SUPPRESS)
     parser.add_argument("--child-strategy", help=argparse.SUPPRESS)
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_child(lambda tmp: (run_lmtune if args.child == "lmtune" else run_trl)(args, tmp))
+        run_child(lambda tmp: {"lmtune": run_lmtune, "trl": run_trl, "sft": run_sft}[args.child](args, tmp))
         return
     prepare(args)
     out = sys.stdout
@@ -184,8 +204,11 @@ def main() -> None:
                           f"{v['reward_accuracy']:>8.3f} {v['reward_margin']:>10.3f}\n")
                 out.flush()
             t, m = sides["trl"], sides["lmtune"]
+            sft = run_side(__file__, "sft", [*sys.argv[1:], "--child-strategy", strategy, "--child-seed", seed])
             out.write(f"  -> lmtune/TRL: pairs/s {m['pairs_per_s'] / t['pairs_per_s']:.2f}x, peak RSS "
-                      f"{m['peak_rss_mib'] / t['peak_rss_mib']:.2f}x\n")
+                      f"{m['peak_rss_mib'] / t['peak_rss_mib']:.2f}x; lmtune DPO/SFT peak RSS "
+                      f"{m['peak_rss_mib'] / sft['peak_rss_mib']:.2f}x (SFT: {2 * args.batch_size} sequences "
+                      f"per step, {sft['peak_rss_mib']:.0f} MiB)\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import lmtune
+from lmtune.cli.main import quiet_libraries
 from lmtune.generation import GenerationSettings
 from lmtune.pairs import PairSettings, make_pairs
 
@@ -49,8 +50,10 @@ def _write_data(out: Path, pair_prompts: int, fresh_prompts: int) -> dict[str, P
     paths["dev.txt"].write_text("\n\n".join(r["sentence"] for r in dev) + "\n")
     whole = [r["sentence"] for r in train[PRETRAIN_ROWS:] if len(r["sentence"].split()) >= 8]
     openings = [" ".join(s.split()[:OPENING_WORDS]) for s in whole]
-    for name, part in (("openings.jsonl", openings[:pair_prompts]),
-                       ("fresh.jsonl", openings[pair_prompts:pair_prompts + fresh_prompts])):
+    if pair_prompts + fresh_prompts > len(openings):
+        raise SystemExit(f"only {len(openings)} held-out openings: lower --pair-prompts or --fresh-prompts")
+    # the fresh openings are the last ones, whatever the number of pair prompts: one yardstick for every setting
+    for name, part in (("openings.jsonl", openings[:pair_prompts]), ("fresh.jsonl", openings[-fresh_prompts:])):
         paths[name].write_text("".join(json.dumps({"prompt": p}) + "\n" for p in part))
     for name, part in (("judge_a.tsv", train[:4000]), ("judge_b.tsv", train[20_000:24_000])):
         paths[name].write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in part))
@@ -64,30 +67,47 @@ def _train(config: dict, out: Path) -> Path:
 
 
 def _positive_rate(run: Path, prompts: Path, judge: Path, samples: int) -> float:
-    """Share of fresh continuations judge B calls positive (prompt and continuation read together)."""
+    """Share of fresh continuations judge B calls positive (the continuation alone: the opening is given)."""
     policy, judge_run = lmtune.load(run), lmtune.load(judge)
     texts = []
     for line in prompts.read_text().splitlines():
         prompt = json.loads(line)["prompt"]
         for k in range(samples):
             settings = GenerationSettings(**{**SAMPLE.__dict__, "seed": 1000 + k})
-            texts.append(prompt + policy.generate(prompt, settings))
+            texts.append(policy.generate(prompt, settings))
     labels = [p["label"] for p in judge_run.predict(texts)]
-    return sum(label == "1" for label in labels) / len(labels)
+    return sum(str(label) == "1" for label in labels) / len(labels)
 
 
 def _perplexity(run: Path, dev: Path) -> float:
     """Perplexity of SST-2 dev sentences under the run's model, as a language model (nats per token → e^)."""
+    from lmtune.config import DataConfig
     from lmtune.data.corpus import read_corpus
     from lmtune.evaluation import evaluate_examples
     from lmtune.tasks import TASKS
 
     loaded = lmtune.load(run)
     lm = TASKS.get("causal_lm")()
-    examples = lm.encode(read_corpus(str(dev)), loaded.tokenizer, loaded.config.data, 64)
+    examples = lm.encode(read_corpus(str(dev)), loaded.tokenizer, DataConfig(), 64)
     model = loaded.model.merge_and_unload() if hasattr(loaded.model, "merge_and_unload") else loaded.model
     loss = evaluate_examples(model, examples, lm, 64, loaded.tokenizer.pad_token_id)["loss"]
     return math.exp(loss)
+
+
+def _dpo_round(start: Path, data: dict[str, Path], judge: Path, out: Path, name: str,
+               args: argparse.Namespace) -> Path:
+    """Pairs sampled from ``start`` and judged by ``judge`` (on the continuation alone), then DPO from ``start``."""
+    pairs = out / "data" / f"pairs-{name}.jsonl"
+    if not pairs.exists():
+        counts = make_pairs(start, data["openings.jsonl"], str(judge), pairs, label="1",
+                            settings=PairSettings(samples=args.samples, generation=SAMPLE, min_gap=0.05),
+                            judge_reply_only=True)
+        print(json.dumps(counts), file=sys.stderr)
+    return _train({"task": "preference", "model": str(start),
+                   "data": {"train": str(pairs), "validation_split": 0.1},
+                   "strategy": {"name": args.strategy}, "preference": {"loss": "dpo", "beta": args.beta},
+                   "train": {"epochs": args.epochs, "batch_size": 16, "max_length": 64, "lr": args.lr, "warmup": 0.1},
+                   "early_stopping": {"restore_best": args.keep == "best"}}, out / f"dpo-{name}")
 
 
 def main() -> int:
@@ -96,9 +116,17 @@ def main() -> int:
     parser.add_argument("--pair-prompts", type=int, default=400)
     parser.add_argument("--fresh-prompts", type=int, default=150)
     parser.add_argument("--fresh-samples", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=6, help="continuations per opening for the pairs")
+    parser.add_argument("--lr", type=float, default=5e-4, help="DPO learning rate")
+    parser.add_argument("--epochs", type=float, default=4, help="DPO epochs over the pairs")
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--strategy", default="full", help="DPO's strategy (full, lora, ...)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of sampling, judging and DPO (on-policy)")
+    parser.add_argument("--keep", choices=["best", "last"], default="best",
+                        help="DPO's final weights: the best validation reward accuracy's, or the last step's")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="lmtune: %(message)s")
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # tied weights' "removed shared tensor"
+    quiet_libraries()  # as the command line does: no weight-loading reports
     out = Path(args.out)
     data = _write_data(out, args.pair_prompts, args.fresh_prompts)
     decoder = _train({"task": "causal_lm", "model": "scratch:tiny", "lm": {"vocab_size": 4096},
@@ -112,16 +140,11 @@ def main() -> int:
                                         "text": "sentence"},
                                "train": {"epochs": 2, "batch_size": 32, "lr": 5e-5, "max_length": 66, "seed": seed}},
                               out / name)
-    pairs = out / "data" / "pairs.jsonl"
-    if not pairs.exists():
-        counts = make_pairs(decoder, data["openings.jsonl"], str(judges["judge_a"]), pairs, label="1",
-                            settings=PairSettings(samples=4, generation=SAMPLE, min_gap=0.05))
-        print(json.dumps(counts), file=sys.stderr)
-    tuned = _train({"task": "preference", "model": str(decoder), "data": {"train": str(pairs),
-                                                                          "validation_split": 0.1},
-                    "strategy": {"name": "full"}, "preference": {"loss": "dpo", "beta": 0.1},
-                    "train": {"epochs": 3, "batch_size": 16, "max_length": 64, "lr": 1e-4, "warmup": 0.1}},
-                   out / "dpo")
+    tuned = decoder
+    for round_ in range(1, args.rounds + 1):  # each round: fresh pairs from the current model, DPO from it
+        name = f"p{args.pair_prompts}x{args.samples}-lr{args.lr:g}-e{args.epochs:g}-b{args.beta:g}-{args.keep}-" \
+               f"{args.strategy}-r{round_}"
+        tuned = _dpo_round(tuned, data, judges["judge_a"], out, name, args)
     rows = {}
     for name, run in (("decoder (before)", decoder), ("after DPO", tuned)):
         rows[name] = (_positive_rate(run, data["fresh.jsonl"], judges["judge_b"], args.fresh_samples),

@@ -3,7 +3,8 @@
 For each prompt, the run samples N completions; a judge scores each one; the best and the worst become a pair
 (``prompt``/``chosen``/``rejected``, the text form that `lmtune.tasks.preference` reads; chat prompts give chat
 pairs), with both scores. A prompt whose best and worst completions score within ``min_gap`` of each other gives
-no pair: the judge does not prefer one, and a pair would teach noise.
+no pair: the judge does not prefer one, and a pair would teach noise. Empty completions (the model ended at once)
+and repeats are left out; a prompt with fewer than two distinct completions gives no pair either.
 
 A judge is either a classification run (the probability of one of its labels, for the prompt and completion
 together or the completion alone) or a Python function ``module:function`` given (prompt, completions) and
@@ -67,21 +68,26 @@ def make_pairs(run: str | Path, prompts: str | Path, judge: str, out: str | Path
                           "run")
     scorer = _judge(judge, label, judge_reply_only)
     items = _prompts(read_table(str(prompts), "test"))
-    rows, ties = [], 0
+    rows, ties, empty = [], 0, 0
     for prompt in items:
-        completions = _sample(policy, prompt, settings)
+        # an empty completion (the model ended at once) is no reply to prefer or reject
+        completions = sorted({c for c in _sample(policy, prompt, settings) if c.strip()}, key=str)
+        if len(completions) < 2:
+            empty += 1
+            continue
         scores = scorer(prompt, completions)
         if len(scores) != len(completions):
             raise LmtuneError(f"--judge {judge}: returned {len(scores)} scores for {len(completions)} completions")
         best = max(range(len(scores)), key=scores.__getitem__)
         worst = min(range(len(scores)), key=scores.__getitem__)
-        if scores[best] - scores[worst] <= settings.min_gap or completions[best] == completions[worst]:
+        if scores[best] - scores[worst] <= settings.min_gap:
             ties += 1
             continue
         rows.append(_row(prompt, completions[best], completions[worst], scores[best], scores[worst]))
     rundir.write_text_atomic(Path(out), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     mean = lambda key: round(sum(r[key] for r in rows) / len(rows), 4) if rows else None  # noqa: E731
-    return {"prompts": len(items), "pairs": len(rows), "ties": ties, "chosen_score": mean("chosen_score"),
+    return {"prompts": len(items), "pairs": len(rows), "ties": ties, "too_few_completions": empty,
+            "chosen_score": mean("chosen_score"),
             "rejected_score": mean("rejected_score"), "out": str(out)}
 
 

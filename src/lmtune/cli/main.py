@@ -427,7 +427,7 @@ def _insight_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="lmtune: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Library chatter (weight-loading reports, advisory warnings) hides lmtune's own output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
