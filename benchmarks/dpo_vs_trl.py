@@ -67,7 +67,7 @@ def _config(args: argparse.Namespace, out: Path) -> dict:
         "preference": {"loss": "dpo", "beta": args.beta},
         "train": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": 0.0,
                   "precision": args.precision, "seed": args.child_seed, "max_length": args.max_length,
-                  "threads": args.threads, "eval_every": 0, "eval_train_samples": 0, "log_every": 10,
+                  "threads": args.threads, "eval_every": 0, "eval_train_samples": 0, "log_every": 5,
                   "group_by_length": False},
         "regularization": {"weight_decay": 0.0, "max_grad_norm": 1.0},
         "output": str(out),
@@ -151,13 +151,14 @@ def run_trl(args: argparse.Namespace, out: Path) -> dict:
         output_dir=str(out / "trl"), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
         max_steps=args.steps, warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="linear",
         beta=args.beta, max_length=args.max_length, bf16=args.precision == "bf16", use_cpu=True,
-        seed=args.child_seed, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=10,
+        seed=args.child_seed, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=5,
         disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft)
     result = trainer.train()
-    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    losses = [x.get("loss", x.get("train_loss")) for x in trainer.state.log_history
+              if "loss" in x or "train_loss" in x]
     final = trainer.model.merge_and_unload() if peft is not None else trainer.model
     return {"pairs_per_s": round(args.steps * args.batch_size / result.metrics["train_runtime"], 2),
             "train_seconds": round(result.metrics["train_runtime"], 1), "final_train_loss": losses[-1],

@@ -3,10 +3,12 @@
 1. pretrain a small decoder on SST-2 training sentences (lmtune's scratch decoder and tokenizer);
 2. train two SST-2 classifiers: judge A makes the preference pairs, judge B (other rows, other seed) only
    measures, so the tuned model is never scored by the judge it was trained against;
-3. `lmtune pairs`: the decoder continues held-out review openings 4 times each; judge A's probability of
-   "positive" ranks the continuations; the best and the worst make a pair;
-4. DPO on those pairs, starting from the decoder (the reference is the decoder itself);
-5. fresh continuations of other openings, before and after, judged by B; perplexity on SST-2 dev before and after.
+3. `lmtune pairs`: the decoder continues 1,000 held-out review openings 6 times each; judge A's probability of
+   "positive" for each continuation ranks them; the best and the worst make a pair;
+4. DPO on those pairs, starting from the decoder (the reference is the decoder itself); steps 3-4 repeat from
+   the tuned model (``--rounds``, on-policy: each round's pairs are sampled from the model being tuned);
+5. fresh continuations of 150 other openings, before and after, judged by B; perplexity of SST-2 dev sentences
+   before and after.
 
     python examples/steering/steer.py --out runs/steering        # about 20 minutes on 2 CPU cores
 
@@ -113,16 +115,16 @@ def _dpo_round(start: Path, data: dict[str, Path], judge: Path, out: Path, name:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/steering")
-    parser.add_argument("--pair-prompts", type=int, default=400)
+    parser.add_argument("--pair-prompts", type=int, default=1000)
     parser.add_argument("--fresh-prompts", type=int, default=150)
     parser.add_argument("--fresh-samples", type=int, default=2)
     parser.add_argument("--samples", type=int, default=6, help="continuations per opening for the pairs")
-    parser.add_argument("--lr", type=float, default=5e-4, help="DPO learning rate")
-    parser.add_argument("--epochs", type=float, default=4, help="DPO epochs over the pairs")
-    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=1e-4, help="DPO learning rate")
+    parser.add_argument("--epochs", type=float, default=2, help="DPO epochs over the pairs")
+    parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--strategy", default="full", help="DPO's strategy (full, lora, ...)")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds of sampling, judging and DPO (on-policy)")
-    parser.add_argument("--keep", choices=["best", "last"], default="best",
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of sampling, judging and DPO (on-policy)")
+    parser.add_argument("--keep", choices=["best", "last"], default="last",
                         help="DPO's final weights: the best validation reward accuracy's, or the last step's")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="lmtune: %(message)s")
