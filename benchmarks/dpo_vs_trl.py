@@ -9,7 +9,8 @@ each step, a copy of the model as the reference under full tuning, the adapters 
 
 Both final models are scored afterwards by the same evaluation (lmtune's, on held-out pairs, against the same
 starting model), so the validation numbers compare. lmtune's pairs/s counts its one pass of reference scoring
-before training (``reference_seconds``) as training time.
+(``reference_seconds``: every training and validation pair) as training time; the run is one epoch over the
+training pairs, so that pass is not spread over several.
 
     python benchmarks/dpo_vs_trl.py [--strategies full,lora --seeds 1,2 --steps 40 --batch-size 8]
 """
@@ -40,7 +41,8 @@ def prepare(args: argparse.Namespace) -> Path:
 
     work = Path(args.work)
     base = work / "base"
-    if (work / "validation.jsonl").exists():
+    made = work / "train.jsonl"
+    if made.exists() and len(made.read_text().splitlines()) == args.train_pairs:
         return work
     rows = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines()]
     pairs, _ = read_pairs(Table(str(PAIRS), ["chosen", "rejected"], rows), "skip")
@@ -174,7 +176,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--train-pairs", type=int, default=640)
+    parser.add_argument("--train-pairs", type=int, default=None, help="default: steps x batch (one epoch)")
     parser.add_argument("--validation-pairs", type=int, default=128)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -183,9 +185,13 @@ def main() -> None:
     parser.add_argument("--child-strategy", help=argparse.SUPPRESS)
     parser.add_argument("--child-seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.train_pairs = args.train_pairs or args.steps * args.batch_size
     if args.child:
         run_child(lambda tmp: {"lmtune": run_lmtune, "trl": run_trl, "sft": run_sft}[args.child](args, tmp))
         return
+    from lmtune.cli.main import quiet_libraries
+
+    quiet_libraries()
     prepare(args)
     out = sys.stdout
     out.write(f"DPO on {args.train_pairs} HH-RLHF pairs (scratch:mini decoder, 8K BPE): {args.steps} steps x "

@@ -256,3 +256,22 @@ def test_signs_of_over_optimization_are_read_from_the_curves():
     drift = _evals((0.55, 0.1, -2.0, -2.1, 0.002), (0.70, 0.3, -2.0, -2.2, 0.004), (0.62, 0.4, -2.0, -2.3, 0.05))
     (sign,) = preference_signs(drift, {30: {"reward_accuracy": 0.9}}, _cfg())
     assert sign.evidence[0].startswith("KL to the reference grew from 0.0040 (step 20")
+
+
+def test_chunked_token_log_probs_match_log_softmax_in_value_and_gradient():
+    from lmtune.tasks.losses import token_log_probs
+
+    torch.manual_seed(0)
+    logits = torch.randn(1100, 37, dtype=torch.float64, requires_grad=True)  # more rows than one chunk
+    targets = torch.randint(0, 37, (1100,))
+    targets[::3] = -100
+    weights = torch.randn(1100, dtype=torch.float64)
+    mine = token_log_probs(logits, targets)
+    (mine.double() * weights).sum().backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    keep = targets != -100
+    expected = torch.log_softmax(logits, -1).gather(1, targets.clamp(min=0)[:, None]).squeeze(1) * keep
+    (expected * weights).sum().backward()
+    assert torch.allclose(mine.double(), expected, atol=1e-5)
+    assert torch.allclose(got, logits.grad, atol=1e-5)

@@ -101,3 +101,42 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: 
     if valid.float().mean() < 0.5:  # sparse targets (masked LM): score only the rows that count
         logits, targets = logits[valid], targets[valid]
     return _ChunkedCrossEntropy.apply(logits, targets, label_smoothing)
+
+
+class _ChunkedLogProb(torch.autograd.Function):
+    """Each row's log-probability of its target, chunk by chunk like `_ChunkedCrossEntropy`: the softmax is kept in
+    the logits' dtype for the backward pass (no fp32 copy of the whole (rows × vocabulary) logits)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        valid = targets != IGNORE_INDEX
+        out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+        probs = torch.empty_like(logits) if logits.requires_grad else None
+        buffer = torch.empty((min(CHUNK, logits.shape[0]), logits.shape[-1]), dtype=torch.float32,
+                             device=logits.device)
+        for start in range(0, logits.shape[0], CHUNK):
+            x = buffer[:min(CHUNK, logits.shape[0] - start)].copy_(logits[start:start + CHUNK])
+            keep = valid[start:start + CHUNK]
+            target = targets[start:start + CHUNK].clamp(min=0)
+            picked = x.gather(1, target[:, None]).squeeze(1)
+            top = x.amax(dim=-1)
+            x.sub_(top[:, None]).exp_()
+            sums = x.sum(dim=-1)
+            out[start:start + CHUNK] = torch.where(keep, picked - top - sums.log(), 0.0)
+            if probs is not None:
+                probs[start:start + CHUNK] = x.mul_((keep.to(x.dtype) / sums)[:, None])  # 0 on skipped rows
+        if probs is not None:
+            ctx.save_for_backward(probs, targets.clamp(min=0), valid)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        probs, targets, valid = ctx.saved_tensors
+        scale = (grad_output * valid).to(probs.dtype)[:, None]
+        grad = probs.mul_(-scale)  # d log p(target) / d logits = onehot(target) - softmax
+        return grad.scatter_add_(1, targets[:, None], scale), None
+
+
+def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each row's log-probability of its target (rows,), 0 where the target is IGNORE_INDEX; differentiable."""
+    return _ChunkedLogProb.apply(logits, targets)

@@ -28,6 +28,7 @@ from lmtune.data.collate import IGNORE_INDEX, collate, model_inputs
 from lmtune.errors import DataError, LmtuneError
 from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Observation, Scoring, Task
 from lmtune.tasks.language_model import load_causal_lm
+from lmtune.tasks.losses import token_log_probs
 from lmtune.tasks.preference_losses import PairLogps, preference_loss
 from lmtune.tasks.preference_rows import Pair, read_pairs
 from lmtune.tasks.preference_signs import preference_signs
@@ -189,11 +190,8 @@ class PreferenceTuning(Task):
     def sequence_logps(self, outputs: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed log-probability of each row's reply, its token count), each (rows,)."""
         logits, labels = outputs.logits, F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-        targets = labels != IGNORE_INDEX
-        logp = -F.cross_entropy(logits[targets].float(), labels[targets], reduction="none")
-        rows = targets.nonzero()[:, 0]
-        total = torch.zeros(labels.shape[0], dtype=torch.float32, device=logp.device).index_add(0, rows, logp)
-        return total, targets.sum(-1)
+        logp = token_log_probs(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))  # chunked, no fp32 copy
+        return logp.view(labels.shape).sum(-1), (labels != IGNORE_INDEX).sum(-1)
 
     def _pair_logps(self, total: torch.Tensor, count: torch.Tensor, reference: torch.Tensor | None) -> PairLogps:
         half = total.shape[0] // 2
