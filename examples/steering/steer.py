@@ -28,7 +28,7 @@ from pathlib import Path
 import lmtune
 from lmtune.cli.main import quiet_libraries
 from lmtune.generation import GenerationSettings
-from lmtune.pairs import PairSettings, make_pairs
+from lmtune.pairs import PairSettings
 
 SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
 PRETRAIN_ROWS = 60_000
@@ -101,7 +101,7 @@ def _dpo_round(start: Path, data: dict[str, Path], judge: Path, out: Path, name:
     """Pairs sampled from ``start`` and judged by ``judge`` (on the continuation alone), then DPO from ``start``."""
     pairs = out / "data" / f"pairs-{name}.jsonl"
     if not pairs.exists():
-        counts = make_pairs(start, data["openings.jsonl"], str(judge), pairs, label="1",
+        counts = lmtune.make_pairs(start, data["openings.jsonl"], str(judge), pairs, label="1",
                             settings=PairSettings(samples=args.samples, generation=SAMPLE, min_gap=0.05),
                             judge_reply_only=True)
         print(json.dumps(counts), file=sys.stderr)

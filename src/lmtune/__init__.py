@@ -56,6 +56,15 @@ def compare(config, strategies, overrides=(), **options):
     return run_compare(config, list(strategies), **options)
 
 
+def make_pairs(run_dir, prompts, judge, out, label=None, **options):
+    """Preference pairs from a run's samples ranked by a judge (a classification run with ``label``, or
+    ``"module:function"``), written to ``out``; ``options``: settings (`lmtune.pairs.PairSettings`),
+    judge_reply_only. Returns the counts (prompts, pairs, ties, ...); see `lmtune.pairs.make_pairs`."""
+    from lmtune.pairs import make_pairs as make
+
+    return make(run_dir, prompts, judge, out, label, **options)
+
+
 def export(run_dir, out_dir=None, merge=False):
     """Write a run's model as plain transformers weights (LoRA merged with ``merge``); see `lmtune.exporting.export`."""
     from lmtune.exporting import export as write
@@ -106,4 +115,4 @@ def report(run_dir, out=None):
 
 
 __all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "compare", "export", "load", "load_config",
-           "train", "diagnose", "explain", "report", "generate", "import_llama2c", "serve"]
+           "train", "diagnose", "explain", "report", "generate", "import_llama2c", "serve", "make_pairs"]
