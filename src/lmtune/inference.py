@@ -110,15 +110,38 @@ class LoadedRun:
         return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def load(run_dir: str | Path) -> LoadedRun:
-    """Load a finished run directory for prediction and evaluation."""
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def load(run_dir: str | Path, backend: str = "torch") -> LoadedRun:
+    """Load a finished run directory for prediction and evaluation.
+
+    ``backend``: torch (the run's model), or onnx / onnx-int8 (the graph `lmtune export RUN --format onnx` wrote,
+    on onnxruntime, in fp32; for tasks that score inputs, not for those that generate text).
+    """
     path, cfg, task_state = rundir.read_run(run_dir)
     task = restore_task(cfg, task_state, path)
     source = str(path / rundir.MODEL)
+    if backend != "torch":
+        return _onnx_run(path, cfg, task, source, backend)
     model = _load_model(task, source)
     if torch.cuda.is_available():
         model.to("cuda")
     return LoadedRun(path, cfg, task, model, load_tokenizer(source))
+
+
+def _onnx_run(path: Path, cfg: RunConfig, task: Task, source: str, backend: str) -> LoadedRun:
+    from lmtune.onnx_model import OrtModel, onnx_graph
+
+    if backend not in BACKENDS:
+        raise LmtuneError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if task.capabilities.generates:
+        raise LmtuneError(f"--backend {backend}: task {cfg.task!r} generates text, which runs on torch; the ONNX "
+                          "export of a decoder gives its logits (checked at export)")
+    model = OrtModel(onnx_graph(path, int8=backend == "onnx-int8"))
+    # onnxruntime computes in fp32 whatever the run trained in: no autocast around it
+    fp32 = replace(cfg, train=replace(cfg.train, precision="fp32"))
+    return LoadedRun(path, fp32, task, model, load_tokenizer(source))
 
 
 def _load_model(task: Task, source: str) -> Any:

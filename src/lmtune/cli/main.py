@@ -59,7 +59,7 @@ def _predict(args: argparse.Namespace) -> int:
     from lmtune.inference import load
     from lmtune.rundir import write_text_atomic
 
-    run = load(args.run)
+    run = load(args.run, args.backend)
     table = read_stdin() if args.input == "-" else read_table(args.input, "test")
     texts = [row.get(run.config.data.text, row.get("text")) for row in table.rows]
     lines = [
@@ -125,6 +125,19 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from lmtune.onnx_export import export_onnx
+
+        checks = export_onnx(args.run, args.out, quantize=args.quantize)
+        line = (f"{checks['out']}: largest |logit difference| onnxruntime vs PyTorch fp32 {checks['max_abs_diff']:.2e} "
+                f"on {checks['rows']} validation rows (bound {checks['tolerance']:g})")
+        int8 = checks.get("int8", {})
+        if "torch" in int8:
+            line += "; int8: " + ", ".join(f"{k} {int8['torch'][k]:g} -> {int8['int8'][k]:g}" for k in int8["torch"])
+        sys.stdout.write(line + "\n")
+        return 0
+    if args.quantize:
+        raise LmtuneError("--quantize: only with --format onnx")
     from lmtune.exporting import export
 
     sys.stdout.write(f"{export(args.run, args.out, merge=args.merge)}\n")
@@ -342,10 +355,13 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="run directory to create")
     p.set_defaults(func=_import)
 
-    p = sub.add_parser("export", help="write a run's model as plain transformers weights")
+    p = sub.add_parser("export", help="write a run's model as plain transformers weights, or as ONNX (checked)")
     p.add_argument("run", help="run directory")
     p.add_argument("--merge", action="store_true", help="fold LoRA adapters into the base weights")
-    p.add_argument("--out", help="output directory (default RUN/merged)")
+    p.add_argument("--format", choices=["transformers", "onnx"], default="transformers",
+                   help="onnx: an ONNX graph (LoRA merged), checked on onnxruntime against PyTorch on validation rows")
+    p.add_argument("--quantize", choices=["int8"], help="with --format onnx: also an int8 graph, its metrics stated")
+    p.add_argument("--out", help="output directory (default RUN/merged, or RUN/onnx)")
     p.set_defaults(func=_export)
 
 
@@ -362,6 +378,8 @@ def _inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--input", required=True, help="CSV/TSV/JSONL/text file, or - for stdin")
     p.add_argument("--output", help="write JSONL here instead of stdout")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                   help="onnx / onnx-int8: run the graph `lmtune export RUN --format onnx` wrote, on onnxruntime")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("generate", help="continue a prompt with a causal_lm run, or answer one with an sft run")
