@@ -24,11 +24,12 @@ def train(config, overrides=(), **options):
     return train_and_review(config, overrides, **options)
 
 
-def load(run_dir):
-    """Load a finished run for ``.predict([...])`` and ``.evaluate(path)``; see `lmtune.inference.load`."""
+def load(run_dir, backend="torch"):
+    """Load a finished run for ``.predict([...])`` and ``.evaluate(path)``; ``backend``: torch, or onnx / onnx-int8
+    (the graph `lmtune export RUN --format onnx` wrote, on onnxruntime); see `lmtune.inference.load`."""
     from lmtune import inference
 
-    return inference.load(run_dir)
+    return inference.load(run_dir, backend)
 
 
 def generate(run_dir, prompt, on_text=None, **options):
