@@ -86,12 +86,13 @@ def _perplexity(run: Path, dev: Path) -> float:
     from lmtune.config import DataConfig
     from lmtune.data.corpus import read_corpus
     from lmtune.evaluation import evaluate_examples
+    from lmtune.evaluation.reference import has_adapters
     from lmtune.tasks import TASKS
 
     loaded = lmtune.load(run)
     lm = TASKS.get("causal_lm")()
     examples = lm.encode(read_corpus(str(dev)), loaded.tokenizer, DataConfig(), 64)
-    model = loaded.model.merge_and_unload() if hasattr(loaded.model, "merge_and_unload") else loaded.model
+    model = loaded.model.merge_and_unload() if has_adapters(loaded.model) else loaded.model
     loss = evaluate_examples(model, examples, lm, 64, loaded.tokenizer.pad_token_id)["loss"]
     return math.exp(loss)
 

@@ -175,4 +175,9 @@ class CausalLM(TokenTask):
 
             prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True,
                                                    chat_template=tokenizer.chat_template or DEFAULT_TEMPLATE)
-        return document_ids([prompt], tokenizer)[0][: None if tokenizer.bos_token_id is not None else -1]
+        return text_prompt_ids(prompt, tokenizer)
+
+
+def text_prompt_ids(prompt: str, tokenizer: Any) -> list[int]:
+    """A text prompt's tokens as training saw a document's start: BOS (when the tokenizer has one), then the text."""
+    return document_ids([prompt], tokenizer)[0][: None if tokenizer.bos_token_id is not None else -1]

@@ -27,7 +27,7 @@ from lmtune.data import Table
 from lmtune.data.collate import IGNORE_INDEX, collate, model_inputs
 from lmtune.errors import DataError, LmtuneError
 from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Observation, Scoring, Task
-from lmtune.tasks.language_model import load_causal_lm
+from lmtune.tasks.language_model import load_causal_lm, text_prompt_ids
 from lmtune.tasks.losses import token_log_probs
 from lmtune.tasks.preference_losses import PairLogps, preference_loss
 from lmtune.tasks.preference_rows import Pair, read_pairs
@@ -275,5 +275,4 @@ class PreferenceTuning(Task):
         """A chat prompt through the chat template (text: one user turn); a text prompt as written, after BOS."""
         if self.chat or isinstance(prompt, list):
             return self.renderer.prompt_ids(prompt, tokenizer)
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        return bos + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+        return text_prompt_ids(prompt, tokenizer)  # as causal_lm runs read a prompt: generation sees the same

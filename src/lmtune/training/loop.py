@@ -222,7 +222,6 @@ class _Loop:
             else:
                 loss = task_loss = inputs.task.loss(self.forward(**features), batch,
                                                     label_smoothing=inputs.label_smoothing)
-            _stop_if_not_finite(task_loss, self.state.step + 1, self.cfg, inputs)
             accelerator.backward(loss / group_size)
         if self.copies is not None:
             self.copies.gradients_to_masters()
@@ -231,6 +230,9 @@ class _Loop:
     def _step(self) -> bool:
         """An optimizer step and what follows it (log, evaluation, SIGTERM); whether it evaluated."""
         state, cfg = self.state, self.cfg
+        # the window's loss sum holds this step's losses (an earlier non-finite one stopped the run): one read of
+        # it per optimizer step, not one per micro-batch
+        _stop_if_not_finite(self.window.loss_sum, state.step + 1, cfg, self.inputs)
         _optimizer_step(self.accelerator, self.model, self.optimizer, self.scheduler, self.inputs.max_grad_norm,
                         self.copies)
         state.step += 1
@@ -250,10 +252,11 @@ class _Loop:
                            self.per_epoch)
 
 
-def _stop_if_not_finite(loss: torch.Tensor, step: int, cfg: TrainConfig, inputs: FitInputs) -> None:
+def _stop_if_not_finite(loss: torch.Tensor | float, step: int, cfg: TrainConfig, inputs: FitInputs) -> None:
     """A NaN or infinite loss ends the run before it reaches the weights, in one line saying what to change; the
     checkpoints written so far stay as they are (the run resumes from the last one)."""
-    if torch.isfinite(loss.detach()).item():
+    loss = torch.as_tensor(loss).detach()
+    if torch.isfinite(loss).item():
         return
     from lmtune.training.checkpoint import latest_checkpoint
 
@@ -261,7 +264,7 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, cfg: TrainConfig, inputs:
     kept = f"the last good checkpoint, {last.name}, is kept" if last else "no checkpoint was written yet"
     clipping = ("regularization.max_grad_norm=1.0",) if inputs.max_grad_norm is None else ()
     changes = ", ".join((f"a lower train.lr (now {cfg.lr:g})", *inputs.task.stabilizers, *clipping))
-    raise LmtuneError(f"training loss is {float(loss.detach())} at step {step}: the weights were not updated with it; "
+    raise LmtuneError(f"training loss is {float(loss)} at step {step}: the weights were not updated with it; "
                       f"try {changes}; {kept}")
 
 
