@@ -66,8 +66,25 @@ def make_pairs(run_dir, prompts, judge, out, label=None, **options):
     return make(run_dir, prompts, judge, out, label, **options)
 
 
-def export(run_dir, out_dir=None, merge=False):
-    """Write a run's model as plain transformers weights (LoRA merged with ``merge``); see `lmtune.exporting.export`."""
+def export(run_dir, out_dir=None, merge=False, format="transformers", quantize=None):
+    """Write a run's model elsewhere, as `lmtune export` does.
+
+    ``format``: transformers (plain weights; LoRA merged with ``merge``; returns the directory), onnx (checked on
+    onnxruntime; ``quantize="int8"`` adds an int8 graph) or gguf (a Llama-family decoder and its tokenizer, read
+    back and checked; ``quantize``: f16 or q8_0 weights). onnx and gguf return their checks (also written beside
+    the file).
+    """
+    if format == "onnx":
+        from lmtune.onnx_export import export_onnx
+
+        return export_onnx(run_dir, out_dir, quantize=quantize)
+    if format == "gguf":
+        from lmtune.gguf_export import export_gguf
+
+        return export_gguf(run_dir, out_dir, weights=quantize or "f32")
+    if format != "transformers" or quantize:
+        raise LmtuneError(f"export: format {format!r} with quantize {quantize!r}: formats are transformers, onnx "
+                          "(quantize int8) and gguf (quantize f16, q8_0)")
     from lmtune.exporting import export as write
 
     return write(run_dir, out_dir, merge=merge)
@@ -97,15 +114,16 @@ def explain(run_dir, texts, out_dir=None, **options):
                        **options)
 
 
-def serve(runs, **limits):
+def serve(runs, backend="torch", **limits):
     """The ASGI app of `lmtune serve` for ``runs`` (run directories, or NAME=RUN), to mount in other ASGI code or
-    run with any ASGI server; ``limits``: the fields of `lmtune.serving.Limits` (max_batch_size, ...)."""
+    run with any ASGI server; ``backend``: torch, onnx or onnx-int8 (the exported graphs, on onnxruntime);
+    ``limits``: the fields of `lmtune.serving.Limits` (max_batch_size, ...)."""
     import os
 
     from lmtune.serving import Limits, create_app
 
     single = isinstance(runs, str) or isinstance(runs, os.PathLike)
-    return create_app([os.fspath(r) for r in ([runs] if single else runs)], Limits(**limits))
+    return create_app([os.fspath(r) for r in ([runs] if single else runs)], Limits(**limits), backend)
 
 
 def report(run_dir, out=None):

@@ -10,10 +10,12 @@ cut short or overwritten in place.
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,22 @@ class FileCheckError(LmtuneError):
     def __init__(self, path: Path | str, problem: str):
         self.path, self.problem = Path(path), problem
         super().__init__(f"{path}: {problem}")
+
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A fresh sibling of ``target`` to write into; it replaces ``target`` only when the block ends without an
+    error, so a failed or killed export leaves the previous folder (or none), never a half-written one."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_json(path: Path, what: str = "JSON") -> Any:

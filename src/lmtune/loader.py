@@ -74,6 +74,12 @@ def _scratch_problems(config: RunConfig, task: type | None) -> list[str]:
         starts = [name for name in TASKS.names() if TASKS.get(name).capabilities.from_scratch]
         problems.append(f"model: {config.model} (a new decoder) is for task {' or '.join(starts)}, not "
                         f"{config.task!r}; pretrain it first, then use its run directory as model:")
+    if not STRATEGIES.check(config.strategy.name) and not STRATEGIES.get(config.strategy.name).saves_base:
+        # a new decoder's weights exist only in the run being trained: a run that keeps adapters alone could
+        # never be loaded again (its base would be drawn afresh)
+        problems.append(f"strategy.name: {config.strategy.name!r} saves adapters only, and {config.model}'s random "
+                        "starting weights are saved nowhere; pretrain it with strategy full, then tune that run "
+                        "(model: RUN) with LoRA")
     size = config.model.removeprefix(scratch.PREFIX)
     if size not in scratch.SIZES:
         problems.append(f"model: unknown scratch size {size!r}; available: {', '.join(scratch.SIZES)}")

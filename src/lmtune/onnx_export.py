@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from lmtune.data.collate import model_inputs
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import evaluate_examples
 from lmtune.inference import LoadedRun, load
+from lmtune.integrity import staged_folder
 from lmtune.onnx_model import CHECKS, GRAPH, INT8_GRAPH, ONNX_DIR, OrtModel
 
 TOLERANCE = 1e-4
@@ -37,16 +37,15 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, quantize
     Raises:
         LmtuneError: an encoder-decoder model, no validation rows, or outputs that differ beyond ``TOLERANCE``.
     """
+    if quantize not in (None, "int8"):
+        raise LmtuneError(f"--quantize: ONNX takes int8, not {quantize!r} (f16 and q8_0 are GGUF's)")
     run = load(run_dir)
     target = Path(out_dir) if out_dir else run.run_dir / ONNX_DIR
     model = _fp32_model(run)
     examples = _rows(run, rows)
     batch = model_inputs(run.task.collate(examples, run.tokenizer.pad_token_id))
     names = _output_names(model, batch)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(target) as tmp:
         _trace(model, batch, names, tmp / GRAPH)
         checks = {"outputs": names, "rows": len(examples),
                   "max_abs_diff": _largest_difference(model, OrtModel(tmp / GRAPH), run, examples, names),
@@ -58,11 +57,6 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, quantize
             checks["int8"] = _quantize(run, model, tmp, examples)
         run.tokenizer.save_pretrained(tmp)
         (tmp / CHECKS).write_text(json.dumps(checks, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {**checks, "out": str(target)}
 
 

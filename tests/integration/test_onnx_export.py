@@ -66,6 +66,30 @@ def test_predict_on_onnxruntime_gives_the_torch_path_rows(exported, sst2_slice, 
     assert sum(a["label"] == b["label"] for a, b in zip(onnx_rows, answers["onnx-int8"], strict=True)) >= 26
 
 
+def test_serve_on_onnxruntime_answers_as_predict_does(exported):
+    import time
+
+    from starlette.testclient import TestClient
+
+    import lmtune
+
+    run, _ = exported
+    sentences = ["a wonderful, moving film", "dull and far too long", "it is a film"]
+    with TestClient(lmtune.serve(f"sst2={run}", backend="onnx", max_batch_size=4)) as client:
+        deadline = time.time() + 120
+        while client.get("/ready").status_code != 200:
+            assert time.time() < deadline, client.get("/ready").json()
+            time.sleep(0.1)
+        [info] = client.get("/info").json()["runs"]
+        assert info["backend"] == "onnx" and "/v1/explain" not in info["endpoints"]
+        answer = client.post("/v1/predict", json={"inputs": sentences})
+        assert answer.status_code == 200, answer.text
+        expected = lmtune.load(run, backend="onnx").predict(sentences)
+        assert answer.json()["predictions"] == [{"text": t, **e} for t, e in zip(sentences, expected, strict=True)]
+        refused = client.post("/v1/explain", json={"text": sentences[0]})
+        assert refused.status_code == 422 and "explain supports" in refused.json()["error"]["message"]
+
+
 def test_onnx_refusals_are_one_line(exported, trained_run, stories260k, tmp_path, cli):
     run, _ = exported
     result = cli("predict", trained_run[0], "--input", "-", "--backend", "onnx")
@@ -85,4 +109,6 @@ def test_onnx_refusals_are_one_line(exported, trained_run, stories260k, tmp_path
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"lmtune: error: {broken / 'onnx' / 'model.onnx'}: not a loadable ONNX model (")
-    assert cli("export", run, "--quantize", "int8").stderr.strip().endswith("--quantize: only with --format onnx")
+    assert cli("export", run, "--quantize", "int8").stderr.strip().endswith(
+        "--quantize: only with --format onnx (int8) or gguf (f16, q8_0)")
+    assert "--quantize: ONNX takes int8" in cli("export", run, "--format", "onnx", "--quantize", "q8_0").stderr

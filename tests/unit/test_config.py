@@ -16,6 +16,15 @@ def test_defaults_and_overrides_are_typed():
     assert Path(cfg.output).is_absolute() and Path(cfg.data.train).is_absolute()
 
 
+def test_a_new_decoder_cannot_be_trained_into_adapters_alone():
+    """Its random starting weights are saved nowhere: a LoRA run of it could never be loaded the same again."""
+    scratch = {**BASE, "task": "causal_lm", "model": "scratch:tiny"}
+    with pytest.raises(ConfigError, match="strategy.name: 'lora' saves adapters only, and scratch:tiny's random "
+                                          "starting weights are saved nowhere"):
+        load_config(scratch, ["strategy.name=lora"])
+    assert load_config(scratch, ["strategy.name=freeze"]).strategy.name == "freeze"  # whole weights are saved
+
+
 def test_yaml_float_written_without_dot_is_accepted(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("data: {train: a.csv}\ntrain: {lr: 5e-5}\n")

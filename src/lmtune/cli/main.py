@@ -113,7 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
     from lmtune.serving import Limits, run_server
 
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits) if getattr(args, f.name) is not None})
-    return run_server(args.runs, args.host, args.port, limits, args.log_level)
+    return run_server(args.runs, args.host, args.port, limits, args.log_level, args.backend)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -136,11 +136,26 @@ def _export(args: argparse.Namespace) -> int:
             line += "; int8: " + ", ".join(f"{k} {int8['torch'][k]:g} -> {int8['int8'][k]:g}" for k in int8["torch"])
         sys.stdout.write(line + "\n")
         return 0
+    if args.format == "gguf":
+        return _export_gguf(args)
     if args.quantize:
-        raise LmtuneError("--quantize: only with --format onnx")
+        raise LmtuneError("--quantize: only with --format onnx (int8) or gguf (f16, q8_0)")
     from lmtune.exporting import export
 
     sys.stdout.write(f"{export(args.run, args.out, merge=args.merge)}\n")
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from lmtune.gguf_export import export_gguf
+
+    if args.quantize == "int8":
+        raise LmtuneError("--quantize: GGUF takes f16 or q8_0 (int8 is ONNX's)")
+    checks = export_gguf(args.run, args.out, weights=args.quantize or "f32")
+    bound = f" (bound {checks['tolerance']:g})" if checks["tolerance"] is not None else ""
+    sys.stdout.write(f"{checks['out']}: {checks['weights']}; read back by transformers: the same token ids on "
+                     f"{checks['texts']} texts, largest |logit difference| {checks['max_abs_diff']:.2e}{bound}, "
+                     f"top-1 token agreement {checks['top1_agreement']:.4f}\n")
     return 0
 
 
@@ -355,13 +370,17 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="run directory to create")
     p.set_defaults(func=_import)
 
-    p = sub.add_parser("export", help="write a run's model as plain transformers weights, or as ONNX (checked)")
+    p = sub.add_parser("export", help="write a run's model as plain transformers weights, or as ONNX or GGUF "
+                                      "(checked against the run)")
     p.add_argument("run", help="run directory")
     p.add_argument("--merge", action="store_true", help="fold LoRA adapters into the base weights")
-    p.add_argument("--format", choices=["transformers", "onnx"], default="transformers",
-                   help="onnx: an ONNX graph (LoRA merged), checked on onnxruntime against PyTorch on validation rows")
-    p.add_argument("--quantize", choices=["int8"], help="with --format onnx: also an int8 graph, its metrics stated")
-    p.add_argument("--out", help="output directory (default RUN/merged, or RUN/onnx)")
+    p.add_argument("--format", choices=["transformers", "onnx", "gguf"], default="transformers",
+                   help="onnx: an ONNX graph (LoRA merged), checked on onnxruntime against PyTorch on validation rows; "
+                        "gguf: one llama.cpp file of a Llama-architecture decoder and its tokenizer, read back by "
+                        "transformers and checked")
+    p.add_argument("--quantize", choices=["int8", "f16", "q8_0"],
+                   help="onnx: int8 (also an int8 graph, its metrics stated); gguf: f16 or q8_0 weights (default f32)")
+    p.add_argument("--out", help="output directory (default RUN/merged, RUN/onnx or RUN/gguf)")
     p.set_defaults(func=_export)
 
 
@@ -378,8 +397,7 @@ def _inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--input", required=True, help="CSV/TSV/JSONL/text file, or - for stdin")
     p.add_argument("--output", help="write JSONL here instead of stdout")
-    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
-                   help="onnx / onnx-int8: run the graph `lmtune export RUN --format onnx` wrote, on onnxruntime")
+    _backend_option(p)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("generate", help="continue a prompt with a causal_lm run, or answer one with an sft run")
@@ -399,8 +417,14 @@ def _inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _backend_option(p)
     _limit_options(p)
     p.set_defaults(func=_serve)
+
+
+def _backend_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                   help="onnx / onnx-int8: run the graph `lmtune export RUN --format onnx` wrote, on onnxruntime")
 
 
 def _limit_options(p: argparse.ArgumentParser) -> None:
@@ -480,6 +504,7 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's tokenizer notes
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # the GGUF writer's notes on what it writes
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "removed shared tensor" of tied weights
     hf_logging.disable_progress_bar()
 

@@ -21,10 +21,11 @@ from lmtune.serving.limits import Limits
 from lmtune.serving.state import State, start_loading
 
 
-def create_app(runs: list[str], limits: Limits | None = None) -> Starlette:
-    """The ASGI app serving ``runs`` (run directories, or NAME=RUN); it loads them in the background at
+def create_app(runs: list[str], limits: Limits | None = None, backend: str = "torch") -> Starlette:
+    """The ASGI app serving ``runs`` (run directories, or NAME=RUN) on ``backend`` (torch; onnx or onnx-int8:
+    the graphs `lmtune export RUN --format onnx` wrote, on onnxruntime); it loads them in the background at
     startup and answers /ready with 200 once every one is loaded."""
-    state = State(list(runs), limits or Limits())
+    state = State(list(runs), limits or Limits(), backend)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -48,6 +48,8 @@ class ServedRun:
     name: str
     loaded: LoadedRun
     """The model thread's: its model and tokenizer are used there only."""
+    backend: str = "torch"
+    """What computes: torch, or onnx / onnx-int8 (onnxruntime on the exported graph)."""
     request_tokenizer: OwnedTokenizer = field(init=False)
     """The request side's copy of the tokenizer (checking and encoding inputs before they queue)."""
     explainers: dict[tuple[str, int], Any] = field(default_factory=dict)
@@ -68,14 +70,15 @@ class ServedRun:
 
     @property
     def explains(self) -> bool:
-        return self.loaded.task.capabilities.explains
+        # attributions take gradients through the torch model; an ONNX graph only answers predictions
+        return self.loaded.task.capabilities.explains and self.backend == "torch"
 
     def info(self) -> dict[str, Any]:
         task, config = self.loaded.task, self.loaded.config
         out: dict[str, Any] = {
             "name": self.name, "task": task.name, "run_dir": str(self.loaded.run_dir), "model": config.model,
-            "strategy": config.strategy.name, "input_fields": task.accepted_fields(config.data),
-            "max_length": config.train.max_length,
+            "strategy": config.strategy.name, "backend": self.backend,
+            "input_fields": task.accepted_fields(config.data), "max_length": config.train.max_length,
             "endpoints": (["/v1/predict", "/v1/completions", "/v1/chat/completions"] if self.generates
                           else ["/v1/predict"]) + (["/v1/explain"] if self.explains else []),
         }
@@ -190,10 +193,11 @@ def names_and_paths(specs: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def load_runs(specs: list[str]) -> tuple[list[ServedRun], int]:
-    """Load every run; weights identical across runs (a shared base under LoRA adapters, frozen layers) are
-    kept once in memory. Returns the runs and the bytes that sharing saved."""
-    served = [ServedRun(name, load(path)) for name, path in names_and_paths(specs)]
+def load_runs(specs: list[str], backend: str = "torch") -> tuple[list[ServedRun], int]:
+    """Load every run (on ``backend``: torch, or onnx / onnx-int8 for the graphs `lmtune export --format onnx`
+    wrote); weights identical across runs (a shared base under LoRA adapters, frozen layers) are kept once in
+    memory. Returns the runs and the bytes that sharing saved."""
+    served = [ServedRun(name, load(path, backend), backend) for name, path in names_and_paths(specs)]
     saved = share_weights([s.loaded.model for s in served])
     if saved:
         log.info("serve: %d MB of weights are shared between runs", saved // 2**20)

@@ -50,7 +50,7 @@ class _DrainingServer(uvicorn.Server):
 
 
 def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-               log_level: str = "info") -> int:
+               log_level: str = "info", backend: str = "torch") -> int:
     """Serve ``runs`` until stopped; 0 after a graceful stop, 2 when a run could not be loaded."""
     from lmtune.rundir import read_run
 
@@ -60,7 +60,7 @@ def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, limit
     # the model thread holds the GIL between torch ops; a shorter switch interval lets the event loop in sooner
     # (429s and health checks answered in milliseconds while a batch computes)
     sys.setswitchinterval(0.0005)
-    app = create_app(runs, limits)
+    app = create_app(runs, limits, backend)
     state: State = app.state.lmtune
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=int(limits.drain_timeout) + 1, access_log=False)

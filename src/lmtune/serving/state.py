@@ -32,6 +32,8 @@ log = logging.getLogger("lmtune")
 class State:
     specs: list[str]
     limits: Limits
+    backend: str = "torch"
+    """What computes every run: torch, or onnxruntime on the runs' exported graphs (onnx, onnx-int8)."""
     metrics: Metrics = field(default_factory=Metrics)
     runs: dict[str, ServedRun] = field(default_factory=dict)
     batchers: dict[tuple[str, str], Batcher] = field(default_factory=dict)
@@ -103,7 +105,8 @@ def start_loading(state: State) -> None:
 async def _load(state: State) -> None:
     loop = asyncio.get_running_loop()
     try:
-        served, state.shared_bytes = await loop.run_in_executor(state.executor, load_runs, state.specs)
+        served, state.shared_bytes = await loop.run_in_executor(state.executor, load_runs, state.specs,
+                                                                    state.backend)
     except Exception as err:  # noqa: BLE001 - reported by /ready and by `lmtune serve`, which then exits
         state.failed = str(err) if isinstance(err, LmtuneError) else f"{type(err).__name__}: {err}"
         log.error("serve: %s", state.failed)

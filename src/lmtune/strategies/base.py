@@ -15,6 +15,8 @@ from lmtune.registry import Registry
 class Strategy(Protocol):
     default_lr: float
     """Learning rate used when the config gives none (LoRA at a full-fine-tuning rate barely learns)."""
+    saves_base: bool
+    """Whether the saved model holds every weight (False: adapters only, loaded over the base they came from)."""
 
     def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         """Return the trainable variant of ``model`` (freeze, wrap, ...).
@@ -50,6 +52,7 @@ class StrategyBase:
     """Defaults shared by the strategies: every parameter at the base rate, nothing cached, plain save."""
 
     default_lr = 5e-5
+    saves_base = True
 
     def lr_scale(self, name: str, layers: int) -> float:
         return 1.0

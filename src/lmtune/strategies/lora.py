@@ -40,6 +40,7 @@ class Lora(StrategyBase):
     """Module names to adapt; None uses PEFT's defaults for the architecture (BERT: query, value;
     GPT-2: c_attn; Llama: q_proj, v_proj)."""
     default_lr = 5e-4
+    saves_base = False
 
     def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         from peft import LoraConfig, get_peft_model
