@@ -90,6 +90,14 @@ def export(run_dir, out_dir=None, merge=False, format="transformers", quantize=N
     return write(run_dir, out_dir, merge=merge)
 
 
+def harness(run_dir, tasks, limit=None):
+    """lm-evaluation-harness ``tasks`` (names or task YAML paths) on the run's model and on the model it started
+    from, side by side with each difference's standard error; also recorded in ``RUN/harness.json``."""
+    from lmtune.lm_harness import evaluate_harness
+
+    return evaluate_harness(run_dir, [tasks] if isinstance(tasks, str) else list(tasks), limit=limit)
+
+
 def diagnose(run_dir, data_curve=False):
     """The run's diagnosis (``.state``, ``.findings``, ``.text()``); with its data curve when ``data_curve``."""
     from lmtune import diagnosis
@@ -134,4 +142,4 @@ def report(run_dir, out=None):
 
 
 __all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "compare", "export", "load", "load_config",
-           "train", "diagnose", "explain", "report", "generate", "import_llama2c", "serve", "make_pairs"]
+           "train", "diagnose", "harness", "explain", "report", "generate", "import_llama2c", "serve", "make_pairs"]

@@ -6,8 +6,8 @@ precision, so `lmtune predict`, `lmtune eval` and validation during training sco
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,28 @@ def _onnx_run(path: Path, cfg: RunConfig, task: Task, source: str, backend: str)
     # onnxruntime computes in fp32 whatever the run trained in: no autocast around it
     fp32 = replace(cfg, train=replace(cfg.train, precision="fp32"))
     return LoadedRun(path, fp32, task, model, load_tokenizer(source))
+
+
+@contextmanager
+def starting_model(run: LoadedRun) -> Iterator[Any]:
+    """The model ``run`` started from, for before/after comparisons: the run's own model with its adapters off
+    (LoRA: no second copy), else the config's model, loaded for the purpose and let go after. Yields the reason
+    instead (a str) where there is none to load."""
+    from lmtune.evaluation.reference import adapters_off, has_adapters
+    from lmtune.scratch import is_scratch
+
+    if has_adapters(run.model):
+        with adapters_off(run.model):
+            yield run.model
+    elif is_scratch(run.config.model):
+        yield f"none: the run started from random weights (model: {run.config.model})"
+    elif not (run.run_dir / rundir.FINAL_METRICS).is_file():
+        yield "none: the run was imported, not trained (its model is where it started)"
+    else:
+        model = _load_model(run.task, resolve_model(run.config.model))
+        if torch.cuda.is_available():
+            model.to("cuda")
+        yield model
 
 
 def _load_model(task: Task, source: str) -> Any:

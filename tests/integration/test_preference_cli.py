@@ -214,7 +214,9 @@ def test_pairs_from_a_model_and_a_judge(cli, tmp_path, stories260k, trained_run)
     for row in (json.loads(line) for line in judged.read_text().splitlines()):
         texts = [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
         scores = [p["scores"]["1"] for p in judge.predict(texts)]
-        assert scores == pytest.approx([row["chosen_score"], row["rejected_score"]], abs=1e-5)
+        # the judge ran in bf16 on batches padded to another length than these two: bf16 matmuls of other shapes
+        # accumulate in another order (2.4e-4 apart was seen), so the scores agree to bf16's precision, not fp32's
+        assert scores == pytest.approx([row["chosen_score"], row["rejected_score"]], abs=2e-3)
         assert scores[0] > scores[1]
 
     bad = cli("pairs", stories260k, "--prompts", prompts, "--judge", run_dir, "--label", "joy", "--out", tmp_path / "x")

@@ -42,6 +42,10 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from lmtune.inference import load
 
+    if args.harness:
+        return _harness(args)
+    if not args.data:
+        raise LmtuneError("eval: give --data FILE (labelled rows) or --harness TASK[,TASK...]")
     metrics = load(args.run).evaluate(args.data, args.max_samples)
     if args.json:
         sys.stdout.write(json.dumps(metrics) + "\n")
@@ -51,6 +55,27 @@ def _eval(args: argparse.Namespace) -> int:
                 sys.stdout.write(f"{key:>12}  {value}\n")
             elif isinstance(value, float):
                 sys.stdout.write(f"{key:>12}  {value:.4f}\n")
+    return 0
+
+
+def _harness(args: argparse.Namespace) -> int:
+    from lmtune.lm_harness import evaluate_harness
+
+    tasks = [t.strip() for t in args.harness.split(",") if t.strip()]
+    result = evaluate_harness(args.run, tasks, limit=args.max_samples)
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return 0
+    sys.stdout.write(f"{'task':<20} {'metric':<12} {'before':>10} {'after':>10}  difference (± standard error)\n")
+    for name, entry in result["tasks"].items():
+        for metric, row in entry["metrics"].items():
+            before = f"{row['before']:>10.4f}" if "before" in row else f"{'-':>10}"
+            change = (f"{row['difference']:+.4f} ± {row['difference_se']:.4f} ({row['se_kind']})"
+                      if row.get("difference_se") is not None else f"{row['difference']:+.4f}"
+                      if "difference" in row else "")
+            sys.stdout.write(f"{name:<20} {metric:<12} {before} {row['after']:>10.4f}  {change}\n")
+    sys.stdout.write(f"before: {result['before']}; {entry['documents']} documents per task; recorded in "
+                     f"{Path(args.run) / 'harness.json'}\n")
     return 0
 
 
@@ -386,10 +411,15 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
 
 def _inference_commands(sub: argparse._SubParsersAction) -> None:
     """eval, predict, generate: commands that use a finished run."""
-    p = sub.add_parser("eval", help="metrics of a finished run on labelled data")
+    p = sub.add_parser("eval", help="metrics of a finished run on labelled data, or harness "
+                                    "benchmarks before vs after tuning")
     p.add_argument("run", help="run directory")
-    p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file")
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N rows only")
+    p.add_argument("--data", help="labelled CSV/TSV/JSONL/Parquet file")
+    p.add_argument("--harness", metavar="TASK[,TASK...]",
+                   help="lm-evaluation-harness tasks (names, or paths of task YAML files) on the run's model and on "
+                        "the model it started from, side by side; recorded in RUN/harness.json")
+    p.add_argument("--max-samples", type=_positive, default=None,
+                   help="evaluate the first N rows (with --harness: documents per task) only")
     p.add_argument("--json", action="store_true", help="print one JSON object of metrics")
     p.set_defaults(func=_eval)
 
@@ -441,7 +471,8 @@ def _limit_options(p: argparse.ArgumentParser) -> None:
 
 def _insight_commands(sub: argparse._SubParsersAction) -> None:
     """diagnose, report, explain: commands that look into a run."""
-    p = sub.add_parser("diagnose", help="healthy, overfitting, underfitting, diverging or a data problem? what next")
+    p = sub.add_parser("diagnose", help="healthy, overfitting, underfitting, diverging, forgetting or a data "
+                                        "problem? what next")
     p.add_argument("run", help="run directory")
     p.add_argument("--data-curve", action="store_true",
                    help="also retrain on 10%% and 30%% of the data: would more data help?")

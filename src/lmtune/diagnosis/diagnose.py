@@ -9,6 +9,7 @@ from lmtune import rundir
 from lmtune.diagnosis.data_checks import data_findings
 from lmtune.diagnosis.dynamics import Curves, assess
 from lmtune.diagnosis.findings import Diagnosis, Finding, Suggestion
+from lmtune.diagnosis.forgetting import forgetting_findings
 from lmtune.errors import LmtuneError
 from lmtune.integrity import read_json_object
 from lmtune.rundir import read_log
@@ -41,12 +42,15 @@ def diagnose(run_dir: str | Path, write: bool = True) -> Diagnosis:
             data = data_findings(path, cfg, load_tables(cfg.data, task))
         except (LmtuneError, OSError) as err:
             data = [Finding("unknown", "the data checks could not run", [str(err).splitlines()[0]])]
+    forgetting = forgetting_findings(path, cfg)
     overall = state.kind
     if overall == "healthy" and any(f.kind == "data" and f.severe for f in data):
         overall = "data problem"
     elif overall == "healthy" and signs:
         overall = "overfitting"
-    result = Diagnosis(overall, [state, *signs, *data], str(path))
+    elif overall == "healthy" and any(f.kind == "forgetting" for f in forgetting):
+        overall = "forgetting"
+    result = Diagnosis(overall, [state, *signs, *forgetting, *data], str(path))
     if write:
         rundir.write_text_atomic(path / DIAGNOSIS, json.dumps(result.to_dict(), indent=2))
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATES = ("healthy", "overfitting", "underfitting", "diverging", "data problem", "unknown")
+STATES = ("healthy", "overfitting", "underfitting", "diverging", "data problem", "forgetting", "unknown")
 
 
 @dataclass
@@ -19,7 +19,8 @@ class Suggestion:
 @dataclass
 class Finding:
     kind: str
-    """One of STATES (a training-dynamics finding) or ``data`` (a problem in the data itself)."""
+    """One of STATES (a training-dynamics finding; forgetting: a benchmark got worse with tuning) or ``data`` (a
+    problem in the data itself)."""
     title: str
     evidence: list[str] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
@@ -32,7 +33,8 @@ class Finding:
 @dataclass
 class Diagnosis:
     state: str
-    """healthy | overfitting | underfitting | diverging | data problem | unknown (too little evidence)."""
+    """healthy | overfitting | underfitting | diverging | data problem | forgetting | unknown (too little
+    evidence)."""
     findings: list[Finding]
     run_dir: str = ""
 

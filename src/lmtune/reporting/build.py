@@ -242,6 +242,25 @@ def _leaderboard(c: Context) -> str:
     return '<p class="empty">No strategy comparison for this run: <code>lmtune compare</code> fills this section.</p>'
 
 
+def _before_after(c: Context) -> str | None:
+    """Benchmarks (lm-evaluation-harness) on the starting model and on the tuned one, with the differences."""
+    harness = _json(c.path / rundir.HARNESS)
+    if not harness or not isinstance(harness.get("tasks"), dict):
+        return None
+    rows = []
+    for name, entry in sorted(harness["tasks"].items()):
+        for metric, row in entry.get("metrics", {}).items():
+            se = row.get("difference_se")
+            change = "" if "difference" not in row else (
+                f"{row['difference']:+.4f}" + (f" ± {se:.4f} ({row.get('se_kind', '')})" if se is not None else ""))
+            better = "higher" if row.get("higher_is_better", True) else "lower"
+            rows.append((name, metric, better, _fmt(row.get("before")), _fmt(row.get("after")), change))
+    head = (f"<p>Before: {escape(str(harness.get('before', '')))}. "
+            "Run by <code>lmtune eval RUN --harness TASKS</code>; a metric that got worse by more than its standard "
+            "error is a <em>forgetting</em> finding in the diagnosis.</p>")
+    return head + _table(["task", "metric", "better", "before", "after", "difference ± standard error"], rows)
+
+
 def _explanations(c: Context) -> str | None:
     """Attention and attributions of sampled correct and wrong validation predictions."""
     import random
@@ -282,6 +301,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("Classes", _classes),
     ("Worst-predicted validation examples", _worst),
     ("Strategy comparison", _leaderboard),
+    ("Before and after tuning (benchmarks)", _before_after),
     ("Explanations", _explanations),
     ("Config and environment", _config),
 ]
