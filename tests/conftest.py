@@ -208,6 +208,26 @@ def trained_run(sst2_slice, tmp_path_factory):
     return out, json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="session")
+def lora_runs(tmp_path_factory) -> list[Path]:
+    """Three LoRA runs of the bundled model, each on its own 160 SST-2 sentences (validated on its own 48 dev
+    sentences): the parents of merges and the adapters of a multi-adapter server."""
+    shared(SST2)
+    out = tmp_path_factory.mktemp("lora-runs")
+    train, dev = read_tsv(SST2 / "train.tsv"), read_tsv(SST2 / "dev.tsv")
+    runs = []
+    for k in range(3):
+        rows = write_tsv(out / f"train{k}.tsv", train[1000 + 160 * k:1000 + 160 * (k + 1)], ["sentence", "label"])
+        held = write_tsv(out / f"dev{k}.tsv", dev[200 + 48 * k:200 + 48 * (k + 1)], ["sentence", "label"])
+        run = out / f"lora{k}"
+        result = run_cli("train", REPO / "examples" / "sst2.yaml", f"data.train={rows}", f"data.validation={held}",
+                         "strategy.name=lora", "train.max_steps=20", "train.batch_size=16", "train.lr=2e-3",
+                         "train.eval_every=20", f"train.seed={k}", f"output={run}")
+        assert result.returncode == 0, result.stderr
+        runs.append(run)
+    return runs
+
+
 STORIES260K = SHARED_DATA / "models" / "stories260K"
 TINYSTORIES = SHARED_DATA / "corpus" / "tinystories_train_first2MiB.txt"
 

@@ -90,6 +90,14 @@ def export(run_dir, out_dir=None, merge=False, format="transformers", quantize=N
     return write(run_dir, out_dir, merge=merge)
 
 
+def merge(runs, out, method="linear", weights=None, density=0.5, seed=0):
+    """Merge LoRA ``runs`` of one base into the new run ``out`` (linear, ties, dare_linear, dare_ties); returns
+    the settings and every model's scores on every parent's validation set (also in ``out/merge.json``)."""
+    from lmtune.merging import merge_runs
+
+    return merge_runs(list(runs), out, method, weights, density, seed)
+
+
 def harness(run_dir, tasks, limit=None):
     """lm-evaluation-harness ``tasks`` (names or task YAML paths) on the run's model and on the model it started
     from, side by side with each difference's standard error; also recorded in ``RUN/harness.json``."""
@@ -142,4 +150,5 @@ def report(run_dir, out=None):
 
 
 __all__ = ["ConfigError", "DataError", "LmtuneError", "RunConfig", "compare", "export", "load", "load_config",
-           "train", "diagnose", "harness", "explain", "report", "generate", "import_llama2c", "serve", "make_pairs"]
+           "train", "diagnose", "harness", "merge", "explain", "report", "generate", "import_llama2c", "serve",
+           "make_pairs"]

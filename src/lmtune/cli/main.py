@@ -184,6 +184,29 @@ def _export_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from lmtune.merging import merge_runs
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise LmtuneError(f"--weights: {args.weights!r} is not a comma-separated list of numbers") from None
+    result = merge_runs(args.runs, args.out, args.method, weights, args.density, args.seed)
+    metric = result["metric"]["name"]
+    names = list(result["scores"][0][metric])
+    sys.stdout.write(f"{metric} on each parent's validation set ({result['method']} merge, weights "
+                     f"{', '.join(f'{w:g}' for w in result['weights'])}):\n")
+    sys.stdout.write(f"{'validation of':<24}" + "".join(f"{n:>14}" for n in names) + "\n")
+    for row in result["scores"]:
+        cells = "".join(f"{row[metric][n]:>14.4f}" if isinstance(row[metric][n], (int, float)) else f"{'-':>14}"
+                        for n in names)
+        sys.stdout.write(f"{row['parent']:<24}{cells}\n")
+    sys.stdout.write(f"merged run: {args.out} (scores in {Path(args.out) / 'merge.json'})\n")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from lmtune.comparison import compare
     from lmtune.loader import load_config
@@ -395,6 +418,25 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="run directory to create")
     p.set_defaults(func=_import)
 
+    _merge_command(sub)
+    _export_command(sub)
+
+
+def _merge_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="merge LoRA runs of one base into a new run (linear, TIES, DARE), scored "
+                                     "against its parents on their validation sets")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="LoRA run directories of one base and task")
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--method", choices=["linear", "ties", "dare_linear", "dare_ties"], default="linear",
+                   help="linear: weighted sum of the LoRA updates; ties: trim, elect signs, average; dare_*: random "
+                        "drop and rescale, then sum or TIES (default linear)")
+    p.add_argument("--weights", help="one weight per run, comma-separated (default: equal)")
+    p.add_argument("--density", type=float, default=0.5, help="ties/dare: share of each update kept (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="dare: seed of the random drops")
+    p.set_defaults(func=_merge)
+
+
+def _export_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a run's model as plain transformers weights, or as ONNX or GGUF "
                                       "(checked against the run)")
     p.add_argument("run", help="run directory")
