@@ -2,13 +2,17 @@
 
     python benchmarks/serve_load.py                      # all phases, 10-minute soak
     python benchmarks/serve_load.py --soak-seconds 60    # a shorter soak
+    python benchmarks/serve_load.py --phases backend,adapters   # onnxruntime vs torch; several adapters
 
 Phases (each against a fresh server process, one SST-2 dev sentence per request):
   1. closed loop, 1 and 32 concurrent clients, batched (defaults) vs --max-batch-size 1: requests/s, p50/p99;
   2. overload: open-loop arrivals at twice the batched server's saturated rate, with --max-queue 32: how fast
      the excess is refused (429) and the p99 of the accepted requests;
   3. soak: 32 closed-loop clients for --soak-seconds; the server's RSS after warm-up and at the end;
-  4. a causal LM (stories260K): generated tokens/s with 1 stream and with 8 concurrent streams.
+  4. a causal LM (stories260K): generated tokens/s with 1 stream and with 8 concurrent streams;
+  5. backend: the classifier at 32 clients on torch and on onnxruntime (--backend onnx or onnx-int8);
+  6. adapters: 4 LoRA runs of the bundled model behind one server, mixed requests at 32 clients, against a
+     server of one of them: resident memory and throughput.
 """
 
 from __future__ import annotations
@@ -90,8 +94,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def closed_loop(url: str, sentences: list[str], clients: int, seconds: float) -> dict:
-    """``clients`` each send one sentence, wait for the answer, and send the next, for ``seconds``."""
+async def closed_loop(url: str, sentences: list[str], clients: int, seconds: float,
+                      models: list[str] | None = None) -> dict:
+    """``clients`` each send one sentence, wait for the answer, and send the next, for ``seconds``; with
+    ``models``, request k names models[k % len(models)] (a server of several runs, mixed requests)."""
     port = int(url.rsplit(":", 1)[1])
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -101,7 +107,10 @@ async def closed_loop(url: str, sentences: list[str], clients: int, seconds: flo
         connection, i = Connection(port), k
         while time.monotonic() < end:
             started = time.monotonic()
-            status, _, _ = await connection.post("/v1/predict", {"inputs": [sentences[i % len(sentences)]]})
+            body = {"inputs": [sentences[i % len(sentences)]]}
+            if models:
+                body["model"] = models[i % len(models)]
+            status, _, _ = await connection.post("/v1/predict", body)
             latencies.append(time.monotonic() - started)
             statuses[status] = statuses.get(status, 0) + 1
             i += clients
@@ -196,7 +205,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20, help="length of each load phase")
     parser.add_argument("--soak-seconds", type=float, default=600)
-    parser.add_argument("--phases", default="load,overload,soak,lm", help="which phases to run (comma-separated)")
+    parser.add_argument("--phases", default="load,overload,soak,lm,backend,adapters",
+                        help="which phases to run (comma-separated)")
+    parser.add_argument("--backend", default="onnx", choices=["onnx", "onnx-int8"],
+                        help="the backend phase: onnxruntime backend compared with torch")
     args = parser.parse_args()
     phases = set(args.phases.split(","))
     with (SHARED / "sst2" / "dev.tsv").open(encoding="utf-8") as handle:
@@ -211,6 +223,52 @@ def main() -> None:
             soak_phase(run, sentences, args.soak_seconds)
         if "lm" in phases:
             lm_phase(Path(tmp), args.seconds)
+        if "backend" in phases:
+            backend_phase(run, sentences, args.seconds, args.backend)
+        if "adapters" in phases:
+            adapters_phase(Path(tmp), sentences, args.seconds)
+
+
+def backend_phase(run: str, sentences: list[str], seconds: float, backend: str) -> None:
+    """The classifier at 32 clients on torch and on onnxruntime (the graph `lmtune export --format onnx` wrote)."""
+    lmtune("export", run, "--format", "onnx", *(["--quantize", "int8"] if backend == "onnx-int8" else []))
+    rows = []
+    for name in ("torch", backend):
+        server = Server([run], "--backend", name)
+        asyncio.run(closed_loop(server.url, sentences, 8, 3))  # warm-up
+        rows.append({"backend": name, **asyncio.run(closed_loop(server.url, sentences, 32, seconds)),
+                     "rss_mib": round(server.rss_mib())})
+        server.stop()
+    print("\n" + table(rows, ["backend", "clients", "requests", "rps", "p50_ms", "p99_ms", "rss_mib", "statuses"]))
+    print(f"\n{backend} / torch throughput at 32 clients: {rows[1]['rps'] / rows[0]['rps']:.2f}x "
+          f"(torch computes in {'bf16' if bf16_cpu() else 'fp32'} on this CPU)")
+
+
+def bf16_cpu() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def adapters_phase(tmp: Path, sentences: list[str], seconds: float) -> None:
+    """4 LoRA runs of the bundled model behind one server (one base, mixed batches) vs one of them alone."""
+    runs = []
+    for k in range(4):
+        out = tmp / f"lora{k}"
+        lmtune("train", str(REPO / "examples" / "sst2.yaml"), f"output={out}", "strategy.name=lora",
+               f"data.max_train_samples={256 * (k + 1)}", "data.max_eval_samples=64", "train.max_steps=8",
+               "train.eval_train_samples=0", f"train.seed={k}")
+        runs.append(f"a{k}={out}")
+    rows = []
+    for name, served, models in (("1 LoRA run", runs[:1], None), ("4 LoRA runs, mixed", runs, ["a0", "a1", "a2",
+                                                                                               "a3"])):
+        server = Server(served)
+        asyncio.run(closed_loop(server.url, sentences, 8, 3, models))  # warm-up
+        rows.append({"server": name, **asyncio.run(closed_loop(server.url, sentences, 32, seconds, models)),
+                     "rss_mib": round(server.rss_mib())})
+        server.stop()
+    print("\n" + table(rows, ["server", "clients", "requests", "rps", "p50_ms", "p99_ms", "rss_mib", "statuses"]))
+    print(f"\n4 adapters / 1: resident memory {rows[1]['rss_mib'] / rows[0]['rss_mib']:.2f}x, throughput "
+          f"{rows[1]['rps'] / rows[0]['rps']:.2f}x at 32 clients")
 
 
 def load_phase(run: str, sentences: list[str], seconds: float) -> None:

@@ -18,8 +18,10 @@ A run directory (what `lmtune train` writes: config, checkpoints, metrics, the f
 other commands take. `lmtune COMMAND --help` describes each one."""
 EPILOG = """the commands by job:
   make a run          train (fine-tune or pretrain; resumes an unfinished run), compare (strategies, with a
-                      winner), import (a llama2.c checkpoint), pairs (preference data from a model and a judge)
-  use a finished run  eval, predict, generate, serve (HTTP, OpenAI-compatible), export (plain weights)
+                      winner), import (a llama2.c checkpoint), pairs (preference data from a model and a judge),
+                      merge (LoRA runs of one base: linear, TIES, DARE)
+  use a finished run  eval (also harness benchmarks, before vs after), predict, generate, serve (HTTP,
+                      OpenAI-compatible, several adapters on one base), export (plain weights, ONNX, GGUF)
   look into a run     diagnose, report, explain, runs (list run directories), track (to MLflow and others)
 
 documentation: README.md and the docs/ site (mkdocs build)"""

@@ -35,6 +35,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int, bucket_limit: int | Non
         for row, ex in enumerate(examples):
             hidden[row, : len(ex["input_ids"])] = ex["hidden"]
         batch["hidden"] = hidden
+    if ADAPTER_INDEX in examples[0]:  # a served adapter group: the adapter each row runs through
+        batch[ADAPTER_INDEX] = torch.tensor([ex[ADAPTER_INDEX] for ex in examples])
     if "decoder_input_ids" in examples[0]:  # encoder-decoder targets, padded on their own
         batch["decoder_input_ids"] = _pad([ex["decoder_input_ids"] for ex in examples], pad_id)
         batch["decoder_attention_mask"] = _pad([[1] * len(ex["decoder_input_ids"]) for ex in examples], 0)
@@ -49,6 +51,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int, bucket_limit: int | Non
     return batch
 
 
+ADAPTER_INDEX = "adapter_index"
+"""An example's (and a batch row's) adapter in a model holding several (`lmtune.serving.adapters`)."""
 IGNORE_INDEX = -100
 """Target value that no loss counts (prompt tokens, padding, unmasked positions); PyTorch's default."""
 

@@ -84,7 +84,7 @@ async def predict(request: Request, state: State) -> Response:
                                          lambda: encode_inputs(served, body.inputs, body.truncate, state.limits))
         longest = max(len(example["input_ids"]) for example in examples)
         state.metrics.tokens.labels(model=served.name, kind="input").inc(sum(len(e["input_ids"]) for e in examples))
-        item = state.batcher(served, "predict").submit((examples, len(rows)), len(rows), longest)
+        item = state.batcher(served, "predict").submit((served, examples, len(rows)), len(rows), longest)
         predictions = await batch_result(request, state, item)
         if isinstance(predictions, Response):
             return predictions

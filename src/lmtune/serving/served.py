@@ -22,10 +22,12 @@ from typing import Any
 import torch
 
 from lmtune.data import Table
+from lmtune.data.collate import ADAPTER_INDEX
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import score_examples
 from lmtune.generation import Job, generate_batch
 from lmtune.inference import LoadedRun, load
+from lmtune.serving.adapters import AdapterGroup, AdapterRouter, group_key, join, own_copy
 
 log = logging.getLogger("lmtune")
 
@@ -50,6 +52,10 @@ class ServedRun:
     """The model thread's: its model and tokenizer are used there only."""
     backend: str = "torch"
     """What computes: torch, or onnx / onnx-int8 (onnxruntime on the exported graph)."""
+    group: AdapterGroup | None = None
+    """The runs served from one base with this one (its predictions queue and batch with theirs), if any."""
+    adapter: str | None = None
+    """This run's adapter in the group's model."""
     request_tokenizer: OwnedTokenizer = field(init=False)
     """The request side's copy of the tokenizer (checking and encoding inputs before they queue)."""
     explainers: dict[tuple[str, int], Any] = field(default_factory=dict)
@@ -84,26 +90,15 @@ class ServedRun:
         }
         if task.capabilities.class_labels:
             out["labels"] = task.label_names()
+        if self.group is not None:
+            out["adapter_group"] = self.group.runs
         return out
+
+    def queue(self, kind: str) -> str:
+        """The name of the queue this run's ``kind`` of work waits in: its group's for predictions."""
+        return self.group.name if self.group is not None and kind == "predict" else self.name
 
     # ---- work, in the worker thread -------------------------------------------------------------------
-
-    def predict(self, payloads: list[tuple[list[dict], int]], batch_size: int) -> list[Any]:
-        """Predictions for several requests' encoded examples at once, one list of rows per request."""
-        examples = [example for request, _ in payloads for example in request]
-        try:
-            run = self.loaded
-            records = score_examples(run.model, examples, run.task, batch_size, run.tokenizer.pad_token_id,
-                                     autocast=run.autocast(), purpose="predict", bf16_cache=run.bf16_copies)
-        except Exception:  # noqa: BLE001 - find the one request that breaks the batch; the others still get answers
-            if len(payloads) == 1:
-                raise
-            return [_one(self.predict, payload, batch_size) for payload in payloads]
-        out, start = [], 0
-        for request, rows in payloads:
-            out.append(self.loaded.task.predictions(records[start:start + len(request)], request, rows))
-            start += len(request)
-        return out
 
     def generate(self, payloads: list[list[Job]], feed: Any) -> list[Any]:
         """Requests' jobs decoded together, continuously: requests queued meanwhile join between steps (a
@@ -155,9 +150,35 @@ class ServedRun:
 
 
     def _copy(self) -> LoadedRun:
-        """The run with a model and tokenizer of its own (and its own bf16 cache)."""
-        return replace(self.loaded, model=copy.deepcopy(self.loaded.model),
-                       tokenizer=copy.deepcopy(self.loaded.tokenizer), bf16_copies={})
+        """The run with a model and tokenizer of its own (and its own bf16 cache); a grouped run's model holds its
+        own adapter only."""
+        model = own_copy(self.loaded.model, self.adapter) if self.group else copy.deepcopy(self.loaded.model)
+        return replace(self.loaded, model=model, tokenizer=copy.deepcopy(self.loaded.tokenizer), bf16_copies={})
+
+
+Prediction = tuple[ServedRun, list[dict], int]
+"""A /v1/predict request's work: the run it is for, its encoded examples and its number of input rows."""
+
+
+def predict(payloads: list[Prediction], model: Any, batch_size: int, bf16_copies: dict) -> list[Any]:
+    """Predictions for several requests at once (to one run, or to the runs of one adapter group through
+    ``model``, its router), one list of rows per request."""
+    grouped = isinstance(model, AdapterRouter)
+    examples = [{**example, ADAPTER_INDEX: served.group.runs.index(served.name)} if grouped else example
+                for served, request, _ in payloads for example in request]
+    run = payloads[0][0].loaded  # a group's runs share the task, precision and padding
+    try:
+        records = score_examples(model, examples, run.task, batch_size, run.tokenizer.pad_token_id,
+                                 autocast=run.autocast(), purpose="predict", bf16_cache=bf16_copies)
+    except Exception:  # noqa: BLE001 - find the one request that breaks the batch; the others still get answers
+        if len(payloads) == 1:
+            raise
+        return [_one(predict, payload, model, batch_size, bf16_copies) for payload in payloads]
+    out, start = [], 0
+    for served, request, rows in payloads:
+        out.append(served.loaded.task.predictions(records[start:start + len(request)], request, rows))
+        start += len(request)
+    return out
 
 
 def _one(work: Any, *args: Any) -> Any:
@@ -195,10 +216,32 @@ def names_and_paths(specs: list[str]) -> list[tuple[str, Path]]:
 
 def load_runs(specs: list[str], backend: str = "torch") -> tuple[list[ServedRun], int]:
     """Load every run (on ``backend``: torch, or onnx / onnx-int8 for the graphs `lmtune export --format onnx`
-    wrote); weights identical across runs (a shared base under LoRA adapters, frozen layers) are kept once in
-    memory. Returns the runs and the bytes that sharing saved."""
-    served = [ServedRun(name, load(path, backend), backend) for name, path in names_and_paths(specs)]
-    saved = share_weights([s.loaded.model for s in served])
+    wrote). LoRA runs of one base that score inputs are loaded into one model (`lmtune.serving.adapters`); other
+    weights identical across runs (a base under generating LoRA runs, frozen layers) are kept once in memory.
+    Returns the runs and the bytes that sharing saved."""
+    pairs = names_and_paths(specs)
+    keys = {name: group_key(path, backend) for name, path in pairs}
+    firsts: dict[tuple, ServedRun] = {}
+    served = []
+    for name, path in pairs:
+        key = keys[name]
+        if key is None or list(keys.values()).count(key) < 2:
+            served.append(ServedRun(name, load(path, backend), backend))
+        elif key not in firsts:
+            loaded = load(path, backend)
+            group = AdapterGroup(f"adapters:{name}", AdapterRouter(loaded.model, ["default"]), [name])
+            firsts[key] = ServedRun(name, loaded, backend, group, "default")
+            served.append(firsts[key])
+        else:
+            first = firsts[key]
+            adapter = f"adapter{len(first.group.runs)}"
+            served.append(ServedRun(name, join(first.loaded, path, adapter), backend, first.group, adapter))
+            first.group.runs.append(name)
+            first.group.router.adapters.append(adapter)
+    distinct = list({id(s.loaded.model): s.loaded.model for s in served}.values())
+    saved = share_weights(distinct)
+    for first in firsts.values():
+        log.info("serve: %s served from one copy of their base", ", ".join(first.group.runs))
     if saved:
         log.info("serve: %d MB of weights are shared between runs", saved // 2**20)
     return served, saved

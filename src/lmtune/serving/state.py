@@ -23,7 +23,7 @@ from lmtune.serving.errors import ApiError, invalid
 from lmtune.serving.limits import Limits
 from lmtune.serving.memory import HeapTrimmer
 from lmtune.serving.metrics import Metrics
-from lmtune.serving.served import ServedRun, load_runs
+from lmtune.serving.served import ServedRun, load_runs, predict
 
 log = logging.getLogger("lmtune")
 
@@ -64,7 +64,7 @@ class State:
         return self.runs[name]
 
     def batcher(self, served: ServedRun, kind: str) -> Batcher:
-        return self.batchers[served.name, kind]
+        return self.batchers[served.queue(kind), kind]
 
 
 MODEL_NICENESS = 10
@@ -83,6 +83,14 @@ def _background(niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
     except (AttributeError, OSError):  # not Linux, or not permitted: the same work at the same priority
         pass
+
+
+def _predict_work(run: ServedRun, batch_size: int) -> Callable[[list], list]:
+    """A prediction queue's work: the run's model, or its adapter group's router (one base, mixed batches)."""
+    if run.group is not None:
+        group = run.group
+        return lambda payloads: predict(payloads, group.router, batch_size, group.bf16_copies)
+    return lambda payloads: predict(payloads, run.loaded.model, batch_size, run.loaded.bf16_copies)
 
 
 def _then(work: Callable[..., list], after: Callable[[], None]) -> Callable[..., list]:
@@ -115,17 +123,19 @@ async def _load(state: State) -> None:
     for run in served:
         state.runs[run.name] = run
         run.model_lane = state.executor
-        kinds = {"predict": lambda p, r=run: r.predict(p, state.limits.max_batch_size)}
+        kinds = {"predict": _predict_work(run, state.limits.max_batch_size)}
         if run.generates:
             kinds["generate"] = run.generate
         if run.explains:
             kinds["explain"] = run.explain
         for kind, work in kinds.items():
+            if (run.queue(kind), kind) in state.batchers:  # an adapter group's one prediction queue
+                continue
             lane = state.explain_executor if kind == "explain" else state.executor
-            batcher = Batcher(run.name, kind, _then(work, trim), state.limits, lane, state.metrics,
+            batcher = Batcher(run.queue(kind), kind, _then(work, trim), state.limits, lane, state.metrics,
                               max_batch_size=1 if kind == "explain" else None, continuous=kind == "generate")
             batcher.start()
-            state.batchers[run.name, kind] = batcher
+            state.batchers[run.queue(kind), kind] = batcher
     state.loaded = True
     state.metrics.ready.set(1)
     log.info("serve: ready (%s)", ", ".join(state.runs))
