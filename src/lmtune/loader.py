@@ -53,6 +53,10 @@ def registry_problems(config: RunConfig) -> list[str]:
         problems += _knob_problems(config)
     if scratch.is_scratch(config.model):
         problems += _scratch_problems(config, None if task_problem else TASKS.get(config.task))
+    if config.replies.samples and not task_problem and not TASKS.get(config.task).capabilities.replies:
+        takes = [name for name in TASKS.names() if TASKS.get(name).capabilities.replies]
+        problems.append(f"replies.samples: task {config.task!r} has no reference replies to score generated ones "
+                        f"against; it applies to {' and '.join(takes)}")
     return problems
 
 

@@ -13,10 +13,8 @@ returning one score per completion.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,9 @@ from lmtune.data import Table, read_table
 from lmtune.errors import DataError, LmtuneError
 from lmtune.generation import GenerationSettings, Job, generate_batch
 from lmtune.inference import LoadedRun, load
+from lmtune.judging import judge_from
 
 log = logging.getLogger("lmtune")
-Judge = Callable[[Any, list[str]], list[float]]
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ def make_pairs(run: str | Path, prompts: str | Path, judge: str, out: str | Path
     if not policy.task.capabilities.generates:
         raise LmtuneError(f"{run}: task {policy.config.task!r} does not generate text; sample from a language model "
                           "run")
-    scorer = _judge(judge, label, judge_reply_only)
+    scorer = judge_from(judge, label, judge_reply_only)
     items = _prompts(read_table(str(prompts), "test"))
     rows, ties, empty = [], 0, 0
     for prompt in items:
@@ -121,33 +119,3 @@ def _row(prompt: Any, chosen: str, rejected: str, chosen_score: float, rejected_
         return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
                 "rejected": [{"role": "assistant", "content": rejected}], **scores}
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **scores}
-
-
-def _judge(spec: str, label: str | None, reply_only: bool) -> Judge:
-    if Path(spec).is_dir():
-        return _classifier_judge(spec, label, reply_only)
-    module, _, name = spec.partition(":")
-    if not name:
-        raise LmtuneError(f"--judge: {spec!r} is neither a run directory nor module:function")
-    try:
-        function = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise LmtuneError(f"--judge: cannot import {spec} ({err})") from None
-    if label is not None:
-        raise LmtuneError("--label: only for a classification run as the judge")
-    return function
-
-
-def _classifier_judge(run_dir: str, label: str | None, reply_only: bool) -> Judge:
-    judge = load(run_dir)
-    names = judge.task.label_names()
-    if not judge.task.capabilities.class_labels:
-        raise LmtuneError(f"--judge {run_dir}: task {judge.config.task!r} has no class labels to score by")
-    if label not in names:
-        raise LmtuneError(f"--label: {label!r} is not a label of {run_dir}; it has {', '.join(map(repr, names))}")
-
-    def score(prompt: Any, completions: list[str]) -> list[float]:
-        lead = "" if reply_only or not isinstance(prompt, str) else prompt
-        return [p["scores"][label] for p in judge.predict([lead + c for c in completions])]
-
-    return score

@@ -29,6 +29,7 @@ from lmtune.evaluation import evaluate_examples
 from lmtune.integrity import read_json_object
 from lmtune.loader import load_config
 from lmtune.models import load_tokenizer, resolve_model
+from lmtune.replies import reply_scorer
 from lmtune.runlock import RunLock
 from lmtune.strategies import directory_size, trainable_parameters
 from lmtune.strategies.trainable import trainable_model
@@ -260,6 +261,7 @@ def _fit_inputs(cfg: RunConfig, data: Prepared, run_dir: Path, lr_scales: dict[i
         label_smoothing=cfg.regularization.label_smoothing, rdrop=cfg.regularization.rdrop,
         weight_decay=cfg.regularization.weight_decay, max_grad_norm=cfg.regularization.max_grad_norm,
         batch_examples=data.batch_examples, train_sample=[data.encoded["train"][i] for i in sample] or None,
+        more_validation=reply_scorer(data.task, data.tokenizer, data.encoded.get("validation"), cfg.replies),
     )
 
 

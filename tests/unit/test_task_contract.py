@@ -81,3 +81,17 @@ def test_no_consumer_probes_a_task():
     offenders = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py")
                  for n, line in enumerate(path.read_text().splitlines(), 1) if PROBE.search(line)]
     assert offenders == []
+
+
+def test_reply_of_is_the_last_span_that_carries_loss():
+    """Generated replies are compared with the last reply of an example (sft: the last assistant turn)."""
+    from lmtune.data.collate import IGNORE_INDEX
+    from lmtune.tasks import TASKS
+
+    x = IGNORE_INDEX
+    example = {"input_ids": [1, 5, 6, 7, 8, 9, 10, 11, 12], "labels": [x, x, 6, 7, x, x, 10, 11, 12]}
+    takes = [name for name in TASKS.names() if TASKS.get(name).capabilities.replies]
+    assert sorted(takes) == ["preference", "sft"]
+    for name in takes:
+        assert TASKS.get(name).reply_of(TASKS.get(name), example) == ([1, 5, 6, 7, 8, 9], [10, 11, 12])
+        assert TASKS.get(name).reply_of(TASKS.get(name), {"input_ids": [1, 2], "labels": [x, x]}) is None

@@ -10,10 +10,12 @@ from lmtune.config.schema import (
     DataConfig,
     EarlyStoppingConfig,
     RegularizationConfig,
+    RepliesConfig,
     RunConfig,
     StrategyConfig,
     TrainConfig,
 )
 
-__all__ = ["MOVED", "AugmentationConfig", "DataConfig", "EarlyStoppingConfig", "RegularizationConfig", "RunConfig",
-           "StrategyConfig", "TrainConfig", "config_to_dict", "parse_config", "read_config", "resolve_paths"]
+__all__ = ["MOVED", "AugmentationConfig", "DataConfig", "EarlyStoppingConfig", "RegularizationConfig",
+           "RepliesConfig", "RunConfig", "StrategyConfig", "TrainConfig", "config_to_dict", "parse_config",
+           "read_config", "resolve_paths"]

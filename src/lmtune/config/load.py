@@ -215,4 +215,6 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     data = dataclasses.replace(
         config.data, **{k: resolve(getattr(config.data, k)) for k in ("train", "validation", "test")}
     )
-    return dataclasses.replace(config, data=data, output=str(Path(config.output).expanduser().resolve()))
+    judge = config.replies.judge and str(Path(config.replies.judge).expanduser().resolve())  # a run directory
+    return dataclasses.replace(config, data=data, output=str(Path(config.output).expanduser().resolve()),
+                               replies=dataclasses.replace(config.replies, judge=judge))

@@ -336,6 +336,32 @@ class PreferenceConfig:
         return problems
 
 
+@dataclass(frozen=True)
+class RepliesConfig:
+    samples: int = 0
+    """Validation rows whose replies are generated (greedy) and scored at each evaluation during training: exact
+    match and ROUGE-L against the row's own reply (sft: the last assistant turn; preference: the chosen reply),
+    logged as ``reply_*`` validation metrics; 0: off."""
+    max_new_tokens: int = 64
+    """Longest generated reply."""
+    judge: str | None = None
+    """A classification run that also scores each generated reply: its probability of ``judge_label``
+    (``reply_judge``), on the reply alone."""
+    judge_label: str | int | None = None
+    """The judge's label whose probability is the score (YAML reads a label like 1 as a number: either is taken)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.samples < 0:
+            problems.append(f"replies.samples: {self.samples} must be >= 0")
+        if self.max_new_tokens <= 0:
+            problems.append(f"replies.max_new_tokens: {self.max_new_tokens} must be > 0")
+        if (self.judge is None) != (self.judge_label is None):
+            problems.append("replies.judge and replies.judge_label: give both (a classification run and its label) "
+                            "or neither")
+        return problems
+
+
 AUGMENTATIONS = ("delete", "swap", "insert", "mlm")
 
 
@@ -453,6 +479,7 @@ class RunConfig:
     summarization: SummarizationConfig = field(default_factory=SummarizationConfig)
     lm: LanguageModelingConfig = field(default_factory=LanguageModelingConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    replies: RepliesConfig = field(default_factory=RepliesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: str = "runs/run"
     """Run directory: config, checkpoints, metrics and the final model are written here."""

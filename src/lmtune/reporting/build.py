@@ -139,6 +139,11 @@ def _curves(c: Context) -> str:
                          "validation": series("validation", shown)},
                         shown.replace("_", " ").capitalize(), "optimizer step", label, markers, bounds)
     extra = [_group_chart(c, group, series, markers) for group in c.task.chart_groups]
+    replies = {name.removeprefix("reply_").replace("_", " "): series("validation", name)
+               for name in ("reply_exact_match", "reply_rougeL", "reply_judge")}
+    if any(replies.values()):  # replies.samples: what the model generated, scored against the references
+        extra.append(line_chart(replies, "Generated replies (validation sample)", "optimizer step", "percent",
+                                markers, (0.0, 100.0)))
     note = ("<p>The training sample is a fixed set of training examples scored like validation (eval mode, no "
             "augmentation) at each evaluation: the distance between the two lines is the real train/validation "
             "gap.</p>")

@@ -23,6 +23,7 @@ import torch
 
 from lmtune.config import DataConfig, EarlyStoppingConfig
 from lmtune.data import Table, collate, read_table
+from lmtune.data.collate import IGNORE_INDEX
 from lmtune.registry import Registry
 
 Purpose = Literal["evaluate", "predict"]
@@ -91,6 +92,9 @@ class Capabilities:
     pairs: bool = False
     """Each example is two sequences (a preference pair): `collate` makes two rows of it, and no frozen-layer
     cache applies (it keeps one sequence per example)."""
+    replies: bool = False
+    """An example's labelled tail is a reply to its unlabelled prompt (`reply_of`): replies can be generated and
+    scored against it during training (``replies.samples``)."""
     reference: bool = False
     """The loss and metrics compare the model with where it started: before training, the pipeline scores the
     train and validation examples with the starting model (its adapters switched off, or the weights as loaded)
@@ -202,6 +206,18 @@ class Task(abc.ABC):
     def example_length(self, example: dict) -> int:
         """The tokens an example is padded to (what batches are sorted and sized by)."""
         return len(example["input_ids"])
+
+    def reply_of(self, example: dict) -> tuple[list[int], list[int]] | None:
+        """(prompt ids, reply ids) of an encoded example (`Capabilities.replies`): the reply is its last run of
+        tokens that carry loss, the prompt everything before it; None when no token carries loss."""
+        labels = example["labels"]
+        end = max((i for i, t in enumerate(labels) if t != IGNORE_INDEX), default=None)
+        if end is None:
+            return None
+        start = end
+        while start > 0 and labels[start - 1] != IGNORE_INDEX:
+            start -= 1
+        return list(example["input_ids"][:start]), list(labels[start:end + 1])
 
     def attach_reference(self, examples: list[dict], records: list[Any]) -> None:
         """Keep with each example what the starting model scored for it (capabilities.reference)."""

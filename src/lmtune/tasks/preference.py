@@ -61,7 +61,7 @@ class PreferenceTuning(Task):
     chart_groups = (("chosen_logp", "rejected_logp"), ("reward_margin",), ("kl",))
     primary_metric = "reward_accuracy"
     capabilities = Capabilities(labelled=False, generates=True, low_precision_logits=True, pairs=True,
-                                reference=True)
+                                reference=True, replies=True)
     default_columns = {"text": "prompt"}
     stabilizers = ("a smaller preference.beta", "train.precision=fp32")
     input_fields = ("prompt",)

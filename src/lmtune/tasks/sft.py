@@ -45,7 +45,7 @@ DEFAULT_TEMPLATE = (
 class InstructionTuning(TokenTask):
     name = "sft"
     # rows may be chat `messages` instead of instruction/output columns, so no one target column is required
-    capabilities = Capabilities(labelled=False, generates=True, low_precision_logits=True)
+    capabilities = Capabilities(labelled=False, generates=True, low_precision_logits=True, replies=True)
     default_columns = {"text": "instruction", "label": "output"}
     input_fields = ("instruction", INPUT)
 

@@ -70,6 +70,9 @@ class FitInputs:
     """Fixed, unaugmented training examples scored at each evaluation (the train/validation gap)."""
     on_eval: Callable[[int, dict], None] | None = None
     """Called with (step, validation metrics) after each evaluation; may raise to stop (e.g. a pruned trial)."""
+    more_validation: Callable[[Any], dict[str, float]] | None = None
+    """Metrics of the model beyond the task's, added to each validation record (generated replies scored:
+    `lmtune.replies`)."""
 
 
 def plan_steps(lengths: list[int], cfg: TrainConfig, world_size: int) -> tuple[int, int]:
@@ -369,6 +372,8 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
         _score_train_sample(accelerator, model, inputs, cfg, state, tracker, per_epoch)
     if inputs.validation:
         metrics = evaluate_examples(model, inputs.validation, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator)
+        if inputs.more_validation is not None:
+            metrics.update(inputs.more_validation(model))
         value = metrics[inputs.deciding.name]
         if _improved(value, state.best_metric, inputs.deciding.maximize, inputs.min_delta):
             state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
