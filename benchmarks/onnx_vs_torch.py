@@ -4,7 +4,8 @@ A classification run is trained first (bundled MiniLM, 2,000 SST-2 rows, 1 epoch
 (`lmtune export RUN --format onnx --quantize int8`, which checks the graph against PyTorch). Each backend then
 labels the same SST-2 training sentences the run did not train on, in its own fresh process; the child times
 loading and the prediction itself, the parent the whole process (imports included). Accuracy is against the
-sentences' gold labels.
+sentences' gold labels. "torch-fp32" is the same run scored in fp32 (a copy with train.precision fp32): what torch
+does on a CPU without bf16 units, where the issue's target applies.
 
     python benchmarks/onnx_vs_torch.py                     # 5,000 sentences
     python benchmarks/onnx_vs_torch.py --run runs/sst2 --sentences 2000
@@ -33,7 +34,7 @@ import lmtune
 from lmtune.cli.main import quiet_libraries
 from lmtune.data import read_table
 quiet_libraries()
-run = lmtune.load(sys.argv[1], backend=sys.argv[2])
+run = lmtune.load(sys.argv[1], backend=sys.argv[2].removesuffix("-fp32"))
 t1 = time.perf_counter()
 table = read_table(sys.argv[3], "test")
 predictions = run.predict(table)
@@ -91,9 +92,10 @@ def main() -> None:
     data = work / "sentences.jsonl"
     data.write_text("".join(json.dumps({"sentence": r["sentence"]}) + "\n" for r in rows))
     results = {}
-    for backend in ("torch", "onnx", "onnx-int8"):
+    fp32 = _fp32_copy(run)  # torch as it runs on a CPU without bf16
+    for backend in ("torch", "torch-fp32", "onnx", "onnx-int8"):
         out = work / f"{backend}.jsonl"
-        results[backend] = _side(run, backend, data, out, args.threads)
+        results[backend] = _side(fp32 if backend == "torch-fp32" else run, backend, data, out, args.threads)
         predicted = [json.loads(x)["label"] for x in out.read_text().splitlines()]
         right = sum(str(p) == r["label"] for p, r in zip(predicted, rows, strict=True))
         results[backend]["accuracy"] = right / len(rows)
@@ -107,12 +109,27 @@ def main() -> None:
         same = sum(a == b for a, b in zip(r["labels"], results["torch"]["labels"], strict=True)) / len(rows)
         sys.stdout.write(f"{name:<10} {r['wall_s']:>7.1f} {r['predict_s']:>10.2f} "
                          f"{1000 * r['predict_s'] / batches:>9.1f} {100 * r['accuracy']:>8.2f}% {100 * same:>20.2f}%\n")
-    t = results["torch"]
-    for name in ("onnx", "onnx-int8"):
-        r = results[name]
-        sys.stdout.write(f"speed {name} / torch (torch's time over {name}'s): per batch "
-                         f"{t['predict_s'] / r['predict_s']:.2f}x, whole process {t['wall_s'] / r['wall_s']:.2f}x; "
-                         f"accuracy {100 * (r['accuracy'] - t['accuracy']):+.2f} points\n")
+    for base in ("torch", "torch-fp32"):
+        t = results[base]
+        for name in ("onnx", "onnx-int8"):
+            r = results[name]
+            sys.stdout.write(f"speed {name} / {base} (its time over {name}'s): per batch "
+                             f"{t['predict_s'] / r['predict_s']:.2f}x, whole process {t['wall_s'] / r['wall_s']:.2f}x; "
+                             f"accuracy {100 * (r['accuracy'] - t['accuracy']):+.2f} points\n")
+
+
+def _fp32_copy(run: Path) -> Path:
+    """The run with train.precision fp32: torch scores it as it would on a CPU without bf16 units."""
+    import shutil
+
+    import yaml
+
+    copy = run.with_name(run.name + "-fp32")
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "onnx"), dirs_exist_ok=True)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["train"]["precision"] = "fp32"
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return copy
 
 
 if __name__ == "__main__":

@@ -232,16 +232,32 @@ def main() -> None:
 def backend_phase(run: str, sentences: list[str], seconds: float, backend: str) -> None:
     """The classifier at 32 clients on torch and on onnxruntime (the graph `lmtune export --format onnx` wrote)."""
     lmtune("export", run, "--format", "onnx", *(["--quantize", "int8"] if backend == "onnx-int8" else []))
+    fp32 = fp32_copy(Path(run))
     rows = []
-    for name in ("torch", backend):
-        server = Server([run], "--backend", name)
+    for name, served, engine in (("torch", run, "torch"), ("torch fp32", fp32, "torch"), (backend, run, backend)):
+        server = Server([str(served)], "--backend", engine)
         asyncio.run(closed_loop(server.url, sentences, 8, 3))  # warm-up
         rows.append({"backend": name, **asyncio.run(closed_loop(server.url, sentences, 32, seconds)),
                      "rss_mib": round(server.rss_mib())})
         server.stop()
     print("\n" + table(rows, ["backend", "clients", "requests", "rps", "p50_ms", "p99_ms", "rss_mib", "statuses"]))
-    print(f"\n{backend} / torch throughput at 32 clients: {rows[1]['rps'] / rows[0]['rps']:.2f}x "
-          f"(torch computes in {'bf16' if bf16_cpu() else 'fp32'} on this CPU)")
+    print(f"\n{backend} / torch throughput at 32 clients: {rows[2]['rps'] / rows[0]['rps']:.2f}x (torch computes in "
+          f"{'bf16' if bf16_cpu() else 'fp32'} on this CPU); {backend} / torch in fp32 (a CPU without bf16): "
+          f"{rows[2]['rps'] / rows[1]['rps']:.2f}x")
+
+
+def fp32_copy(run: Path) -> Path:
+    """The run with train.precision fp32: torch scores it as it would on a CPU without bf16."""
+    import shutil
+
+    import yaml
+
+    copy = run.with_name(run.name + "-fp32")
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"), dirs_exist_ok=True)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["train"]["precision"] = "fp32"
+    (copy / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return copy
 
 
 def bf16_cpu() -> bool:
