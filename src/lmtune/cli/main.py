@@ -23,6 +23,7 @@ EPILOG = """the commands by job:
   use a finished run  eval (also harness benchmarks, before vs after), predict, generate, serve (HTTP,
                       OpenAI-compatible, several adapters on one base), export (plain weights, ONNX, GGUF)
   look into a run     diagnose, report, explain, runs (list run directories), track (to MLflow and others)
+  look at data        data preview (rows rendered and tokenized as training will, loss tokens marked)
 
 documentation: README.md and the docs/ site (mkdocs build)"""
 EXIT_USAGE = 2
@@ -183,6 +184,20 @@ def _export_gguf(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{checks['out']}: {checks['weights']}; read back by transformers: the same token ids on "
                      f"{checks['texts']} texts, largest |logit difference| {checks['max_abs_diff']:.2e}{bound}, "
                      f"top-1 token agreement {checks['top1_agreement']:.4f}\n")
+    return 0
+
+
+def _data_preview(args: argparse.Namespace) -> int:
+    from lmtune.data_preview import preview
+
+    for row in preview(args.config, args.overrides, args.rows):
+        for sequence in row["sequences"]:
+            name = f" ({sequence['name']})" if sequence["name"] else ""
+            counts = (f"{sequence['tokens']} tokens, {sequence['loss_tokens']} carry loss"
+                      if sequence["loss_tokens"] is not None else f"{sequence['tokens']} tokens, label "
+                      f"{sequence['label']!r}")
+            sys.stdout.write(f"--- {row['where']}{name}: {counts}\n{sequence['text']}\n")
+    sys.stdout.write("(the text between ⟦ and ⟧ carries the loss; special tokens are shown)\n")
     return 0
 
 
@@ -422,6 +437,18 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
 
     _merge_command(sub)
     _export_command(sub)
+    _data_command(sub)
+
+
+def _data_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="look at a config's data as training will see it")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("preview", help="the first training rows, rendered and tokenized as training does, "
+                                           "with the tokens that carry loss marked")
+    q.add_argument("config", help="run config YAML")
+    q.add_argument("overrides", nargs="*", help="key=value overrides")
+    q.add_argument("--rows", type=_positive, default=3, help="rows to show (default 3)")
+    q.set_defaults(func=_data_preview)
 
 
 def _merge_command(sub: argparse._SubParsersAction) -> None:

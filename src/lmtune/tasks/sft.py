@@ -1,7 +1,9 @@
 """Instruction tuning (supervised fine-tuning) of a causal LM: the loss is on the response tokens only.
 
-Rows are ``instruction`` (+ optional ``input``) → ``output``, or a chat ``messages`` list of
-``{"role": system|user|assistant, "content": ...}``. Both become a conversation rendered with one chat
+Rows are ``instruction`` (+ optional ``input``) → ``output`` (Alpaca), a chat ``messages`` list of
+``{"role": system|user|assistant, "content": ...}`` (OpenAI), a ShareGPT ``conversations`` list of
+``{"from": system|human|gpt, "value": ...}``, or ``prompt`` → ``completion`` (one user turn and its answer).
+Every one becomes a conversation rendered with one chat
 template (``lm.chat_template``, else the tokenizer's own, else lmtune's "### Instruction / ### Response").
 The template is saved with the run and its tokenizer, so prediction renders prompts exactly as training did.
 
@@ -26,6 +28,9 @@ from lmtune.tasks.language_model import IGNORE_INDEX, TokenTask, load_causal_lm
 
 log = logging.getLogger("lmtune")
 MESSAGES = "messages"
+SHAREGPT = "conversations"
+"""ShareGPT's layout: a list of ``{"from": human|gpt|system, "value": text}``."""
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 INPUT = "input"
 """Optional column of extra input appended to the instruction (Alpaca's layout)."""
 ROLES = ("system", "user", "assistant")
@@ -74,6 +79,10 @@ class InstructionTuning(TokenTask):
     def conversation(self, table: Table, index: int, data: DataConfig, with_response: bool) -> list[dict]:
         """Row ``index`` as chat messages; ``with_response``: it must end with the assistant's answer."""
         row = table.rows[index]
+        if row.get(SHAREGPT) is not None and row.get(MESSAGES) is None:
+            row = {MESSAGES: _sharegpt(row[SHAREGPT], table.where(index))}
+        elif "prompt" in row and data.text not in row:
+            row = {MESSAGES: _prompt_completion(row, table.where(index), with_response)}
         if MESSAGES in row and row[MESSAGES] is not None:
             messages = row[MESSAGES]
             if not isinstance(messages, list) or not messages or not all(
@@ -189,3 +198,22 @@ class InstructionTuning(TokenTask):
         for text in pieces:
             ids += tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         return ids
+
+
+def _sharegpt(turns: Any, where: str) -> list[dict]:
+    """ShareGPT turns as chat messages (human → user, gpt → assistant)."""
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and t.get("from") in SHAREGPT_ROLES
+                                              and isinstance(t.get("value"), str) for t in turns):
+        raise DataError(f"{where}: {SHAREGPT!r} must be a list of {{'from': {'|'.join(SHAREGPT_ROLES)}, "
+                        "'value': text}")
+    return [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in turns]
+
+
+def _prompt_completion(row: dict, where: str, with_response: bool) -> list[dict]:
+    prompt, completion = row["prompt"], row.get("completion")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: 'prompt' is {prompt!r}; expected text")
+    if with_response and (not isinstance(completion, str) or not completion.strip()):
+        raise DataError(f"{where}: 'completion' is {completion!r}; expected the response text")
+    return [{"role": "user", "content": prompt}] + (
+        [{"role": "assistant", "content": completion}] if isinstance(completion, str) else [])
