@@ -19,12 +19,14 @@ import io
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from lmtune import rundir
 from lmtune.errors import LmtuneError
-from lmtune.inference import LoadedRun, load, starting_model
+from lmtune.inference import LoadedRun, load, restore_task, starting_model
+from lmtune.tasks import task_names_with
 
 log = logging.getLogger("lmtune")
 
@@ -37,11 +39,12 @@ def evaluate_harness(run_dir: str | Path, tasks: list[str], limit: int | None = 
         LmtuneError: the run does not generate text, the harness is not installed, a task is unknown or its
             data cannot be loaded.
     """
-    run = load(run_dir)
-    if not run.task.capabilities.generates:
-        raise LmtuneError(f"--harness: {run.run_dir} is a {run.config.task} run; the harness evaluates language "
-                          "models (causal_lm, sft, summarization with a decoder, preference runs)")
+    path, cfg, task_state = rundir.read_run(run_dir)
+    if not restore_task(cfg, task_state, path).capabilities.generates:
+        raise LmtuneError(f"--harness: {path} is a {cfg.task} run; the harness evaluates language models "
+                          f"({task_names_with('generates')} runs)")
     names, manager = _tasks(tasks)
+    run = load(run_dir)
     size = batch_size or run.config.train.eval_batch
     log.info("harness: %s on the run's model (after)", ", ".join(names))
     after = _scores(run.model, run.tokenizer, names, manager, limit, size)
@@ -74,8 +77,9 @@ def _tasks(specs: list[str]) -> tuple[list[str], Any]:
             folders.append(str(path.resolve().parent))
         else:
             names.append(spec)
-    with _quiet():
-        manager = TaskManager(include_path=sorted(set(folders)) or None)
+    with _quiet():  # the harness's own tasks take seconds to index: only when a task is named, not a file
+        manager = TaskManager(include_path=sorted(set(folders)) or None,
+                              include_defaults=len(folders) < len(specs))
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
         raise LmtuneError(f"--harness: no harness task named {', '.join(unknown)} (give a harness task name, or "
@@ -102,12 +106,20 @@ def _quiet():
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
+    # the harness bootstraps standard errors (perplexity) in a forked multiprocessing pool; forked from a process
+    # with running threads (torch's, a server's, a test runner's) its workers can hang for ever: in-process, then
+    was = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+        if was is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = was
 
 
 def _scores(model: Any, tokenizer: Any, names: list[str], manager: Any, limit: int | None,
