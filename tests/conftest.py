@@ -199,6 +199,35 @@ def make_tiny_bert(out: Path, layers: int = 2, hidden: int = 32, masked_lm: bool
     return out
 
 
+DECODER_FAMILIES = {
+    # model_type: the shape arguments of its transformers config (2 layers, width 64, grouped-query attention)
+    "llama": {}, "qwen2": {}, "qwen3": {"head_dim": 16}, "gemma": {"head_dim": 16}, "gemma2": {"head_dim": 16},
+    "gemma3_text": {"head_dim": 16}, "mistral": {}, "phi3": {},
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256},
+    "gpt_neox": {"num_key_value_heads": None}, "opt": {"ffn_dim": 128, "word_embed_proj_dim": 64},
+}
+"""Decoder families people fine-tune, as tiny random models built from their transformers configs."""
+
+
+def make_tiny_decoder(family: str, out: Path, texts: list[str]) -> Path:
+    """A 2-layer, 64-wide ``family`` decoder with random weights and a byte-level BPE tokenizer trained on
+    ``texts`` (BOS = EOS = PAD = <|endoftext|>), saved to ``out``: no download needed."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lmtune.scratch import SPECIAL, train_tokenizer
+
+    tokenizer = train_tokenizer(texts, 400)
+    special = tokenizer.convert_tokens_to_ids(SPECIAL)
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": 256, **DECODER_FAMILIES[family]}
+    shape = {k: v for k, v in shape.items() if v is not None}
+    config = AutoConfig.for_model(family, vocab_size=len(tokenizer), bos_token_id=special, eos_token_id=special,
+                                  pad_token_id=special, **shape)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(sst2_slice, tmp_path_factory):
     """A finished 2-epoch run on the SST-2 slice (shared by the integration tests), and its summary."""

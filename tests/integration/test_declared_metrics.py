@@ -64,17 +64,19 @@ def test_a_language_model_still_learning_is_underfitting(stories_slice, tmp_path
 
 
 def test_compare_on_a_language_model_goes_on_past_a_refused_strategy(stories_slice, tmp_path, capsys):
-    """The default strategy list includes head and bitfit, which a tied, bias-free decoder cannot train: the
-    comparison says so on the board and ranks the others instead of aborting."""
+    """The default strategy list includes head and bitfit, which a tied, bias-free decoder cannot train, and LoRA,
+    which a new decoder cannot be trained into (its random base is saved nowhere): the comparison says so on the
+    board and ranks the others instead of aborting."""
     code = main(["compare", str(REPO / "examples" / "tinystories.yaml"), "model=scratch:tiny",
                  f"data.train={stories_slice['train']}", f"data.validation={stories_slice['validation']}",
                  f"output={tmp_path / 'lm'}", "lm.vocab_size=400", "train.max_length=64", "train.batch_size=8",
                  "train.eval_train_samples=4", "data.max_train_samples=20", "data.max_eval_samples=4",
-                 "--strategies", "head,lora", "--budget", "2", "--no-prune"])
+                 "--strategies", "head,lora,full", "--budget", "2", "--no-prune"])
     assert code == 0
     rows = {r["strategy"]: r for r in json.loads((tmp_path / "lm-compare" / "leaderboard.json").read_text())["rows"]}
     assert rows["head"]["status"].startswith("refused: strategy.name: head leaves no parameter of this causal_lm")
-    assert rows["lora"]["status"] == "complete" and rows["lora"]["mean"] > 0
+    assert rows["lora"]["status"].startswith("refused: ") and "saves adapters only" in rows["lora"]["status"]
+    assert rows["full"]["status"] == "complete" and rows["full"]["mean"] > 0
     out, err = capsys.readouterr()
-    assert "winner: lora" in out
+    assert "winner: full" in out
     assert "Traceback" not in err and "Trial" not in err  # the refusal is its one line, without Optuna's traceback

@@ -12,13 +12,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lmtune.comparison import workers
 from lmtune.comparison.leaderboard import Leaderboard, build_leaderboard, write_leaderboard
 from lmtune.comparison.space import Candidate, TrialSpec, candidates, overrides_for, plan
 from lmtune.config import RunConfig, config_to_dict
-from lmtune.errors import LmtuneError
+from lmtune.errors import ConfigError, LmtuneError
 from lmtune.extras import check_storage
 from lmtune.loader import load_config
 from lmtune.tasks import TASKS, DecidingMetric, deciding_metric
@@ -102,7 +102,13 @@ def _prepare(config: RunConfig, entrants: list[Candidate], budget: int | None, s
     # heartbeats and stale-trial handling are marked experimental by Optuna; their warnings are noise here
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for entrant in entrants:
-        load_config({**config_to_dict(config), "strategy": {"name": entrant.strategy}}, list(entrant.settings))
+        try:
+            load_config({**config_to_dict(config), "strategy": {"name": entrant.strategy}}, list(entrant.settings))
+        except ConfigError as err:
+            # a strategy this model cannot take (LoRA of a new decoder) is refused by its trials, on the board,
+            # like one that leaves nothing to train; any other problem stops the comparison here
+            if not all(problem.startswith("strategy.name:") for problem in err.problems):
+                raise
     root = Path(out_dir) if out_dir else Path(f"{config.output}-compare")
     root.mkdir(parents=True, exist_ok=True)
     base = replace(config, train=replace(config.train, max_steps=budget or config.train.max_steps))
@@ -238,7 +244,10 @@ def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent:
     raw["strategy"] = {"name": spec.strategy, "cache": base.strategy.cache}
     raw["output"] = str(root / "trials" / spec.key)
     raw["tracking"] = {**raw["tracking"], "run_name": spec.key}
-    cfg = load_config(raw, overrides_for(trial, spec))
+    try:
+        cfg = load_config(raw, overrides_for(trial, spec))
+    except LmtuneError as err:  # a strategy this model cannot take (checked up front, so nothing else)
+        _refuse(trial, spec, err)
     trial.set_user_attr("run_dir", cfg.output)
     metric = _deciding(cfg).name
 
@@ -259,9 +268,7 @@ def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent:
         try:
             result = train_and_review(cfg, on_eval=report, show_diagnosis=False, tracking_parent=parent)
         except LmtuneError as err:  # e.g. a strategy that leaves nothing of this model to train
-            trial.set_user_attr("error", str(err))
-            log.info("  %s: %s", spec.key, err)
-            raise
+            _refuse(trial, spec, err)
         finally:
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
             trial.set_user_attr("peak_rss_mib", memory.peak_mib)
@@ -269,6 +276,13 @@ def _run_trial(trial: Any, spec: TrialSpec, base: RunConfig, root: Path, parent:
         trial.set_user_attr(key, result.get(key))
     trial.set_user_attr("validation", {k: v for k, v in result["validation"].items() if isinstance(v, float)})
     return result["validation"][metric]  # the final model: the best evaluation's weights (restore_best)
+
+
+def _refuse(trial: Any, spec: TrialSpec, err: LmtuneError) -> NoReturn:
+    """A trial this model or task cannot run: the reason goes on the board, and the trial is not retried."""
+    trial.set_user_attr("error", str(err))
+    log.info("  %s: %s", spec.key, err)
+    raise err
 
 
 def _with_eval_points(cfg: RunConfig) -> RunConfig:

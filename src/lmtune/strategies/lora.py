@@ -23,8 +23,10 @@ _HEADS = ("classifier", "score", "qa_outputs")
 wrappers would do this too, but their forward drops ``token_type_ids`` (PEFT 0.21), so a sentence-pair or QA
 run trained and evaluated as if every token were in the first segment, and its merged model disagreed with it:
 such models get PEFT's generic wrapper, which passes every input through."""
-_ATTENTION_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",), ("q", "v"))
-"""Attention projections by family (BERT, Llama/OPT, GPT-2, T5): the fallback when PEFT has no default."""
+_ATTENTION_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",), ("q", "v"), ("qkv_proj",),
+                    ("query_key_value",), ("Wqkv",))
+"""Attention projections by family (BERT, Llama/OPT, GPT-2, T5; fused query-key-value: Phi-3, GPT-NeoX, MPT):
+the fallback when PEFT has no default for the architecture."""
 
 
 @STRATEGIES.register("lora")

@@ -31,8 +31,7 @@ def trainable_model(cfg: Any, task: Any, source: str) -> tuple[Any, torch.nn.Mod
     """
     strategy = build_strategy(cfg.strategy)
     with loading_report() as report:
-        base = from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention,
-                                 **_dropout_overrides(cfg, source))
+        base = _load_base(cfg, task, source)
     if report.summary():
         log.info("model: %s; these train with every strategy", report.summary())
     layers = anatomy.num_layers(base)
@@ -42,6 +41,18 @@ def trainable_model(cfg: Any, task: Any, source: str) -> tuple[Any, torch.nn.Mod
                           f"train ({_why_nothing(base)}); use lora or full instead")
     lr_scales = {id(p): strategy.lr_scale(name, layers) for name, p in model.named_parameters()}
     return strategy, model, layers, lr_scales
+
+
+def _load_base(cfg: Any, task: Any, source: str) -> torch.nn.Module:
+    """The model with the configured attention kernel; one without SDPA (Gemma-2) falls back to eager, saying so."""
+    overrides = _dropout_overrides(cfg, source)
+    try:
+        return from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention, **overrides)
+    except (LmtuneError, ValueError) as err:
+        if cfg.train.attention != "sdpa" or "scaled_dot_product_attention" not in str(err):
+            raise
+    log.info("model: %s has no SDPA attention kernel; using eager attention (train.attention=eager)", source)
+    return from_hub_or_local(task.build_model, source, attn_implementation="eager", **overrides)
 
 
 def _why_nothing(model: torch.nn.Module) -> str:

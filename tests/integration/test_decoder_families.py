@@ -1,0 +1,43 @@
+"""SFT with LoRA on the decoder families people use, each a tiny random model built from its transformers config:
+every one trains, reloads and generates, with LoRA on its own attention projections."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import DECODER_FAMILIES, make_tiny_decoder
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def chats(instructions):
+    return [json.loads(line) for line in instructions.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("family", list(DECODER_FAMILIES))
+def test_sft_with_lora_trains_reloads_and_generates(family, chats, instructions, tmp_path, cli):
+    texts = [r.get("input") or r["messages"][-2]["content"] for r in chats[:60]]
+    model = make_tiny_decoder(family, tmp_path / "base", texts)
+    config = tmp_path / "sft.yaml"
+    config.write_text("task: sft\nstrategy: {name: lora, r: 8}\n")
+    run = tmp_path / "run"
+    result = cli("train", config, f"model={model}", f"data.train={instructions}", "data.max_train_samples=32",
+                 "train.max_steps=8", "train.batch_size=8", "train.lr=1e-2", "train.max_length=96",
+                 "train.eval_train_samples=0", f"output={run}")
+    assert result.returncode == 0, result.stderr
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r.get("split") == "train"]
+    assert losses[-1] < losses[0], losses  # it learns: LoRA sits on trainable projections of this family
+    adapter = json.loads((run / "model" / "adapter_config.json").read_text())
+    assert adapter["target_modules"], adapter
+
+    import lmtune
+
+    reply = lmtune.load(run).generate({"instruction": "Is this movie review positive or negative?",
+                                        "input": "a fine film"}, max_new_tokens=5)
+    assert isinstance(reply, str)
+    answer = cli("generate", run, "--prompt", "Is this review positive?", "--max-new-tokens", "4", "--no-stream")
+    assert answer.returncode == 0, answer.stderr
