@@ -54,6 +54,8 @@ class Lora(StrategyBase):
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
             target_modules=targets,
+            # GPT-2's projections are Conv1D, whose weight is stored transposed
+            fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
             # weights that start random (a new head, BERT2BERT's cross-attention) train in full and are saved
             # with the adapter; PEFT's task types cover only their own heads
             modules_to_save=sorted(set(_new_modules(model, new)) | set(_heads(model))) or None,

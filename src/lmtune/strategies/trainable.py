@@ -35,12 +35,25 @@ def trainable_model(cfg: Any, task: Any, source: str) -> tuple[Any, torch.nn.Mod
     if report.summary():
         log.info("model: %s; these train with every strategy", report.summary())
     layers = anatomy.num_layers(base)
+    if cfg.train.gradient_checkpointing:
+        _checkpoint_blocks(base)
     model = strategy.apply(base, frozenset(report.new + report.resized))
     if trainable_parameters(model)[0] == 0:
         raise LmtuneError(f"strategy.name: {cfg.strategy.name} leaves no parameter of this {cfg.task} model to "
                           f"train ({_why_nothing(base)}); use lora or full instead")
     lr_scales = {id(p): strategy.lr_scale(name, layers) for name, p in model.named_parameters()}
     return strategy, model, layers, lr_scales
+
+
+def _checkpoint_blocks(model: torch.nn.Module) -> None:
+    """Gradient checkpointing, non-reentrant: it needs no input that requires grad, so a frozen base under LoRA
+    adapters still gets its adapters' gradients (the reentrant form gave none: transformers#26334)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise LmtuneError(f"train.gradient_checkpointing: {type(model).__name__} does not support it; set it to "
+                          "false")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False  # a cache is useless in training and conflicts with recomputation
 
 
 def _load_base(cfg: Any, task: Any, source: str) -> torch.nn.Module:

@@ -339,8 +339,10 @@ def _keep_output_precision(model: Any) -> None:
 
 def _bf16_copies(accelerator: Any, cfg: TrainConfig) -> bool:
     """Whether forward and backward run on bf16 weight copies: bf16 precision on one process (DDP's gradient
-    hooks sit on the model's own parameters)."""
-    return cfg.bf16_weights and accelerator.mixed_precision == "bf16" and accelerator.num_processes == 1
+    hooks sit on the model's own parameters), without gradient checkpointing (its recomputation in the backward
+    pass would meet the fp32 weights again, not the copies the forward pass saw)."""
+    return (cfg.bf16_weights and accelerator.mixed_precision == "bf16" and accelerator.num_processes == 1
+            and not cfg.gradient_checkpointing)
 
 
 def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None,
