@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -204,11 +205,15 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
                     on_eval: Callable[[int, dict], None] | None, trackers: Any) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
-    from lmtune.training.loop import fit
+    from lmtune.training import memory
+    from lmtune.training.loop import fit, uses_bf16_copies
 
     torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
     set_seed(cfg.train.seed)
     strategy, model, layers, lr_scales = trainable_model(cfg, data.task, data.source)
+    longest = max((data.task.example_length(e) for e in data.train), default=cfg.train.max_length)
+    needed = memory.estimate(model, cfg, data.task, longest, uses_bf16_copies(accelerator, cfg.train))
+    memory.check_fits(needed, cfg)  # before anything is written
     if accelerator.is_main_process:
         rundir.write_header(run_dir, cfg, data.task.state())
     accelerator.wait_for_everyone()
@@ -226,6 +231,7 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     state = fit(accelerator, model, inputs, cfg.train)
     if reference_seconds is not None:
         cache_info["reference_seconds"] = reference_seconds
+    cache_info["memory_estimate_mib"] = round(needed.peak / 2**20)
     return _finish(accelerator, model, data, strategy, cfg, state, run_dir, cache_info)
 
 
@@ -304,6 +310,8 @@ def _run_figures(accelerator: Any, cfg: RunConfig, data: Prepared, state: Any, m
         "processes": accelerator.num_processes, "precision": accelerator.mixed_precision,
         "trainable_parameters": trainable, "parameters": total, "strategy": cfg.strategy.name, **cache_info,
     }
+    # the process's peak resident memory (in a fresh `lmtune train`: the run's own peak)
+    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if data.task.capabilities.packed:  # blocks of max_length tokens
         figures["train_tokens_per_s"] = round(figures["train_samples_per_s"] * cfg.train.max_length, 1)
     return figures

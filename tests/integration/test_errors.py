@@ -86,3 +86,16 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     debug = subprocess.run(lmtune_command("--debug", "train", str(bad)), capture_output=True, text=True, timeout=120)
     assert "Traceback" in debug.stderr
+
+
+def test_a_run_that_would_not_fit_in_memory_is_refused_before_anything_is_written(sst2_slice, tmp_path, cli):
+    out = tmp_path / "huge"
+    result = cli("train", "examples/sst2.yaml", f"data.train={sst2_slice['train']}", "train.batch_size=200000",
+                 "train.max_length=512", f"output={out}")
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith(
+        "lmtune: error: train: this run would not fit in memory: estimated peak ")
+    line = result.stderr.strip().splitlines()[-1]
+    assert "GiB available; try train.batch_size=" in line and "activations " in line and "optimizer " in line
+    suggested = int(line.rsplit("train.batch_size=", 1)[1])
+    assert 0 < suggested < 200000
+    assert not (out / "config.yaml").exists() and not any(p.name != ".lock" for p in out.glob("*"))

@@ -141,7 +141,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         if cfg.fast_dropout and accelerator.device.type == "cpu":
             speedups.enter_context(fast_dropout(model))
         # after the resume, so the copies start from the checkpoint's (fp32) weights
-        copies = Bf16Weights(model, lazy) if _bf16_copies(accelerator, cfg) else None
+        copies = Bf16Weights(model, lazy) if uses_bf16_copies(accelerator, cfg) else None
         _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, lengths, per_epoch, total,
               copies).run()
     tracker.close()
@@ -337,7 +337,7 @@ def _keep_output_precision(model: Any) -> None:
         inner.forward = MethodType(bare, inner) if hasattr(forward, "__func__") else bare
 
 
-def _bf16_copies(accelerator: Any, cfg: TrainConfig) -> bool:
+def uses_bf16_copies(accelerator: Any, cfg: TrainConfig) -> bool:
     """Whether forward and backward run on bf16 weight copies: bf16 precision on one process (DDP's gradient
     hooks sit on the model's own parameters), without gradient checkpointing (its recomputation in the backward
     pass would meet the fp32 weights again, not the copies the forward pass saw)."""
