@@ -220,7 +220,7 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     reference_seconds = _attach_reference(accelerator, cfg, data, model, run_dir) \
         if data.task.capabilities.reference else None
     # augmented (or re-masked) inputs change every epoch, so their frozen-layer outputs cannot be cached
-    caching = data.batch_examples is None and not data.task.capabilities.packed and not data.task.capabilities.pairs
+    caching = data.batch_examples is None and not data.task.packs() and not data.task.capabilities.pairs
     model, cache_info = attach_cache(
         model, strategy.frozen_bottom(layers), cfg.strategy.cache if caching else "off", data.encoded,
         data.tokenizer.pad_token_id, cfg.train.eval_batch, accelerator, run_dir / ".frozen-cache",

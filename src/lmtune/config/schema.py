@@ -293,6 +293,9 @@ class LanguageModelingConfig:
     """masked_lm: validation examples scored by pseudo-perplexity (one forward pass per token); 0: off."""
     chat_template: str | None = None
     """sft: a Jinja chat template; default: the tokenizer's own, else lmtune's "### Instruction / ### Response"."""
+    packing: bool = False
+    """sft: train on rows holding several examples (up to train.max_length tokens), each attending only to itself
+    with positions restarting at 0; the same loss as unpacked, with no padding."""
 
     def validate(self) -> list[str]:
         problems = []

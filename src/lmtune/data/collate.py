@@ -35,6 +35,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int, bucket_limit: int | Non
         for row, ex in enumerate(examples):
             hidden[row, : len(ex["input_ids"])] = ex["hidden"]
         batch["hidden"] = hidden
+    if SEGMENTS in examples[0]:  # packed rows: each example attends to itself only, positions restart
+        batch.update(packed_attention([ex[SEGMENTS] for ex in examples], longest))
     if ADAPTER_INDEX in examples[0]:  # a served adapter group: the adapter each row runs through
         batch[ADAPTER_INDEX] = torch.tensor([ex[ADAPTER_INDEX] for ex in examples])
     if "decoder_input_ids" in examples[0]:  # encoder-decoder targets, padded on their own
@@ -51,6 +53,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int, bucket_limit: int | Non
     return batch
 
 
+SEGMENTS = "segment_ids"
+"""A packed row's example number per token (`packed_attention`)."""
 ADAPTER_INDEX = "adapter_index"
 """An example's (and a batch row's) adapter in a model holding several (`lmtune.serving.adapters`)."""
 IGNORE_INDEX = -100
@@ -94,3 +98,22 @@ starting model's scores of preference pairs)."""
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What the model's forward takes: the batch without its targets."""
     return {k: v for k, v in batch.items() if k not in TARGETS}
+
+
+def packed_attention(segments: list[list[int]], length: int) -> dict[str, torch.Tensor]:
+    """``position_ids`` restarting at each example and a (rows, 1, length, length) boolean ``attention_mask``
+    letting a token see the earlier tokens of its own example only (padding sees itself, so no row of the
+    softmax is empty)."""
+    ids = torch.full((len(segments), length), -1, dtype=torch.long)
+    positions = torch.zeros((len(segments), length), dtype=torch.long)
+    for row, values in enumerate(segments):
+        ids[row, : len(values)] = torch.tensor(values)
+        start = 0
+        for k in range(1, len(values) + 1):
+            if k == len(values) or values[k] != values[k - 1]:
+                positions[row, start:k] = torch.arange(k - start)
+                start = k
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+    same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)
+    mask = (causal & same) | torch.eye(length, dtype=torch.bool)
+    return {"position_ids": positions, "attention_mask": mask[:, None]}

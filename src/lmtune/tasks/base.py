@@ -199,6 +199,10 @@ class Task(abc.ABC):
         """What training iterates over (packed tasks: blocks of documents); evaluation uses ``examples``."""
         return examples
 
+    def packs(self) -> bool:
+        """Whether training rows hold several examples (no per-example cache applies to them)."""
+        return self.capabilities.packed
+
     def collate(self, examples: list[dict], pad_id: int, bucket_limit: int | None = None) -> dict[str, torch.Tensor]:
         """A batch of encoded examples as padded tensors (`lmtune.data.collate`; pairs: two rows each)."""
         return collate(examples, pad_id, bucket_limit)

@@ -22,6 +22,7 @@ import torch
 
 from lmtune.config import DataConfig
 from lmtune.data import Table
+from lmtune.data.collate import SEGMENTS
 from lmtune.errors import DataError, LmtuneError
 from lmtune.tasks.base import TASKS, Capabilities
 from lmtune.tasks.language_model import IGNORE_INDEX, TokenTask, load_causal_lm
@@ -57,9 +58,31 @@ class InstructionTuning(TokenTask):
     def __init__(self, chat_template: str | None = None):
         self.chat_template = chat_template
         """Set by configure (the config's) or by encode (the tokenizer's own, else lmtune's)."""
+        self.packing = False
 
     def configure(self, cfg: Any) -> None:
         self.chat_template = cfg.lm.chat_template
+        self.packing = cfg.lm.packing
+
+    def packs(self) -> bool:
+        return self.packing
+
+    def training_examples(self, examples: list[dict], max_length: int) -> list[dict]:
+        """With ``lm.packing``: examples laid end to end in rows of up to ``max_length`` tokens (in their order),
+        each token marked with its example (`lmtune.data.collate.packed_attention`); else the examples."""
+        if not self.packing:
+            return examples
+        rows: list[dict] = []
+        for example in examples:
+            row = rows[-1] if rows else None
+            if row is None or len(row["input_ids"]) + len(example["input_ids"]) > max_length:
+                row = {"input_ids": [], "labels": [], SEGMENTS: []}
+                rows.append(row)
+            segment = row[SEGMENTS][-1] + 1 if row[SEGMENTS] else 0
+            row["input_ids"] += example["input_ids"]
+            row["labels"] += example["labels"]
+            row[SEGMENTS] += [segment] * len(example["input_ids"])
+        return rows
 
     def restore(self, state: dict[str, Any], cfg: Any) -> None:
         self.chat_template = state.get("chat_template")
