@@ -102,7 +102,7 @@ def test_packed_rows_give_each_example_its_own_logits(family, chats, instruction
         k = 0
         for r, row in enumerate(rows):
             start = 0
-            for segment in sorted(set(row["segment_ids"])):
+            for _ in sorted(set(row["segment_ids"])):
                 example = examples[k]
                 n = len(example["input_ids"])
                 alone = model(input_ids=torch.tensor([example["input_ids"]])).logits[0]
