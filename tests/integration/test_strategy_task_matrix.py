@@ -13,13 +13,27 @@ import torch
 
 from lmtune.cli.main import main
 from lmtune.strategies import STRATEGIES
-from tests.conftest import REPO, SHARED_DATA, make_tiny_bert, read_tsv, run_cli, untrained_run, write_tsv
+from tests.conftest import (
+    REPO,
+    SHARED_DATA,
+    make_tiny_bert,
+    make_tiny_decoder,
+    read_tsv,
+    run_cli,
+    untrained_run,
+    write_tsv,
+)
 
 pytestmark = pytest.mark.integration
 
-TASKS = ("classification", "qa", "summarization", "causal_lm", "masked_lm", "sft", "preference")
-REFUSED = {(task, strategy) for task in ("causal_lm", "sft", "preference") for strategy in ("head", "bitfit")}
-"""Llama-style decoders: no bias terms, and the output head is the (tied) input embedding matrix."""
+TASKS = ("classification", "qa", "summarization", "causal_lm", "masked_lm", "sft", "preference",
+         "causal_lm/gpt2", "sft/gpt2", "preference/gpt2", "classification/llama")
+"""Every task, and the decoder tasks again on a GPT-2-style model (biases, learned positions, Conv1D projections),
+and classification with a decoder's sequence-classification head."""
+REFUSED = {(task, strategy) for task in ("causal_lm", "sft", "preference") for strategy in ("head", "bitfit")} | {
+    (f"{task}/gpt2", "head") for task in ("causal_lm", "sft", "preference")}
+"""Llama-style decoders: no bias terms, and the output head is the (tied) input embedding matrix; GPT-2 has
+biases (BitFit trains) but ties its head too."""
 COMMON = ["train.max_steps=2", "train.batch_size=4", "train.eval_train_samples=4", "train.max_length=48",
           "data.max_eval_samples=6", "train.keep_checkpoints=1"]
 
@@ -37,6 +51,8 @@ def setups(tmp_path_factory, sst2_slice, squad_slice, stories_slice, instruction
     (out / "sum.jsonl").write_text("\n".join(dialogs) + "\n")
     hh = (SHARED_DATA / "preference" / "hh_harmless_base_test.jsonl").read_text(encoding="utf-8").splitlines()
     (out / "pairs.jsonl").write_text("\n".join(sorted(hh[:100], key=len)[:16]) + "\n", encoding="utf-8")
+    decoders = {family: make_tiny_decoder(family, out / family, [r["sentence"] for r in rows])
+                for family in ("gpt2", "llama")}
     lm_run = out / "lm-base"
     result = run_cli("train", REPO / "examples" / "tinystories.yaml", f"data.train={stories_slice['train']}",
                      f"output={lm_run}", "model=scratch:tiny", "lm.vocab_size=400", "train.max_steps=2",
@@ -56,9 +72,19 @@ def setups(tmp_path_factory, sst2_slice, squad_slice, stories_slice, instruction
                 "data.max_train_samples=24"],
         "preference": ["task=preference", f"model={lm_run}", f"data.train={out / 'pairs.jsonl'}",
                        "train.max_length=96"],
+        "causal_lm/gpt2": ["task=causal_lm", f"model={decoders['gpt2']}", f"data.train={stories_slice['train']}",
+                           "data.max_train_samples=16"],
+        "sft/gpt2": ["task=sft", f"model={decoders['gpt2']}", f"data.train={instructions}", "train.max_length=200",
+                     "data.max_train_samples=24"],
+        "preference/gpt2": ["task=preference", f"model={decoders['gpt2']}", f"data.train={out / 'pairs.jsonl'}",
+                            "train.max_length=96"],
+        "classification/llama": ["task=classification", f"model={decoders['llama']}", f"data.train={out / 'cls.tsv'}",
+                                 "data.text=sentence"],
         "_eval": {"classification": out / "cls.tsv", "qa": squad_slice["eval"], "summarization": out / "sum.jsonl",
                   "causal_lm": stories_slice["validation"], "masked_lm": out / "text.txt", "sft": out / "sft.jsonl",
-                  "preference": out / "pairs.jsonl"},
+                  "preference": out / "pairs.jsonl", "causal_lm/gpt2": stories_slice["validation"],
+                  "sft/gpt2": out / "sft.jsonl", "preference/gpt2": out / "pairs.jsonl",
+                  "classification/llama": out / "cls.tsv"},
     }
 
 
@@ -76,7 +102,8 @@ def test_pair(capsys, setups, task, strategy, tmp_path):
     code, err = _train(capsys, setups, task, strategy, out)
     if (task, strategy) in REFUSED:
         assert code == 2
-        assert err[-1].startswith(f"lmtune: error: strategy.name: {strategy} leaves no parameter of this {task} "
+        name = task.split("/")[0]
+        assert err[-1].startswith(f"lmtune: error: strategy.name: {strategy} leaves no parameter of this {name} "
                                   "model to train (") and err[-1].endswith("use lora or full instead")
         assert not out.exists()
         return
