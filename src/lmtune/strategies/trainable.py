@@ -59,6 +59,7 @@ def _checkpoint_blocks(model: torch.nn.Module) -> None:
 def _load_base(cfg: Any, task: Any, source: str) -> torch.nn.Module:
     """The model with the configured attention kernel; one without SDPA (Gemma-2) falls back to eager, saying so."""
     overrides = _dropout_overrides(cfg, source)
+    log.info("model: loading %s", source)
     try:
         return from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention, **overrides)
     except (LmtuneError, ValueError) as err:

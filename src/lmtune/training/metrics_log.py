@@ -61,7 +61,10 @@ class MetricsLog:
         self._done += 1
         self.bar.update(1)
         self.bar.set_postfix(loss=_shown(self._loss), samples_s=f"{samples_per_s:.0f}", refresh=False)
-        if self.bar.disable and time.monotonic() - self._last_line >= PLAIN_PROGRESS_EVERY_S:
+        # without a terminal: the first step at once (a long first step is how a big model looks stuck), then
+        # a line every half minute
+        if self.bar.disable and (self._done == self._start_n + 1
+                                 or time.monotonic() - self._last_line >= PLAIN_PROGRESS_EVERY_S):
             self._plain_progress(self._loss, samples_per_s)
 
     def _plain_progress(self, loss: float | None, samples_per_s: float) -> None:
