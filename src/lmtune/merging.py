@@ -28,6 +28,7 @@ from lmtune import rundir
 from lmtune.errors import LmtuneError
 from lmtune.inference import LoadedRun, load
 from lmtune.integrity import staged_folder
+from lmtune.strategies.lora import adapter_base
 from lmtune.tasks import deciding_metric
 
 METHODS = ("linear", "ties", "dare_linear", "dare_ties")
@@ -110,10 +111,7 @@ def _check_compatible(parents: list[LoadedRun]) -> None:
 
 
 def _base(run: LoadedRun) -> str:
-    from lmtune.integrity import read_json_object
-
-    config = read_json_object(run.run_dir / rundir.MODEL / "adapter_config.json", "a PEFT adapter config")
-    return str(config.get("base_model_name_or_path"))
+    return adapter_base(run.run_dir / rundir.MODEL)
 
 
 # ---- merging ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lmtune.generation import GenerationSettings, Job, generate_batch
 from lmtune.judging import judge_from
 from lmtune.models import bare_model
 from lmtune.tasks import Task
+from lmtune.tasks.summarization import rouge
 
 REPLY_METRICS = ("reply_exact_match", "reply_rougeL", "reply_judge", "reply_length")
 BATCH = 8
@@ -50,7 +51,8 @@ def reply_scorer(task: Task, tokenizer: Any, validation: list[dict] | None,
         replies, lengths = _generate(bare_model(model), tokenizer, [prompt for prompt, _ in sample], generation)
         out = {"reply_exact_match": 100 * sum(_same(a, b) for a, b in zip(replies, references, strict=True))
                / len(replies),
-               "reply_rougeL": _rouge_l(replies, references), "reply_length": sum(lengths) / len(lengths)}
+               "reply_rougeL": rouge(replies, [[r] for r in references])["rougeL"],
+               "reply_length": sum(lengths) / len(lengths)}
         if judge is not None:
             scores = judge(None, replies)
             out["reply_judge"] = 100 * sum(scores) / len(scores)
@@ -74,11 +76,3 @@ def _generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]],
 
 def _same(reply: str, reference: str) -> bool:
     return " ".join(reply.lower().split()) == " ".join(reference.lower().split())
-
-
-def _rouge_l(replies: list[str], references: list[str]) -> float:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return 100 * sum(scorer.score(ref, reply)["rougeL"].fmeasure
-                     for reply, ref in zip(replies, references, strict=True)) / len(replies)

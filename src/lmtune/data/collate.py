@@ -105,14 +105,12 @@ def packed_attention(segments: list[list[int]], length: int) -> dict[str, torch.
     letting a token see the earlier tokens of its own example only (padding sees itself, so no row of the
     softmax is empty)."""
     ids = torch.full((len(segments), length), -1, dtype=torch.long)
-    positions = torch.zeros((len(segments), length), dtype=torch.long)
     for row, values in enumerate(segments):
         ids[row, : len(values)] = torch.tensor(values)
-        start = 0
-        for k in range(1, len(values) + 1):
-            if k == len(values) or values[k] != values[k - 1]:
-                positions[row, start:k] = torch.arange(k - start)
-                start = k
+    index = torch.arange(length).expand(len(segments), length)
+    first = torch.ones_like(ids, dtype=torch.bool)  # where an example (or the padding) begins
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    positions = index - torch.where(first, index, 0).cummax(dim=1).values
     causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
     same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)
     mask = (causal & same) | torch.eye(length, dtype=torch.bool)

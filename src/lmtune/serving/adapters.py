@@ -11,7 +11,6 @@ base's matrix products are shared by the whole batch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 from lmtune import rundir
 from lmtune.inference import LoadedRun, restore_task
 from lmtune.models import load_tokenizer
-from lmtune.strategies.lora import is_adapter_dir
+from lmtune.strategies.lora import adapter_base, is_adapter_dir
 
 
 class AdapterRouter(torch.nn.Module):
@@ -54,9 +53,8 @@ def group_key(path: Path, backend: str) -> tuple | None:
     task = restore_task(cfg, task_state, path)
     if task.capabilities.generates:
         return None
-    adapter = json.loads((path / rundir.MODEL / "adapter_config.json").read_text())
     labels = tuple(task.label_names()) if task.capabilities.class_labels else None
-    return (str(adapter.get("base_model_name_or_path")), cfg.task, labels, cfg.train.precision,
+    return (adapter_base(path / rundir.MODEL), cfg.task, labels, cfg.train.precision,
             cfg.train.eval_batch, cfg.train.max_length)
 
 

@@ -164,8 +164,10 @@ def predict(payloads: list[Prediction], model: Any, batch_size: int, bf16_copies
     """Predictions for several requests at once (to one run, or to the runs of one adapter group through
     ``model``, its router), one list of rows per request."""
     grouped = isinstance(model, AdapterRouter)
-    examples = [{**example, ADAPTER_INDEX: served.group.runs.index(served.name)} if grouped else example
-                for served, request, _ in payloads for example in request]
+    examples = []
+    for served, request, _ in payloads:
+        index = served.group.runs.index(served.name) if grouped else None
+        examples += [{**example, ADAPTER_INDEX: index} for example in request] if grouped else request
     run = payloads[0][0].loaded  # a group's runs share the task, precision and padding
     try:
         records = score_examples(model, examples, run.task, batch_size, run.tokenizer.pad_token_id,

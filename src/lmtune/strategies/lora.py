@@ -121,11 +121,15 @@ def load_adapter_model(path: Path, build_base: callable) -> torch.nn.Module:
     """The base model (built by ``build_base(base_path)``) with the saved adapter and head loaded."""
     from peft import PeftModel
 
+    return PeftModel.from_pretrained(build_base(adapter_base(path)), str(path))
+
+
+def adapter_base(path: Path) -> str:
+    """The base model a saved adapter was trained on (its adapter_config's ``base_model_name_or_path``)."""
     from lmtune.integrity import read_json_object
 
     config = read_json_object(Path(path) / "adapter_config.json", "a PEFT adapter config", ["base_model_name_or_path"])
-    base_path = config["base_model_name_or_path"]
-    return PeftModel.from_pretrained(build_base(base_path), str(path))
+    return str(config["base_model_name_or_path"])
 
 
 def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
