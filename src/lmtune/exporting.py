@@ -7,8 +7,8 @@ from pathlib import Path
 
 from lmtune import rundir
 from lmtune.errors import LmtuneError
-from lmtune.inference import load
-from lmtune.strategies.lora import is_adapter_dir, merge_adapter
+from lmtune.inference import load, plain_model
+from lmtune.strategies.lora import is_adapter_dir
 
 
 def export(run_dir: str | Path, out_dir: str | Path | None = None, merge: bool = False) -> Path:
@@ -23,7 +23,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, merge: bool =
     if is_adapter_dir(run.run_dir / rundir.MODEL):
         if not merge:
             raise LmtuneError(f"{run.run_dir}: the model is a LoRA adapter; pass --merge to fold it into the weights")
-        model = merge_adapter(model)
+        model = plain_model(run)
     if target.exists() and any(target.iterdir()):
         raise LmtuneError(f"--out: {target} is not empty")
     target.parent.mkdir(parents=True, exist_ok=True)

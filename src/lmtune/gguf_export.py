@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lmtune.errors import LmtuneError
-from lmtune.inference import LoadedRun, load
+from lmtune.inference import LoadedRun, load, plain_model
 from lmtune.integrity import staged_folder
 
 GGUF_DIR, GGUF_FILE, GGUF_CHECKS = "gguf", "model.gguf", "gguf.json"
@@ -75,9 +75,7 @@ def export_gguf(run_dir: str | Path, out_dir: str | Path | None = None, weights:
 # ---- what can be exported ---------------------------------------------------------------------------------
 
 def _fp32_llama(run: LoadedRun) -> torch.nn.Module:
-    from lmtune.evaluation.reference import has_adapters
-
-    model = run.model.merge_and_unload() if has_adapters(run.model) else run.model
+    model = plain_model(run)
     config = model.config
     kind = f"{config.model_type} {type(model).__name__}"
     if config.model_type != "llama" or not type(model).__name__.endswith("ForCausalLM"):

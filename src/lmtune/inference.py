@@ -26,6 +26,9 @@ from lmtune.strategies.lora import is_adapter_dir, load_adapter_model
 from lmtune.tasks import TASKS, Task, task_names_with
 from lmtune.training.precision import resolve_precision
 
+OUTPUTS = ("logits", "start_logits", "end_logits")
+"""The outputs a task's model gives that exports are checked on."""
+
 
 @dataclass
 class LoadedRun:
@@ -78,7 +81,7 @@ class LoadedRun:
         changed) the model the run started from, loaded for the purpose and let go after."""
         from lmtune.evaluation.reference import attach_reference, has_adapters
 
-        start = self.model if has_adapters(self.model) else _load_model(self.task, resolve_model(self.config.model))
+        start = self.model if has_adapters(self.model) else load_model(self.task, resolve_model(self.config.model))
         attach_reference(start, {"evaluation": examples}, self.task, self.config.train.eval_batch,
                          self.tokenizer.pad_token_id, autocast=self.autocast())
 
@@ -124,7 +127,7 @@ def load(run_dir: str | Path, backend: str = "torch") -> LoadedRun:
     source = str(path / rundir.MODEL)
     if backend != "torch":
         return _onnx_run(path, cfg, task, source, backend)
-    model = _load_model(task, source)
+    model = load_model(task, source)
     if torch.cuda.is_available():
         model.to("cuda")
     return LoadedRun(path, cfg, task, model, load_tokenizer(source))
@@ -160,16 +163,77 @@ def starting_model(run: LoadedRun) -> Iterator[Any]:
     elif not (run.run_dir / rundir.FINAL_METRICS).is_file():
         yield "none: the run was imported, not trained (its model is where it started)"
     else:
-        model = _load_model(run.task, resolve_model(run.config.model))
+        model = load_model(run.task, resolve_model(run.config.model))
         if torch.cuda.is_available():
             model.to("cuda")
         yield model
 
 
-def _load_model(task: Task, source: str) -> Any:
-    """A model directory (an adapter on its base, or whole weights) or Hub id, in eval mode."""
+def plain_model(run: LoadedRun, rows: int = 8) -> Any:
+    """The run's model as plain transformers weights, for exports: LoRA adapters folded into the base. A QLoRA
+    adapter is folded into its base reloaded in full precision (a 4-bit weight cannot hold the sum); it learned
+    against the rounded base, so the result differs from the trained model, by an amount measured on ``rows``
+    validation examples and logged as a warning."""
+    import logging
+
+    from lmtune.evaluation.reference import has_adapters
+    from lmtune.strategies.lora import merge_adapter
+    from lmtune.strategies.qlora import saved_quantization
+
+    if not has_adapters(run.model):
+        return run.model
+    adapter = run.run_dir / rundir.MODEL
+    if not saved_quantization(adapter):
+        return merge_adapter(run.model)
+    merged = merge_adapter(load_model(run.task, str(adapter), as_trained=False))
+    examples = validation_examples(run, rows)
+    logging.getLogger("lmtune").warning(
+        "export: %s trained its adapter over a 4-bit base; merged into the full-precision base it gives outputs up "
+        "to %.3g away from the trained model's (the base's rounding) on %d validation rows", run.run_dir,
+        largest_difference(run, run.model, merged, examples), len(examples))
+    return merged
+
+
+def largest_difference(run: LoadedRun, first: Any, second: Any, examples: list[dict]) -> float:
+    """Largest absolute difference between two models' outputs (every logits tensor) over ``examples``."""
+    from lmtune.data.collate import model_inputs
+
+    worst = 0.0
+    size = run.config.train.eval_batch
+    for start in range(0, len(examples), size):
+        batch = model_inputs(run.task.collate(examples[start:start + size], run.tokenizer.pad_token_id))
+        with torch.inference_mode():
+            outputs = first(**batch), second(**batch)
+        for name in OUTPUTS:
+            a, b = (getattr(out, name, None) for out in outputs)
+            if a is not None and b is not None:
+                worst = max(worst, float((a.float() - b.float()).abs().max()))
+    return worst
+
+
+def validation_examples(run: LoadedRun, rows: int) -> list[dict]:
+    """The first ``rows`` validation examples of the run's own data (else training), encoded as training encoded
+    them: what an export is checked on.
+
+    Raises:
+        LmtuneError: the data gives no example.
+    """
+    from lmtune.data.splits import load_tables
+
+    tables = load_tables(run.config.data, run.task)
+    table = tables.get("validation") or tables["train"]
+    examples = run.task.encode(table.head(rows), run.tokenizer, run.config.data, run.config.train.max_length)
+    if not examples:
+        raise LmtuneError(f"export: {table.source} gives no example to check the export on")
+    return examples[:rows]
+
+
+def load_model(task: Task, source: str, as_trained: bool = True) -> Any:
+    """A model directory (an adapter on its base, or whole weights) or Hub id, in eval mode; ``as_trained``: see
+    `load_adapter_model`."""
     if is_adapter_dir(Path(source)):
-        model = load_adapter_model(Path(source), lambda base: from_hub_or_local(task.build_model, base))
+        model = load_adapter_model(Path(source), lambda base, **options: from_hub_or_local(
+            task.build_model, base, **options), as_trained)
     else:
         model = from_hub_or_local(task.build_model, source)
     return model.eval()

@@ -21,13 +21,12 @@ import torch
 from lmtune.data.collate import model_inputs
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import evaluate_examples
-from lmtune.inference import LoadedRun, load
+from lmtune.inference import OUTPUTS, LoadedRun, largest_difference, load, plain_model, validation_examples
 from lmtune.integrity import staged_folder
 from lmtune.onnx_model import CHECKS, GRAPH, INT8_GRAPH, ONNX_DIR, OrtModel
 
 TOLERANCE = 1e-4
 """Largest absolute output difference (fp32 PyTorch vs fp32 onnxruntime) an export may have."""
-OUTPUTS = ("logits", "start_logits", "end_logits")
 
 
 def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, quantize: str | None = None,
@@ -42,13 +41,13 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, quantize
     run = load(run_dir)
     target = Path(out_dir) if out_dir else run.run_dir / ONNX_DIR
     model = _fp32_model(run)
-    examples = _rows(run, rows)
+    examples = validation_examples(run, rows)
     batch = model_inputs(run.task.collate(examples, run.tokenizer.pad_token_id))
     names = _output_names(model, batch)
     with staged_folder(target) as tmp:
         _trace(model, batch, names, tmp / GRAPH)
         checks = {"outputs": names, "rows": len(examples),
-                  "max_abs_diff": _largest_difference(model, OrtModel(tmp / GRAPH), run, examples, names),
+                  "max_abs_diff": largest_difference(run, model, OrtModel(tmp / GRAPH), examples),
                   "tolerance": TOLERANCE}
         if checks["max_abs_diff"] > TOLERANCE:
             raise LmtuneError(f"export: onnxruntime's outputs differ from PyTorch's by {checks['max_abs_diff']:.2e} "
@@ -61,27 +60,13 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, quantize
 
 
 def _fp32_model(run: LoadedRun) -> torch.nn.Module:
-    from lmtune.evaluation.reference import has_adapters
-
-    model = run.model.merge_and_unload() if has_adapters(run.model) else run.model
+    model = plain_model(run)
     if getattr(model.config, "is_encoder_decoder", False):
         raise LmtuneError(f"export: {run.run_dir} is an encoder-decoder model; ONNX export takes encoders (one "
                           "forward pass per input) and decoders")
     # SDPA's mask handling is traced for the example's shapes; eager attention traces for any batch and length
     model.set_attn_implementation("eager")
     return model.float().eval()
-
-
-def _rows(run: LoadedRun, rows: int) -> list[dict]:
-    """The first ``rows`` validation examples of the run's own data (what the check compares on)."""
-    from lmtune.data.splits import load_tables
-
-    tables = load_tables(run.config.data, run.task)
-    table = tables.get("validation") or tables["train"]
-    examples = run.task.encode(table.head(rows), run.tokenizer, run.config.data, run.config.train.max_length)
-    if not examples:
-        raise LmtuneError(f"export: {table.source} gives no example to check the export on")
-    return examples[:rows]
 
 
 def _output_names(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
@@ -111,21 +96,6 @@ def _trace(model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: list
         torch.onnx.export(_Outputs(model, inputs, outputs).eval(), tuple(batch[name] for name in inputs), str(path),
                           input_names=inputs, output_names=outputs, dynamic_axes=axes, opset_version=17,
                           dynamo=False)
-
-
-def _largest_difference(model: torch.nn.Module, graph: OrtModel, run: LoadedRun, examples: list[dict],
-                        names: list[str]) -> float:
-    """Largest absolute difference of any output over every row, in batches of the run's evaluation size."""
-    worst = 0.0
-    size = run.config.train.eval_batch
-    for start in range(0, len(examples), size):
-        batch = model_inputs(run.task.collate(examples[start:start + size], run.tokenizer.pad_token_id))
-        with torch.inference_mode():
-            expected = model(**batch)
-        got = graph(**batch)
-        for name in names:
-            worst = max(worst, float((getattr(expected, name).float() - getattr(got, name).float()).abs().max()))
-    return worst
 
 
 def _quantize(run: LoadedRun, model: torch.nn.Module, folder: Path, examples: list[dict]) -> dict[str, Any]:

@@ -210,7 +210,8 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
 
     torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
     set_seed(cfg.train.seed)
-    strategy, model, layers, lr_scales = trainable_model(cfg, data.task, data.source)
+    bf16 = accelerator.mixed_precision == "bf16"
+    strategy, model, layers, lr_scales = trainable_model(cfg, data.task, data.source, bf16)
     longest = max((data.task.example_length(e) for e in data.train), default=cfg.train.max_length)
     needed = memory.estimate(model, cfg, data.task, longest, uses_bf16_copies(accelerator, cfg.train))
     memory.check_fits(needed, cfg)  # before anything is written

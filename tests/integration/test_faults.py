@@ -38,12 +38,27 @@ def _run(args: list[str]) -> CliResult:
     return run_cli(*args)
 
 
+LOSS_NOISE = 5e-5
+"""How far two processes' validation losses may differ on the same run. Runs of one command in two processes
+agreed bit for bit here, but in CI one process's losses were 0.7e-5-2.5e-5 away from another's from step 3 on
+(float noise whose source was not found), while a resume one batch off moves the final loss by 2.3e-4 and a
+resume that replays the epoch's first batches by 6.0e-4 (measured by editing a checkpoint's batch): 5e-5 keeps
+the noise out and those faults in."""
+
+
 def _outcome(run: Path) -> tuple:
     """What an interrupted run must reproduce: final metrics and every validation line of the log."""
     final = json.loads((run / "metrics.json").read_text())
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     validation = [(x["step"], x["loss"], x["accuracy"]) for x in log if x["split"] == "validation"]
     return final["step"], final["best_step"], final["validation"]["loss"], final["validation"]["accuracy"], validation
+
+
+def _near(outcome: tuple) -> tuple:
+    """``outcome`` with its losses compared within the noise between processes."""
+    step, best, loss, accuracy, validation = outcome
+    return (step, best, pytest.approx(loss, abs=LOSS_NOISE), accuracy,
+            [(s, pytest.approx(x, abs=LOSS_NOISE), a) for s, x, a in validation])
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -118,7 +133,7 @@ def test_sigkill_during_a_checkpoint_write_and_a_damaged_checkpoint(sst2_slice, 
             "checkpoint); skipping it" in resumed.stderr)
     assert "resumed from step-3 " in resumed.stderr
     assert not (checkpoints / f".tmp-step-{STEPS}").exists()
-    assert _outcome(run) == reference
+    assert _outcome(run) == _near(reference)
 
 
 def test_sigterm_mid_epoch_checkpoints_and_resumes(sst2_slice, tmp_path, reference):
@@ -141,7 +156,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes(sst2_slice, tmp_path, referen
     resumed = _run(_args(sst2_slice, run))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from step-{step} (epoch 0, batch {step})" in resumed.stderr
-    assert _outcome(run) == reference
+    assert _outcome(run) == _near(reference)
 
 
 def test_disk_full_in_the_middle_of_a_checkpoint(sst2_slice, tmp_path, capsys, monkeypatch, reference):
@@ -172,7 +187,7 @@ def test_disk_full_in_the_middle_of_a_checkpoint(sst2_slice, tmp_path, capsys, m
     resumed = _run(_args(sst2_slice, run))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step-3 " in resumed.stderr
-    assert _outcome(run) == reference
+    assert _outcome(run) == _near(reference)
 
 
 def test_a_full_disk_anywhere_is_one_line(capsys, monkeypatch, tmp_path):

@@ -32,7 +32,8 @@ def test_qa_trains_evaluates_predicts_and_resumes_exactly(squad_slice, tmp_path,
     result = cli(*_args(squad_slice, killed))
     assert result.returncode == 0 and "resumed from step-4" in result.stderr, result.stderr
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (whole, killed))
-    assert got["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], abs=1e-6)
+    # rel: float noise between processes (see test_faults.LOSS_NOISE); a resume one batch off moves it far more
+    assert got["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], rel=1e-4)
     assert got["validation"]["f1"] == expected["validation"]["f1"]
 
     metrics = json.loads(cli("eval", whole, "--data", squad_slice["eval"], "--json").stdout)

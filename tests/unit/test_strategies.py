@@ -89,3 +89,42 @@ def test_each_strategy_has_its_own_default_learning_rate(name, lr):
 
     assert load_config({"data": {"train": "a.csv"}, "strategy": {"name": name}}).train.lr == lr
     assert load_config({"data": {"train": "a.csv"}, "strategy": {"name": name}, "train": {"lr": 0.1}}).train.lr == 0.1
+
+
+def test_qlora_without_bitsandbytes_is_refused_in_one_line(monkeypatch):
+    import sys
+
+    from lmtune.errors import LmtuneError
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what an interpreter without the package gives
+    expected = r"^strategy.name: qlora needs bitsandbytes \(pip install 'lmtune\[qlora\]'\)"
+    with pytest.raises(LmtuneError, match=expected):
+        build_strategy(StrategyConfig(name="qlora")).load_options(bf16=False)
+
+
+def test_qlora_knobs_are_checked_and_only_qlora_takes_them():
+    from lmtune.errors import LmtuneError
+    from lmtune.loader import load_config
+
+    with pytest.raises(LmtuneError, match="strategy.quant_type: 'int4' is not one of nf4, fp4"):
+        load_config({"data": {"train": "a.csv"}, "strategy": {"name": "qlora", "quant_type": "int4"}})
+    with pytest.raises(LmtuneError, match="strategy.quant_type"):
+        load_config({"data": {"train": "a.csv"}, "strategy": {"name": "lora", "quant_type": "nf4"}})
+    options = build_strategy(StrategyConfig(name="qlora", quant_type="fp4", double_quant=False)).load_options(True)
+    config = options["quantization_config"]
+    assert (config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant, config.bnb_4bit_compute_dtype) == (
+        "fp4", False, torch.bfloat16)
+    assert set(config.llm_int8_skip_modules) >= {"lm_head", "classifier", "score"}  # heads stay trainable
+
+
+def test_a_damaged_quantization_record_is_named(tmp_path):
+    from lmtune.integrity import FileCheckError
+    from lmtune.strategies.qlora import QUANTIZATION, saved_quantization
+
+    assert saved_quantization(tmp_path) == {}  # a plain LoRA adapter
+    (tmp_path / QUANTIZATION).write_text('{"load_in_4bit": true}')
+    with pytest.raises(FileCheckError, match="lacks 'bnb_4bit_quant_type', 'bnb_4bit_compute_dtype'"):
+        saved_quantization(tmp_path)
+    (tmp_path / QUANTIZATION).write_text("{not json")
+    with pytest.raises(FileCheckError, match=str(tmp_path / QUANTIZATION)):
+        saved_quantization(tmp_path)

@@ -3,7 +3,8 @@ loudly when the internal changes, instead of lmtune silently losing the behaviou
 
 - accelerate: `AcceleratorState._reset_state` (a second `train` in one process may choose another precision)
   and its fp32-output forward wrapper (`ConvertOutputsToFp32`, taken off so bf16 logits stay bf16);
-- uvicorn: `Server.handle_exit` and `Server.on_tick`, overridden for the graceful drain of `lmtune serve`.
+- uvicorn: `Server.handle_exit` and `Server.on_tick`, overridden for the graceful drain of `lmtune serve`;
+- bitsandbytes: `Linear4bit.support_avx512bf16_for_cpu`, turned off so a QLoRA base keeps the layout it loaded in.
 Optuna's trial and storage internals are no longer used: `Study.tell` and `Trial.set_user_attr` do the job.
 """
 
@@ -67,3 +68,37 @@ def test_uvicorn_server_hooks_that_the_drain_overrides():
     assert _DrainingServer.handle_exit is not uvicorn.Server.handle_exit
     source = inspect.getsource(uvicorn.Server)
     assert "self.handle_exit" in source and "await self.on_tick(" in source  # uvicorn still calls both
+
+
+def test_a_4bit_layer_keeps_its_layout_through_an_evaluation_and_a_save():
+    """bitsandbytes repacks a 4-bit layer on a bf16 CPU at its first forward without gradients (block scales
+    rounded to bf16) unless the flag is off; `keep_4bit_layout` turns it off, and a save leaves it as it was."""
+    import bitsandbytes as bnb
+
+    from lmtune.strategies.qlora import keep_4bit_layout
+
+    def quantized() -> torch.nn.Module:
+        torch.manual_seed(0)
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4", compress_statistics=True)
+        layer.load_state_dict(torch.nn.Linear(64, 64, bias=False).state_dict())
+        return layer.to("cpu").eval()  # quantized here
+
+    layer = quantized()
+    assert hasattr(layer, "support_avx512bf16_for_cpu")  # the flag lmtune sets exists
+    weights, scales = layer.weight.data.clone(), layer.weight.quant_state.absmax.clone()
+    keep_4bit_layout(layer)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        before = layer(x)
+        layer.state_dict()
+        after = layer(x)
+    assert torch.equal(layer.weight.data, weights) and torch.equal(layer.weight.quant_state.absmax, scales)
+    assert torch.equal(before, after)
+
+    from lmtune.training.precision import cpu_has_bf16
+
+    if cpu_has_bf16():  # and without lmtune's setting, the repacking it prevents does happen here
+        other = quantized()
+        with torch.no_grad():
+            other(x)
+        assert getattr(other.weight.quant_state, "packing_format_for_cpu", False)

@@ -65,7 +65,7 @@ class DataConfig:
         return problems
 
 
-STRATEGY_KNOBS = ("layers", "decay", "r", "alpha", "dropout", "target_modules")
+STRATEGY_KNOBS = ("layers", "decay", "r", "alpha", "dropout", "target_modules", "quant_type", "double_quant")
 """The strategy settings; each strategy takes the ones that are fields of its class (`lmtune.strategies`), and a
 knob set for another strategy is a config error (checked by `lmtune.loader`)."""
 CACHE_MODES = ("auto", "off", "memory", "disk")
@@ -74,20 +74,25 @@ CACHE_MODES = ("auto", "off", "memory", "disk")
 @dataclass(frozen=True)
 class StrategyConfig:
     name: str = "full"
-    """Which parameters train: full | freeze | head | lora | bitfit | llrd."""
+    """Which parameters train: full | freeze | head | lora | qlora | bitfit | llrd."""
     layers: int | float | None = None
     """freeze: how many bottom blocks are frozen with the embeddings: an integer is a count (0 to all blocks),
     a number strictly between 0 and 1 a fraction of the blocks, rounded (default 0.5)."""
     decay: float | None = None
     """llrd (default 0.9), full and freeze (default none): learning-rate factor per block going down."""
     r: int | None = None
-    """lora: rank (default 8)."""
+    """lora, qlora: rank (default 8)."""
     alpha: int | None = None
-    """lora: scaling numerator, PEFT's lora_alpha (default 16)."""
+    """lora, qlora: scaling numerator, PEFT's lora_alpha (default 16)."""
     dropout: float | None = None
-    """lora: dropout on the adapter input (default 0.1)."""
+    """lora, qlora: dropout on the adapter input (default 0.1)."""
     target_modules: tuple[str, ...] | None = None
-    """lora: module names to adapt (default: PEFT's choice for the architecture)."""
+    """lora: module names to adapt (default: PEFT's choice for the architecture); qlora: default every linear layer
+    of the blocks (``[all-linear]``)."""
+    quant_type: str | None = None
+    """qlora: the base's 4-bit data type, nf4 (default) or fp4."""
+    double_quant: bool | None = None
+    """qlora: quantize the quantization constants too (default true)."""
     cache: str = "auto"
     """Frozen-layer caching for freeze/head: auto (RAM if it fits the budget, else disk) | memory | disk | off."""
 
@@ -103,6 +108,8 @@ class StrategyConfig:
                 problems.append(f"strategy.{knob}: {getattr(self, knob)} must be > 0")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"strategy.dropout: {self.dropout} is not in [0, 1)")
+        if self.quant_type is not None and self.quant_type not in ("nf4", "fp4"):
+            problems.append(f"strategy.quant_type: {self.quant_type!r} is not one of nf4, fp4")
         if self.cache not in CACHE_MODES:
             problems.append(f"strategy.cache: {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
         return problems

@@ -21,6 +21,7 @@ from lmtune import rundir
 from lmtune.inference import LoadedRun, restore_task
 from lmtune.models import load_tokenizer
 from lmtune.strategies.lora import adapter_base, is_adapter_dir
+from lmtune.strategies.qlora import QUANTIZATION
 
 
 class AdapterRouter(torch.nn.Module):
@@ -54,7 +55,9 @@ def group_key(path: Path, backend: str) -> tuple | None:
     if task.capabilities.generates:
         return None
     labels = tuple(task.label_names()) if task.capabilities.class_labels else None
-    return (adapter_base(path / rundir.MODEL), cfg.task, labels, cfg.train.precision,
+    # a QLoRA adapter runs over a 4-bit base, a LoRA adapter over the full-precision one: two copies
+    quantized = (path / rundir.MODEL / QUANTIZATION).is_file()
+    return (adapter_base(path / rundir.MODEL), quantized, cfg.task, labels, cfg.train.precision,
             cfg.train.eval_batch, cfg.train.max_length)
 
 

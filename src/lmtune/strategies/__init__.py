@@ -1,6 +1,6 @@
 """Strategies: one module per strategy, registered by name (``strategy.name`` in the config)."""
 
-from lmtune.strategies import bitfit, freeze, full, head, llrd, lora  # noqa: F401  (registers them)
+from lmtune.strategies import bitfit, freeze, full, head, llrd, lora, qlora  # noqa: F401  (registers them)
 from lmtune.strategies.base import (
     STRATEGIES,
     Strategy,

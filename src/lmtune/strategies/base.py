@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -23,6 +23,10 @@ class Strategy(Protocol):
 
         ``new``: parameters that loading initialised (not in the checkpoint) or re-sized; they always train.
         """
+
+    def load_options(self, bf16: bool) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments for the base (QLoRA: load it quantized); ``bf16``: the run computes
+        in bf16."""
 
     def lr_scale(self, name: str, layers: int) -> float:
         """Multiplier of the learning rate for parameter ``name`` (layer-wise decay); 1.0 for most."""
@@ -53,6 +57,9 @@ class StrategyBase:
 
     default_lr = 5e-5
     saves_base = True
+
+    def load_options(self, bf16: bool) -> dict[str, Any]:
+        return {}
 
     def lr_scale(self, name: str, layers: int) -> float:
         return 1.0

@@ -18,7 +18,7 @@ _TASK_TYPES = {
     "ForConditionalGeneration": "SEQ_2_SEQ_LM",
     "EncoderDecoderModel": "SEQ_2_SEQ_LM",
 }
-_HEADS = ("classifier", "score", "qa_outputs")
+HEADS = ("classifier", "score", "qa_outputs")
 """Task heads of encoder models, trained in full and saved with the adapter. PEFT's SEQ_CLS and QUESTION_ANS
 wrappers would do this too, but their forward drops ``token_type_ids`` (PEFT 0.21), so a sentence-pair or QA
 run trained and evaluated as if every token were in the first segment, and its merged model disagreed with it:
@@ -47,7 +47,7 @@ class Lora(StrategyBase):
     def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         from peft import LoraConfig, get_peft_model
 
-        targets = list(self.target_modules) if self.target_modules else _default_targets(model)
+        targets = _targets(self.target_modules) if self.target_modules else _default_targets(model)
         config = LoraConfig(
             task_type=_task_type(model),
             r=self.r,
@@ -66,6 +66,11 @@ class Lora(StrategyBase):
         model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors (+ the head)
 
 
+def _targets(names: tuple[str, ...]) -> list[str] | str:
+    """The configured module names; PEFT takes its every-linear-layer shorthand as a bare string."""
+    return "all-linear" if list(names) == ["all-linear"] else list(names)
+
+
 def _default_targets(model: torch.nn.Module) -> list[str] | None:
     """PEFT's per-architecture default (None), or for composite models it does not know (BERT2BERT) the
     attention projections found by name."""
@@ -82,7 +87,7 @@ def _default_targets(model: torch.nn.Module) -> list[str] | None:
 
 def _heads(model: torch.nn.Module) -> list[str]:
     children = {name for name, _ in model.named_children()}
-    return [name for name in _HEADS if name in children] if _task_type(model) is None else []
+    return [name for name in HEADS if name in children] if _task_type(model) is None else []
 
 
 def _new_modules(model: torch.nn.Module, new: frozenset[str]) -> list[str]:
@@ -117,11 +122,17 @@ def is_adapter_dir(path: Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
-def load_adapter_model(path: Path, build_base: callable) -> torch.nn.Module:
-    """The base model (built by ``build_base(base_path)``) with the saved adapter and head loaded."""
+def load_adapter_model(path: Path, build_base: callable, as_trained: bool = True) -> torch.nn.Module:
+    """The base model (built by ``build_base(base_path, **from_pretrained_options)``) with the saved adapter and
+    head loaded. ``as_trained``: a QLoRA adapter's base loads quantized as in training; False loads it in full
+    precision (what merging into plain weights needs)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(build_base(adapter_base(path)), str(path))
+    from lmtune.strategies.qlora import keep_4bit_layout, saved_quantization
+
+    options = saved_quantization(path) if as_trained else {}
+    base = build_base(adapter_base(path), **options)
+    return PeftModel.from_pretrained(keep_4bit_layout(base) if options else base, str(path))
 
 
 def adapter_base(path: Path) -> str:

@@ -23,15 +23,17 @@ _DROPOUT_KEYS = {
 """regularization.* → the names model configs use for them (BERT, GPT-2, Llama and others)."""
 
 
-def trainable_model(cfg: Any, task: Any, source: str) -> tuple[Any, torch.nn.Module, int, dict[int, float]]:
-    """(strategy, the model it made trainable, its block count, learning-rate scale per parameter id).
+def trainable_model(cfg: Any, task: Any, source: str, bf16: bool) -> tuple[Any, torch.nn.Module, int,
+                                                                          dict[int, float]]:
+    """(strategy, the model it made trainable, its block count, learning-rate scale per parameter id); ``bf16``:
+    the run computes in bf16.
 
     Raises:
         LmtuneError: the strategy leaves nothing of this model to train, or asks for more blocks than it has.
     """
     strategy = build_strategy(cfg.strategy)
     with loading_report() as report:
-        base = _load_base(cfg, task, source)
+        base = _load_base(cfg, task, source, strategy.load_options(bf16))
     if report.summary():
         log.info("model: %s; these train with every strategy", report.summary())
     layers = anatomy.num_layers(base)
@@ -56,9 +58,10 @@ def _checkpoint_blocks(model: torch.nn.Module) -> None:
         model.config.use_cache = False  # a cache is useless in training and conflicts with recomputation
 
 
-def _load_base(cfg: Any, task: Any, source: str) -> torch.nn.Module:
-    """The model with the configured attention kernel; one without SDPA (Gemma-2) falls back to eager, saying so."""
-    overrides = _dropout_overrides(cfg, source)
+def _load_base(cfg: Any, task: Any, source: str, options: dict[str, Any]) -> torch.nn.Module:
+    """The model with the configured attention kernel and the strategy's loading ``options``; one without SDPA
+    (Gemma-2) falls back to eager, saying so."""
+    overrides = {**_dropout_overrides(cfg, source), **options}
     log.info("model: loading %s", source)
     try:
         return from_hub_or_local(task.build_model, source, attn_implementation=cfg.train.attention, **overrides)

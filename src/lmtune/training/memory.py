@@ -105,8 +105,10 @@ def check_fits(found: MemoryEstimate, cfg: Any) -> None:
         fix = f"train.batch_size={batch}"
     elif not cfg.train.gradient_checkpointing:
         fix = "train.gradient_checkpointing=true"
-    elif cfg.strategy.name != "lora":
+    elif cfg.strategy.name not in ("lora", "qlora"):
         fix = "strategy.name=lora"
+    elif cfg.strategy.name == "lora":
+        fix = "strategy.name=qlora"
     else:
         fix = f"train.max_length={max(16, cfg.train.max_length // 2)}"
     raise LmtuneError(f"train: this run would not fit in memory: {found.line()}; try {fix}")
