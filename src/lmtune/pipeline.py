@@ -215,6 +215,7 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     longest = max((data.task.example_length(e) for e in data.train), default=cfg.train.max_length)
     needed = memory.estimate(model, cfg, data.task, longest, uses_bf16_copies(accelerator, cfg.train))
     memory.check_fits(needed, cfg)  # before anything is written
+    timing = _step_time(accelerator, cfg, data, model, bf16)
     if accelerator.is_main_process:
         rundir.write_header(run_dir, cfg, data.task.state())
     accelerator.wait_for_everyone()
@@ -233,7 +234,22 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     if reference_seconds is not None:
         cache_info["reference_seconds"] = reference_seconds
     cache_info["memory_estimate_mib"] = round(needed.peak / 2**20)
+    cache_info["step_seconds_estimate"] = round(timing.seconds, 4)
+    cache_info["step_seconds"] = round(state.train_seconds / max(state.step, 1), 4)
     return _finish(accelerator, model, data, strategy, cfg, state, run_dir, cache_info)
+
+
+def _step_time(accelerator: Any, cfg: RunConfig, data: Prepared, model: Any, bf16: bool) -> Any:
+    """The step-time estimate, logged with the run's total before its first step."""
+    from lmtune.training import step_time
+    from lmtune.training.loop import plan_steps
+
+    lengths = [data.task.example_length(e) for e in data.train] or [cfg.train.max_length]
+    _, total = plan_steps(lengths, cfg.train, accelerator.num_processes)
+    timing = step_time.estimate(model, cfg, sum(lengths) / len(lengths), data.task.capabilities.pairs, bf16)
+    if accelerator.is_main_process:
+        log.info("time: %s", timing.line(total))
+    return timing
 
 
 def _attach_reference(accelerator: Any, cfg: RunConfig, data: Prepared, model: Any, run_dir: Path) -> float:

@@ -200,3 +200,19 @@ def test_a_full_disk_anywhere_is_one_line(capsys, monkeypatch, tmp_path):
     assert capsys.readouterr().err.strip().splitlines() == [
         f"lmtune: error: {tmp_path / 'metrics.jsonl'}: No space left on device; fix that and run the same command "
         "again (a training run resumes from its last checkpoint)"]
+
+
+def test_the_uninterrupted_run_said_what_it_would_cost_before_its_first_step(race):
+    """Before the first step a run logs its memory and step-time estimates; both are near what it then measured
+    (a process of its own: its peak resident memory is the run's)."""
+    run, results = race
+    stderr = next(err for _, code, err in results if code == 0)
+    lines = stderr.splitlines()
+    first_step = next(i for i, line in enumerate(lines) if line.startswith("lmtune: step 1/"))
+    memory = next(i for i, line in enumerate(lines) if line.startswith("lmtune: memory: estimated peak "))
+    timing = next(i for i, line in enumerate(lines) if line.startswith("lmtune: time: about "))
+    assert memory < first_step and timing < first_step
+    assert f"for {STEPS} steps (" in lines[timing] and "GFLOP/s)" in lines[timing]
+    final = json.loads((run / "metrics.json").read_text())
+    assert 0.8 <= final["memory_estimate_mib"] / final["peak_rss_mib"] <= 1.25, final
+    assert 0.5 <= final["step_seconds"] / final["step_seconds_estimate"] <= 2, final
