@@ -31,6 +31,23 @@ def test_windows_keep_documents_apart_and_pack_loses_no_token():
     assert [b["input_ids"] for b in blocks] == [[1, 10, 11, 12, 1], [20, 1, 30, 31, 32], [33, 34]]
     assert [b["row"] for b in blocks] == [0, 1, 2]  # the document each block starts in
     assert sum(len(b["input_ids"]) for b in blocks) == sum(map(len, documents))
+    assert all("segment_ids" not in b for b in blocks)  # the classic stream: one sequence per block
+
+
+def test_isolated_packing_marks_each_window_and_predicts_no_token_across_a_boundary():
+    from lmtune.data.collate import collate
+
+    windows = document_windows([[1, 10, 11, 12], [1, 20], [1, 30, 31, 32, 33, 34]], 4)
+    blocks = pack(windows, 5, isolate=True)
+    assert [b["input_ids"] for b in blocks] == [[1, 10, 11, 12, 1], [20, 1, 30, 31, 32], [33, 34]]
+    assert [b["segment_ids"] for b in blocks] == [[0, 0, 0, 0, 1], [0, 1, 1, 1, 1], [0, 0]]
+    # the label of a segment's first token would be predicted from another document's last token: ignored
+    assert [b["labels"] for b in blocks] == [[1, 10, 11, 12, IGNORE_INDEX], [20, IGNORE_INDEX, 30, 31, 32], [33, 34]]
+    batch = collate(blocks[:2], pad_id=0)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 0, 1, 2, 3]]
+    mask = batch["attention_mask"][:, 0]
+    assert not mask[0, 4, :4].any() and mask[0, 3, :4].all()  # a new document sees only itself
+    assert not mask[1, 2, 0] and mask[1, 2, 1]
 
 
 def _example():
@@ -98,3 +115,24 @@ def test_sparse_targets_are_scored_alone():
     targets[[3, 50]] = torch.tensor([1, 2])
     expected = F.cross_entropy(logits[[3, 50]], targets[[3, 50]])
     assert cross_entropy(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_an_isolated_block_gives_each_document_its_own_logits():
+    """What isolation buys: a document's logits in a packed block equal its logits alone (within 1e-4)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmtune.data.collate import collate, model_inputs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="sdpa")).eval()
+    documents = [[1, 10, 11, 12], [1, 20, 21], [1, 30, 31, 32, 33]]
+    [block] = pack(document_windows(documents, 16), 16, isolate=True)
+    with torch.no_grad():
+        packed = model(**model_inputs(collate([block], pad_id=0))).logits[0]
+        start = 0
+        for document in documents:
+            alone = model(input_ids=torch.tensor([document])).logits[0]
+            assert float((packed[start:start + len(document)] - alone).abs().max()) <= 1e-4
+            start += len(document)

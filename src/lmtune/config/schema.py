@@ -300,9 +300,11 @@ class LanguageModelingConfig:
     """masked_lm: validation examples scored by pseudo-perplexity (one forward pass per token); 0: off."""
     chat_template: str | None = None
     """sft: a Jinja chat template; default: the tokenizer's own, else lmtune's "### Instruction / ### Response"."""
-    packing: bool = False
-    """sft: train on rows holding several examples (up to train.max_length tokens), each attending only to itself
-    with positions restarting at 0; the same loss as unpacked, with no padding."""
+    packing: bool | None = None
+    """Training rows holding several examples (up to train.max_length tokens), each attending only to itself with
+    positions restarting at 0, no padding. sft: off unless true. causal_lm (whose rows are always full blocks of
+    documents): on unless false, which lets a document attend to those before it in its block (the classic
+    stream)."""
 
     def validate(self) -> list[str]:
         problems = []

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lmtune.data.collate import IGNORE_INDEX, SEGMENTS
 from lmtune.data.sources import Table, _decode, read_table
 from lmtune.errors import DataError
 
@@ -76,19 +77,24 @@ def document_windows(documents: list[list[int]], max_length: int) -> list[dict[s
             if len(doc[start:start + max_length]) >= 2]
 
 
-def pack(examples: list[dict[str, Any]], block_size: int) -> list[dict[str, Any]]:
+def pack(examples: list[dict[str, Any]], block_size: int, isolate: bool = False) -> list[dict[str, Any]]:
     """Training blocks: all examples' tokens concatenated and cut into blocks of ``block_size``, no padding.
 
     The last, shorter block is kept (so no token is dropped); each block records the row of the first
-    document it holds (``row``).
+    document it holds (``row``). ``isolate``: each example's tokens in a block are marked as its own segment
+    (`lmtune.data.collate.packed_attention`: they attend only to each other, positions restart) and the first
+    token of each is not predicted from the one before it, which belongs to another example; else a block is one
+    stream in which a document sees the ones before it.
     """
     blocks: list[dict[str, Any]] = []
     stream: list[int] = []
+    owner: list[int] = []  # the example each token of the stream comes from
     rows: list[tuple[int, int]] = []  # (stream position where a row starts, row)
-    for example in examples:
+    for number, example in enumerate(examples):
         if not rows or rows[-1][1] != example["row"]:
             rows.append((len(stream), example["row"]))
         stream.extend(example["input_ids"])
+        owner.extend([number] * len(example["input_ids"]))
     current = 0
     for start in range(0, len(stream), block_size):
         block = stream[start:start + block_size]
@@ -97,4 +103,10 @@ def pack(examples: list[dict[str, Any]], block_size: int) -> list[dict[str, Any]
         while current + 1 < len(rows) and rows[current + 1][0] <= start:
             current += 1
         blocks.append({"input_ids": block, "labels": block, "row": rows[current][1]})
+        if isolate:
+            segments = owner[start:start + block_size]
+            first = segments[0]
+            blocks[-1][SEGMENTS] = [s - first for s in segments]
+            blocks[-1]["labels"] = [IGNORE_INDEX if i and segments[i] != segments[i - 1] else token
+                                    for i, token in enumerate(block)]
     return blocks

@@ -121,12 +121,22 @@ def _has_weights(path: Path) -> bool:
     return any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
 
 
+ISOLATE_BY_DEFAULT = True
+"""causal_lm's ``lm.packing`` when the config leaves it out (measured: see docs/guide/config.md)."""
+
+
 @TASKS.register("causal_lm")
 class CausalLM(TokenTask):
     name = "causal_lm"
     capabilities = Capabilities(labelled=False, generates=True, packed=True, from_scratch=True, explains=True,
                                 low_precision_logits=True)
     default_columns = {"text": "text"}
+    isolates_documents = ISOLATE_BY_DEFAULT
+    """Whether a training block's documents attend only to themselves (``lm.packing``), else to those before
+    them in the block too."""
+
+    def configure(self, cfg: Any) -> None:
+        self.isolates_documents = ISOLATE_BY_DEFAULT if cfg.lm.packing is None else cfg.lm.packing
 
     def explanation_targets(self, outputs: Any, label: str | None, example: Any,
                             tokenizer: Any) -> list[NextTokenProbability]:
@@ -160,8 +170,10 @@ class CausalLM(TokenTask):
         return windows
 
     def training_examples(self, examples: list[dict], max_length: int) -> list[dict]:
-        """The documents packed into blocks of ``max_length`` tokens: no padding, no token dropped."""
-        return pack(examples, max_length)
+        """The documents packed into blocks of ``max_length`` tokens: no padding, no token dropped; each attending
+        to itself only (evaluation scores each document on its own) or, with ``lm.packing=false``, to the
+        documents before it in its block too (the classic stream)."""
+        return pack(examples, max_length, isolate=self.isolates_documents)
 
     def prompts(self, table: Table, data: DataConfig) -> list[str]:
         """The inputs of ``lmtune predict``: each row's text, to be continued."""

@@ -62,7 +62,7 @@ class InstructionTuning(TokenTask):
 
     def configure(self, cfg: Any) -> None:
         self.chat_template = cfg.lm.chat_template
-        self.packing = cfg.lm.packing
+        self.packing = bool(cfg.lm.packing)
 
     def packs(self) -> bool:
         return self.packing
