@@ -59,8 +59,9 @@ def prepare(args: argparse.Namespace, architecture: str) -> Path:
     tokenizer = train_tokenizer(stories[:2000], 8192)
     special = tokenizer.convert_tokens_to_ids(SPECIAL)
     shape = dict(ARCHITECTURES[architecture])
-    config = AutoConfig.for_model(shape.pop("model_type"), bos_token_id=special, eos_token_id=special,
-                                  pad_token_id=special, **shape)
+    # no pad_token_id in the model config, as in the published ones: an embedding's padding row starts at zero,
+    # and with BOS = PAD every row would start from a zero vector, whose backward pass gives NaN at this depth
+    config = AutoConfig.for_model(shape.pop("model_type"), bos_token_id=special, eos_token_id=special, **shape)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(work / "model")
     tokenizer.save_pretrained(work / "model")

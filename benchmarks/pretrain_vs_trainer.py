@@ -30,6 +30,7 @@ def _config(args: argparse.Namespace, base: Path, out: Path) -> dict:
                   "precision": args.precision, "seed": args.seed, "max_length": args.block,
                   "threads": args.threads, "eval_every": 0, "eval_train_samples": 0, "log_every": 50},
         "regularization": {"weight_decay": 0.1, "max_grad_norm": 1.0},
+        "lm": {"packing": False},  # the Trainer's blocks are the classic stream: the same work on both sides
         "output": str(out),
     }
 

@@ -68,6 +68,7 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
     """What training ``model`` with ``cfg.train`` on examples of at most ``longest`` tokens will hold at its peak."""
     params = list(model.parameters())
     weights = sum(p.numel() * p.element_size() for p in params)
+    _page_in(params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     tokens = min(longest, cfg.train.max_length) * (2 if task.capabilities.pairs else 1)
     per_sample = tokens * _per_token(model.config, cfg, task, tokens)
@@ -78,6 +79,17 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
         activations=int(SLACK * per_sample * cfg.train.batch_size), per_sample=int(SLACK * per_sample),
         checkpoint=weights + 8 * trainable,
         available=process + psutil.virtual_memory().available)
+
+
+@torch.no_grad()
+def _page_in(params: list[torch.Tensor]) -> None:
+    """Read one value per memory page of every weight. transformers maps safetensors files and a weight's pages
+    become resident when first read, so right after loading the process's resident size left most of the weights
+    out (0.46 GiB for 1.84 GiB of weights, a 0.5B model) and the estimate with it."""
+    for param in params:
+        flat = param.detach().reshape(-1)
+        step = max(1, 4096 // max(1, param.element_size()))
+        flat[::step].sum()
 
 
 def _per_token(config: Any, cfg: Any, task: Any, length: int) -> int:
