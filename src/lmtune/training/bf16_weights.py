@@ -11,6 +11,10 @@ after each optimizer step the copies are refreshed from the masters.
 
 AdamW's updates (often 1e-5 of a weight) would mostly round away in bf16 weights, which is why the
 masters stay fp32: this is the usual mixed-precision recipe, not bf16 training.
+
+Frozen weights (a LoRA run's base) never change, so they need no fp32 master: they become bf16 in place, their
+own copies, for as long as the copies are in use (`release` makes them fp32 again). A copy beside an fp32 master
+cost LoRA SFT of a 0.5B decoder 1 GiB more than the Hugging Face stack's autocast over fp32 weights.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ class Bf16Weights:
     def __init__(self, model: torch.nn.Module, rows: torch.nn.Parameter | None = None):
         self.model = model
         named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+        self._frozen = [p for _, p in named if not p.requires_grad and p.dtype == torch.float32]
+        for param in self._frozen:  # bf16 in place: the copy below is then the parameter itself
+            param.data = param.data.to(torch.bfloat16)
         self.names = [n for n, _ in named]
         self.masters = [p for _, p in named]
         self.copies = [p.detach().to(torch.bfloat16).requires_grad_(p.requires_grad) for p in self.masters]
@@ -64,6 +71,13 @@ class Bf16Weights:
                 master.grad = (master.grad + grad).coalesce()
             else:
                 master.grad.add_(grad)
+
+    @torch.no_grad()
+    def release(self) -> None:
+        """The frozen weights back in fp32 (their bf16 values), as the model had them before."""
+        for param in self._frozen:
+            param.data = param.data.float()
+        self._frozen = []
 
     @torch.no_grad()
     def refresh(self) -> None:

@@ -142,6 +142,8 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             speedups.enter_context(fast_dropout(model))
         # after the resume, so the copies start from the checkpoint's (fp32) weights
         copies = Bf16Weights(model, lazy) if uses_bf16_copies(accelerator, cfg) else None
+        if copies is not None:
+            speedups.callback(copies.release)
         _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, lengths, per_epoch, total,
               copies).run()
     tracker.close()

@@ -43,7 +43,9 @@ class MemoryEstimate:
     gradients: int
     optimizer: int
     copies: int
-    """bf16 copies of the weights (``train.bf16_weights``)."""
+    """bf16 copies of the trained weights (``train.bf16_weights``). Frozen weights become bf16 in place, no copy;
+    the fp32 values they leave are not counted as freed: loaded from a mapped file, their pages stayed resident
+    (LoRA SFT of a 0.5B decoder: 3.82 GiB peak, 2.29 resident after loading + 1.30 activations)."""
     activations: int
     checkpoint: int
     """In-memory copies a checkpoint write makes (every weight and the optimizer state)."""
@@ -75,7 +77,7 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
     process = psutil.Process().memory_info().rss
     return MemoryEstimate(
         process=process, weights=weights, gradients=4 * trainable, optimizer=8 * trainable,
-        copies=sum(p.numel() for p in params) * 2 if bf16_copies else 0,
+        copies=2 * trainable if bf16_copies else 0,
         activations=int(SLACK * per_sample * cfg.train.batch_size), per_sample=int(SLACK * per_sample),
         checkpoint=weights + 8 * trainable,
         available=process + psutil.virtual_memory().available)
