@@ -120,3 +120,27 @@ def test_a_random_state_that_was_not_restored_stops_the_resume(tmp_path):
     (tmp_path / "random_states_0.pkl").write_bytes(b"not a pickle")
     with pytest.raises(LmtuneError, match="cannot read the saved random state"):
         _check_random_state(accelerator, tmp_path)
+
+
+def test_a_run_whose_weights_alone_do_not_fit_is_pointed_to_an_adapter_not_to_a_smaller_batch():
+    """Full tuning of a 1.24B decoder on this machine: gradients, optimizer state and a checkpoint's copies
+    exceed the memory at any batch, so the refusal names LoRA (then QLoRA), not a batch size or checkpointing."""
+    from types import SimpleNamespace
+
+    from lmtune.errors import LmtuneError
+    from lmtune.training.memory import GIB, MemoryEstimate, check_fits
+
+    found = MemoryEstimate(process=5 * GIB, weights=int(4.6 * GIB), gradients=int(4.6 * GIB),
+                           optimizer=int(9.2 * GIB), copies=int(2.3 * GIB), activations=5 * GIB,
+                           checkpoint=int(13.8 * GIB), per_sample=int(2.5 * GIB), available=26 * GIB)
+    for strategy, fix in (("full", "strategy.name=lora"), ("lora", "strategy.name=qlora")):
+        cfg = SimpleNamespace(train=SimpleNamespace(gradient_checkpointing=False, max_length=1024),
+                              strategy=SimpleNamespace(name=strategy))
+        with pytest.raises(LmtuneError, match=f"; try {fix}$"):
+            check_fits(found, cfg)
+    roomy = MemoryEstimate(process=GIB, weights=GIB, gradients=GIB, optimizer=2 * GIB, copies=0,
+                           activations=40 * GIB, checkpoint=3 * GIB, per_sample=5 * GIB, available=26 * GIB)
+    cfg = SimpleNamespace(train=SimpleNamespace(gradient_checkpointing=False, max_length=1024),
+                          strategy=SimpleNamespace(name="full"))
+    with pytest.raises(LmtuneError, match="; try train.batch_size=4$"):  # (0.95 x 26 - 4) // 5
+        check_fits(roomy, cfg)

@@ -124,11 +124,11 @@ def check_fits(found: MemoryEstimate, cfg: Any) -> None:
         return
     fixed = found.process + found.optimizer + found.copies + found.gradients
     batch = int((budget - fixed) // found.per_sample) if found.per_sample else 0
-    if found.process + found.optimizer + found.copies + found.checkpoint > budget:
-        batch = 0  # a smaller batch would not make the checkpoints fit
-    if batch >= 1:
+    # the weights' share (gradients, optimizer state, a checkpoint's copies) fits whatever the batch, or not
+    weights_fit = max(fixed, found.process + found.optimizer + found.copies + found.checkpoint) <= budget
+    if weights_fit and batch >= 1:
         fix = f"train.batch_size={batch}"
-    elif not cfg.train.gradient_checkpointing:
+    elif weights_fit and not cfg.train.gradient_checkpointing:
         fix = "train.gradient_checkpointing=true"
     elif cfg.strategy.name not in ("lora", "qlora"):
         fix = "strategy.name=lora"
