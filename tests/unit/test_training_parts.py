@@ -144,3 +144,19 @@ def test_a_run_whose_weights_alone_do_not_fit_is_pointed_to_an_adapter_not_to_a_
                           strategy=SimpleNamespace(name="full"))
     with pytest.raises(LmtuneError, match="; try train.batch_size=4$"):  # (0.95 x 26 - 4) // 5
         check_fits(roomy, cfg)
+
+
+def test_measuring_the_machine_leaves_the_run_s_random_numbers_alone():
+    """The step-time estimate times matrix products of random values: drawn from its own generator, so a run's
+    dropout masks and shuffles are its seed's whether or not this process measured before (a resumed run in
+    another process must draw the same numbers as the uninterrupted one)."""
+    import torch
+
+    from lmtune.training import step_time
+
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    step_time._measured_rate.cache_clear()
+    step_time._measured_rate(64, False, budget=0.01)
+    assert torch.equal(torch.rand(4), expected)

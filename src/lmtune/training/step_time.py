@@ -110,7 +110,8 @@ def _measured_rate(width: int, bf16: bool, budget: float = 0.2) -> float:
     """FLOP/s of ``width``-wide matrix products on this machine, in bf16 or fp32, over ``budget`` s (once per
     process and shape: a second run in the process reuses it)."""
     rows, inner = 512, max(64, width)
-    a, b = torch.randn(rows, inner), torch.randn(inner, 4 * inner)
+    own = torch.Generator().manual_seed(0)  # not the global one: a run's random numbers stay its seed's
+    a, b = torch.randn(rows, inner, generator=own), torch.randn(inner, 4 * inner, generator=own)
     dtype = torch.bfloat16 if bf16 else torch.float32
     a, b = a.to(dtype), b.to(dtype)
     torch.mm(a, b)  # warm-up: the first call picks its kernel
