@@ -213,7 +213,8 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     bf16 = accelerator.mixed_precision == "bf16"
     strategy, model, layers, lr_scales = trainable_model(cfg, data.task, data.source, bf16)
     longest = max((data.task.example_length(e) for e in data.train), default=cfg.train.max_length)
-    needed = memory.estimate(model, cfg, data.task, longest, uses_bf16_copies(accelerator, cfg.train))
+    needed = memory.estimate(model, cfg, data.task, longest, uses_bf16_copies(accelerator, cfg.train),
+                             strategy.saves_base)
     memory.check_fits(needed, cfg)  # before anything is written
     timing = _step_time(accelerator, cfg, data, model, bf16)
     if accelerator.is_main_process:
@@ -228,6 +229,7 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
         data.tokenizer.pad_token_id, cfg.train.eval_batch, accelerator, run_dir / ".frozen-cache",
     )
     inputs = _fit_inputs(cfg, data, run_dir, lr_scales, on_eval, accelerator.is_main_process)
+    inputs.frozen_weights_saved = strategy.saves_base
     if trackers is not None and trackers.active:
         inputs.on_record = trackers.record
     state = fit(accelerator, model, inputs, cfg.train)

@@ -88,8 +88,13 @@ def _train(capsys, setups, task, strategy, out: Path) -> tuple[int, list[str]]:
     return code, capsys.readouterr().err.strip().splitlines()
 
 
+MATRIX_STRATEGIES = [name for name in STRATEGIES.names() if name != "qlora"]
+"""qlora is tested on its own (SFT of a Llama decoder: tests/integration/test_decoder_families.py); its cells on
+every task here are not built yet."""
+
+
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("strategy", STRATEGIES.names())
+@pytest.mark.parametrize("strategy", MATRIX_STRATEGIES)
 def test_pair(capsys, setups, task, strategy, tmp_path):
     out = tmp_path / "run"
     code, err = _train(capsys, setups, task, strategy, out)

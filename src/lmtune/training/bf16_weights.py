@@ -12,9 +12,11 @@ after each optimizer step the copies are refreshed from the masters.
 AdamW's updates (often 1e-5 of a weight) would mostly round away in bf16 weights, which is why the
 masters stay fp32: this is the usual mixed-precision recipe, not bf16 training.
 
-Frozen weights (a LoRA run's base) never change, so they need no fp32 master: they become bf16 in place, their
-own copies, for as long as the copies are in use (`release` makes them fp32 again). A copy beside an fp32 master
-cost LoRA SFT of a 0.5B decoder 1 GiB more than the Hugging Face stack's autocast over fp32 weights.
+Frozen weights that are not saved (a LoRA run's base) never change, so they need no fp32 master: they become bf16
+in place, their own copies, for as long as the copies are in use (`release` makes them fp32 again, with their bf16
+values). Frozen weights that are saved (freeze, head, BitFit) keep their fp32 values and get copies. A copy beside
+an fp32 master cost LoRA SFT of a 0.5B decoder 1 GiB more than the Hugging Face stack's autocast over fp32
+weights.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ class Bf16Weights:
         model: the model whose parameters stay the fp32 masters (saved, evaluated, optimized).
         rows: a master parameter updated row by row (sparse word-embedding gradients, see `lazy_rows`),
             whose copy is refreshed for the rows of the last step only.
+        frozen_in_place: frozen weights become bf16 in place (only where they are not saved: LoRA's base;
+            their fp32 values are gone).
     """
 
-    def __init__(self, model: torch.nn.Module, rows: torch.nn.Parameter | None = None):
+    def __init__(self, model: torch.nn.Module, rows: torch.nn.Parameter | None = None,
+                 frozen_in_place: bool = False):
         self.model = model
         named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
-        self._frozen = [p for _, p in named if not p.requires_grad and p.dtype == torch.float32]
+        self._frozen = [p for _, p in named if frozen_in_place and not p.requires_grad and p.dtype == torch.float32]
         for param in self._frozen:  # bf16 in place: the copy below is then the parameter itself
             param.data = param.data.to(torch.bfloat16)
         self.names = [n for n, _ in named]

@@ -70,6 +70,9 @@ class FitInputs:
     """Fixed, unaugmented training examples scored at each evaluation (the train/validation gap)."""
     on_eval: Callable[[int, dict], None] | None = None
     """Called with (step, validation metrics) after each evaluation; may raise to stop (e.g. a pruned trial)."""
+    frozen_weights_saved: bool = True
+    """Whether the model's frozen weights are saved with it (freeze, head, BitFit: they keep their fp32 values);
+    False (LoRA: the base is not saved) lets bf16 training hold them in bf16 in place (`Bf16Weights`)."""
     more_validation: Callable[[Any], dict[str, float]] | None = None
     """Metrics of the model beyond the task's, added to each validation record (generated replies scored:
     `lmtune.replies`)."""
@@ -141,7 +144,8 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         if cfg.fast_dropout and accelerator.device.type == "cpu":
             speedups.enter_context(fast_dropout(model))
         # after the resume, so the copies start from the checkpoint's (fp32) weights
-        copies = Bf16Weights(model, lazy) if uses_bf16_copies(accelerator, cfg) else None
+        copies = Bf16Weights(model, lazy, frozen_in_place=not inputs.frozen_weights_saved) \
+            if uses_bf16_copies(accelerator, cfg) else None
         if copies is not None:
             speedups.callback(copies.release)
         _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, lengths, per_epoch, total,

@@ -43,9 +43,10 @@ class MemoryEstimate:
     gradients: int
     optimizer: int
     copies: int
-    """bf16 copies of the trained weights (``train.bf16_weights``). Frozen weights become bf16 in place, no copy;
-    the fp32 values they leave are not counted as freed: loaded from a mapped file, their pages stayed resident
-    (LoRA SFT of a 0.5B decoder: 3.82 GiB peak, 2.29 resident after loading + 1.30 activations)."""
+    """bf16 copies of the weights (``train.bf16_weights``). Frozen weights that are not saved (LoRA's base) become
+    bf16 in place instead, no copy; the fp32 values they leave are not counted as freed: loaded from a mapped file,
+    their pages stayed resident (LoRA SFT of a 0.5B decoder: 3.82 GiB peak, 2.29 resident after loading + 1.30
+    activations)."""
     activations: int
     checkpoint: int
     """In-memory copies a checkpoint write makes (every weight and the optimizer state)."""
@@ -66,8 +67,10 @@ class MemoryEstimate:
         return f"estimated peak {self.peak / GIB:.2f} GiB ({parts}) of {self.available / GIB:.1f} GiB available"
 
 
-def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_copies: bool) -> MemoryEstimate:
-    """What training ``model`` with ``cfg.train`` on examples of at most ``longest`` tokens will hold at its peak."""
+def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_copies: bool,
+             frozen_copied: bool = True) -> MemoryEstimate:
+    """What training ``model`` with ``cfg.train`` on examples of at most ``longest`` tokens will hold at its peak;
+    ``frozen_copied``: frozen weights get bf16 copies too (else they become bf16 in place)."""
     params = list(model.parameters())
     weights = sum(p.numel() * p.element_size() for p in params)
     _page_in(params)
@@ -77,7 +80,8 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
     process = psutil.Process().memory_info().rss
     return MemoryEstimate(
         process=process, weights=weights, gradients=4 * trainable, optimizer=8 * trainable,
-        copies=2 * trainable if bf16_copies else 0,
+        copies=2 * (sum(p.numel() for p in params if p.is_floating_point()) if frozen_copied else trainable)
+        if bf16_copies else 0,
         activations=int(SLACK * per_sample * cfg.train.batch_size), per_sample=int(SLACK * per_sample),
         checkpoint=weights + 8 * trainable,
         available=process + psutil.virtual_memory().available)
