@@ -26,9 +26,10 @@ from lmtune.strategies.lora import HEADS, Lora
 
 QUANTIZATION = "quantization.json"
 """Beside a QLoRA adapter: the bitsandbytes settings its base was loaded with."""
-_KEPT_FULL = (*HEADS, "lm_head")
-"""Modules loaded unquantized: the task heads train in full (a 4-bit weight has no gradient) and the output
-projection is where rounding costs most (transformers keeps it too when it finds it)."""
+_KEPT_FULL = (*HEADS, "lm_head", "cls")
+"""Modules loaded unquantized: the task heads train in full (a 4-bit weight has no gradient; BERT's masked-LM head
+is ``cls``, and a checkpoint without one gives it new weights, which bitsandbytes cannot quantize after loading)
+and the output projection is where rounding costs most (transformers keeps it too when it finds it)."""
 
 
 # On a CPU with AVX512-BF16, importing bitsandbytes first tries to fetch a faster 4-bit kernel from the Hub (the
@@ -58,6 +59,9 @@ class Qlora(Lora):
     def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         from peft import prepare_model_for_kbit_training
 
+        if getattr(model.config, "quantization_config", None) is None:  # BERT2BERT is built, not loaded, whole
+            raise LmtuneError(f"strategy.name: qlora cannot load this {type(model).__name__} in 4 bits "
+                              "(transformers quantizes models it loads whole); use lora instead")
         # norms and other small weights to fp32; checkpointing stays lmtune's own setting
         model = prepare_model_for_kbit_training(keep_4bit_layout(model), use_gradient_checkpointing=False)
         return super().apply(model, new)
