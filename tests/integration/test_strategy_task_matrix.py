@@ -27,11 +27,14 @@ from tests.conftest import (
 pytestmark = pytest.mark.integration
 
 TASKS = ("classification", "qa", "summarization", "causal_lm", "masked_lm", "sft", "preference",
-         "causal_lm/gpt2", "sft/gpt2", "preference/gpt2", "classification/llama")
+         "causal_lm/gpt2", "sft/gpt2", "preference/gpt2", "classification/llama", "summarization/llama",
+         "summarization/gpt2")
 """Every task, and the decoder tasks again on a GPT-2-style model (biases, learned positions, Conv1D projections),
-and classification with a decoder's sequence-classification head."""
-REFUSED = {(task, strategy) for task in ("causal_lm", "sft", "preference") for strategy in ("head", "bitfit")} | {
-    (f"{task}/gpt2", "head") for task in ("causal_lm", "sft", "preference")}
+classification with a decoder's sequence-classification head, and summarization by each decoder (document and
+prompt in, the summary carrying the loss)."""
+REFUSED = {(task, strategy) for task in ("causal_lm", "sft", "preference", "summarization/llama")
+           for strategy in ("head", "bitfit")} | {
+    (f"{task}/gpt2", "head") for task in ("causal_lm", "sft", "preference", "summarization")}
 """Llama-style decoders: no bias terms, and the output head is the (tied) input embedding matrix; GPT-2 has
 biases (BitFit trains) but ties its head too."""
 NOT_QUANTIZED = {("summarization", "qlora")}
@@ -77,6 +80,9 @@ def setups(tmp_path_factory, sst2_slice, squad_slice, stories_slice, instruction
         **{f"{task}/gpt2": [f"task={task}", f"model={decoders['gpt2']}", *data] for task, data in decoder_data.items()},
         "classification/llama": ["task=classification", f"model={decoders['llama']}", f"data.train={out / 'cls.tsv'}",
                                  "data.text=sentence"],
+        **{f"summarization/{family}": ["task=summarization", f"model={base}", f"data.train={out / 'sum.jsonl'}",
+                                       "summarization.max_target_length=8", "train.max_length=160"]
+           for family, base in (("llama", lm_run), ("gpt2", decoders["gpt2"]))},
         "_eval": {"classification": out / "cls.tsv", "qa": squad_slice["eval"], "summarization": out / "sum.jsonl",
                   "causal_lm": stories_slice["validation"], "masked_lm": out / "text.txt", "sft": out / "sft.jsonl",
                   "preference": out / "pairs.jsonl"},
