@@ -178,12 +178,12 @@ def plain_model(run: LoadedRun, rows: int = 8) -> Any:
 
     from lmtune.evaluation.reference import has_adapters
     from lmtune.strategies.lora import merge_adapter
-    from lmtune.strategies.qlora import saved_quantization
+    from lmtune.strategies.qlora import is_qlora_adapter
 
     if not has_adapters(run.model):
         return run.model
     adapter = run.run_dir / rundir.MODEL
-    if not saved_quantization(adapter):
+    if not is_qlora_adapter(adapter):
         return merge_adapter(run.model)
     merged = merge_adapter(load_model(run.task, str(adapter), as_trained=False))
     examples = validation_examples(run, rows)

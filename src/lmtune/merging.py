@@ -29,7 +29,7 @@ from lmtune.errors import LmtuneError
 from lmtune.inference import LoadedRun, load
 from lmtune.integrity import staged_folder
 from lmtune.strategies.lora import adapter_base
-from lmtune.strategies.qlora import QUANTIZATION
+from lmtune.strategies.qlora import is_qlora_adapter
 from lmtune.tasks import deciding_metric
 
 METHODS = ("linear", "ties", "dare_linear", "dare_ties")
@@ -98,7 +98,7 @@ def _check_compatible(parents: list[LoadedRun]) -> None:
         if not has_adapters(run.model):
             raise LmtuneError(f"merge: {run.run_dir} is not a LoRA run (its model holds whole weights); merging "
                               "takes runs trained with strategy.name=lora")
-        if (run.run_dir / rundir.MODEL / QUANTIZATION).is_file():
+        if is_qlora_adapter(run.run_dir / rundir.MODEL):
             raise LmtuneError(f"merge: {run.run_dir} is a QLoRA run (its base is 4-bit); merging takes LoRA runs "
                               "(strategy.name=lora), whose updates add to full-precision weights")
     first = parents[0]

@@ -212,11 +212,11 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     set_seed(cfg.train.seed)
     bf16 = accelerator.mixed_precision == "bf16"
     strategy, model, layers, lr_scales = trainable_model(cfg, data.task, data.source, bf16)
-    longest = max((data.task.example_length(e) for e in data.train), default=cfg.train.max_length)
-    needed = memory.estimate(model, cfg, data.task, longest, uses_bf16_copies(accelerator, cfg.train),
+    lengths = [data.task.example_length(e) for e in data.train] or [cfg.train.max_length]
+    needed = memory.estimate(model, cfg, data.task, max(lengths), uses_bf16_copies(accelerator, cfg.train),
                              strategy.saves_base)
     memory.check_fits(needed, cfg)  # before anything is written
-    timing = _step_time(accelerator, cfg, data, model, bf16)
+    timing = _step_time(accelerator, cfg, data, model, bf16, lengths)
     if accelerator.is_main_process:
         rundir.write_header(run_dir, cfg, data.task.state())
     accelerator.wait_for_everyone()
@@ -228,8 +228,7 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
         model, strategy.frozen_bottom(layers), cfg.strategy.cache if caching else "off", data.encoded,
         data.tokenizer.pad_token_id, cfg.train.eval_batch, accelerator, run_dir / ".frozen-cache",
     )
-    inputs = _fit_inputs(cfg, data, run_dir, lr_scales, on_eval, accelerator.is_main_process)
-    inputs.frozen_weights_saved = strategy.saves_base
+    inputs = _fit_inputs(cfg, data, run_dir, lr_scales, on_eval, accelerator.is_main_process, strategy.saves_base)
     if trackers is not None and trackers.active:
         inputs.on_record = trackers.record
     state = fit(accelerator, model, inputs, cfg.train)
@@ -241,12 +240,13 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     return _finish(accelerator, model, data, strategy, cfg, state, run_dir, cache_info)
 
 
-def _step_time(accelerator: Any, cfg: RunConfig, data: Prepared, model: Any, bf16: bool) -> Any:
-    """The step-time estimate, logged with the run's total before its first step."""
+def _step_time(accelerator: Any, cfg: RunConfig, data: Prepared, model: Any, bf16: bool,
+               lengths: list[int]) -> Any:
+    """The step-time estimate for training examples of these ``lengths``, logged with the run's total before its
+    first step."""
     from lmtune.training import step_time
     from lmtune.training.loop import plan_steps
 
-    lengths = [data.task.example_length(e) for e in data.train] or [cfg.train.max_length]
     _, total = plan_steps(lengths, cfg.train, accelerator.num_processes)
     timing = step_time.estimate(model, cfg, sum(lengths) / len(lengths), data.task.capabilities.pairs, bf16)
     if accelerator.is_main_process:
@@ -270,7 +270,7 @@ def _attach_reference(accelerator: Any, cfg: RunConfig, data: Prepared, model: A
 
 
 def _fit_inputs(cfg: RunConfig, data: Prepared, run_dir: Path, lr_scales: dict[int, float],
-                on_eval: Callable[[int, dict], None] | None, main_process: bool) -> Any:
+                on_eval: Callable[[int, dict], None] | None, main_process: bool, frozen_saved: bool) -> Any:
     from lmtune.training.loop import FitInputs
 
     sample = train_sample_indices(len(data.encoded["train"]), cfg.train.eval_train_samples, cfg.train.seed)
@@ -287,6 +287,7 @@ def _fit_inputs(cfg: RunConfig, data: Prepared, run_dir: Path, lr_scales: dict[i
         weight_decay=cfg.regularization.weight_decay, max_grad_norm=cfg.regularization.max_grad_norm,
         batch_examples=data.batch_examples, train_sample=[data.encoded["train"][i] for i in sample] or None,
         more_validation=reply_scorer(data.task, data.tokenizer, data.encoded.get("validation"), cfg.replies),
+        frozen_weights_saved=frozen_saved,
     )
 
 

@@ -21,7 +21,7 @@ from lmtune import rundir
 from lmtune.inference import LoadedRun, restore_task
 from lmtune.models import load_tokenizer
 from lmtune.strategies.lora import adapter_base, is_adapter_dir
-from lmtune.strategies.qlora import QUANTIZATION
+from lmtune.strategies.qlora import is_qlora_adapter
 
 
 class AdapterRouter(torch.nn.Module):
@@ -56,8 +56,8 @@ def group_key(path: Path, backend: str) -> tuple | None:
         return None
     labels = tuple(task.label_names()) if task.capabilities.class_labels else None
     # a QLoRA adapter runs over a 4-bit base, a LoRA adapter over the full-precision one: two copies
-    quantized = (path / rundir.MODEL / QUANTIZATION).is_file()
-    return (adapter_base(path / rundir.MODEL), quantized, cfg.task, labels, cfg.train.precision,
+    model = path / rundir.MODEL
+    return (adapter_base(model), is_qlora_adapter(model), cfg.task, labels, cfg.train.precision,
             cfg.train.eval_batch, cfg.train.max_length)
 
 

@@ -96,25 +96,26 @@ def quantized_loading(config: Any) -> dict[str, Any]:
     Raises:
         LmtuneError: bitsandbytes is not installed.
     """
-    _import_bitsandbytes()
-    return {"quantization_config": config, "device_map": {"": "cuda" if torch.cuda.is_available() else "cpu"}}
-
-
-def _import_bitsandbytes() -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise LmtuneError("strategy.name: qlora needs bitsandbytes (pip install 'lmtune[qlora]'), which is not "
                           "installed") from None
+    return {"quantization_config": config, "device_map": {"": "cuda" if torch.cuda.is_available() else "cpu"}}
+
+
+def is_qlora_adapter(adapter_dir: Path) -> bool:
+    """Whether a saved adapter was trained over a 4-bit base (it has the quantization record)."""
+    return (Path(adapter_dir) / QUANTIZATION).is_file()
 
 
 def saved_quantization(adapter_dir: Path) -> dict[str, Any]:
     """The ``from_pretrained`` arguments that reload a QLoRA adapter's base as it trained; {} for a LoRA adapter."""
     from transformers import BitsAndBytesConfig
 
-    path = Path(adapter_dir) / QUANTIZATION
-    if not path.is_file():
+    if not is_qlora_adapter(adapter_dir):
         return {}
+    path = Path(adapter_dir) / QUANTIZATION
     record = read_json_object(path, "a QLoRA quantization record (transformers' BitsAndBytesConfig)",
                               ["load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype"])
     try:
