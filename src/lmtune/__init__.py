@@ -3,6 +3,9 @@
 from lmtune.about import __version__  # noqa: F401  (lmtune.__version__)
 from lmtune.config import RunConfig
 from lmtune.errors import ConfigError, DataError, LmtuneError
+from lmtune.openmp import keep_thread_count_fixed
+
+keep_thread_count_fixed()  # before any tensor work: see lmtune.openmp
 
 
 def load_config(source, overrides=()):

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,12 +131,32 @@ def read_log(run_dir: Path, file: str = METRICS_LOG) -> list[dict[str, Any]]:
     return records
 
 
+@contextmanager
+def safetensors_os_errors(path: Path) -> Iterator[None]:
+    """Raise a failed safetensors write as the OSError it is (``path``: where it was writing).
+
+    safetensors reports a full disk as its own ``SafetensorError("... I/O error: No space left on device (os error
+    28)")``, which passed every ``except OSError`` that cleans up a half-written checkpoint or model and says in one
+    line what to fix: a full disk mid-checkpoint ended in a traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as err:
+        found = re.search(r"\(os error (\d+)\)", str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from err
+
+
 def save_model_atomic(run_dir: Path, save: Any) -> Path:
     """Call ``save(tmp_dir)`` and publish the result as ``RUN/model`` in one rename."""
     tmp = Path(tempfile.mkdtemp(prefix=_MODEL_TMP, dir=run_dir))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model is as readable as the rest of the run
     try:
-        save(tmp)
+        with safetensors_os_errors(tmp):
+            save(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

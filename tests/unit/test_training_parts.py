@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +161,53 @@ def test_measuring_the_machine_leaves_the_run_s_random_numbers_alone():
     step_time._measured_rate.cache_clear()
     step_time._measured_rate(64, False, budget=0.01)
     assert torch.equal(torch.rand(4), expected)
+
+
+class _FullDiskAccelerator:
+    """save_state as safetensors fails when the disk fills while it writes the model."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, directory):
+        from safetensors import SafetensorError
+
+        (Path(directory) / "model.safetensors").write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_a_full_disk_inside_safetensors_is_the_checkpoint_s_one_line_error(tmp_path):
+    from lmtune.errors import LmtuneError
+    from lmtune.training.checkpoint import TrainState, save_checkpoint
+
+    with pytest.raises(LmtuneError) as err:
+        save_checkpoint(_FullDiskAccelerator(), TrainState(step=6), tmp_path, 3, [])
+    assert str(err.value) == (f"{tmp_path}/checkpoints/.tmp-step-6: cannot write checkpoint step-6 (No space left "
+                              "on device); fix that and run the same command again: the run starts again")
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # the half-written checkpoint is gone
+
+
+def test_a_full_disk_inside_safetensors_while_saving_the_model_is_an_os_error(tmp_path):
+    from safetensors import SafetensorError
+
+    from lmtune.rundir import save_model_atomic
+
+    def save(out):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(OSError) as err:
+        save_model_atomic(tmp_path, save)
+    assert err.value.errno == 28 and err.value.strerror == "No space left on device"
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
+
+
+def test_other_safetensors_errors_pass_through(tmp_path):
+    from safetensors import SafetensorError
+
+    from lmtune.rundir import safetensors_os_errors
+
+    with pytest.raises(SafetensorError, match="header too large"), safetensors_os_errors(tmp_path):
+        raise SafetensorError("Error while deserializing header: header too large")

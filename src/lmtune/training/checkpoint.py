@@ -17,6 +17,7 @@ from typing import Any
 
 from lmtune.errors import LmtuneError
 from lmtune.integrity import FileCheckError, check_checkpoint, read_json_object, write_manifest
+from lmtune.rundir import safetensors_os_errors
 
 STATE_FILE = "trainer_state.json"
 TMP_PREFIX = ".tmp-step-"
@@ -82,7 +83,8 @@ def save_checkpoint(accelerator: Any, state: TrainState, run_dir: Path, keep: in
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))  # every process writes its own RNG state
+        with safetensors_os_errors(tmp):
+            accelerator.save_state(str(tmp))  # every process writes its own RNG state
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
