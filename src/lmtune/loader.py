@@ -51,6 +51,11 @@ def registry_problems(config: RunConfig) -> list[str]:
         problems.append(f"strategy.name: {strategy_problem}")
     else:
         problems += _knob_problems(config)
+        if config.train.fsdp and not STRATEGIES.get(config.strategy.name).shardable:
+            whole = [name for name in STRATEGIES.names() if STRATEGIES.get(name).shardable]
+            problems.append(f"train.fsdp: shards full fine-tuning (strategy {' or '.join(whole)}); strategy "
+                            f"{config.strategy.name!r} trains few weights, which sharding saves nothing on: set "
+                            "train.fsdp=false")
     if scratch.is_scratch(config.model):
         problems += _scratch_problems(config, None if task_problem else TASKS.get(config.task))
     if config.replies.samples and not task_problem and not TASKS.get(config.task).capabilities.replies:

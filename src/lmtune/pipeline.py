@@ -208,13 +208,16 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     from lmtune.training import memory
     from lmtune.training.loop import fit, uses_bf16_copies
 
+    if cfg.train.fsdp and accelerator.num_processes < 2:
+        raise LmtuneError("train.fsdp: shards over 2 or more processes and this run has 1; start it with torchrun "
+                          "--nproc_per_node N -m lmtune train ..., or set train.fsdp=false")
     torch.set_num_threads(cfg.train.threads or default_threads(accelerator.num_processes))
     set_seed(cfg.train.seed)
     bf16 = accelerator.mixed_precision == "bf16"
     strategy, model, layers, lr_scales = trainable_model(cfg, data.task, data.source, bf16)
     lengths = [data.task.example_length(e) for e in data.train] or [cfg.train.max_length]
     needed = memory.estimate(model, cfg, data.task, max(lengths), uses_bf16_copies(accelerator, cfg.train),
-                             strategy.saves_base)
+                             strategy.saves_base, accelerator.num_processes if cfg.train.fsdp else 1)
     memory.check_fits(needed, cfg)  # before anything is written
     timing = _step_time(accelerator, cfg, data, model, bf16, lengths)
     if accelerator.is_main_process:
@@ -294,19 +297,27 @@ def _fit_inputs(cfg: RunConfig, data: Prepared, run_dir: Path, lr_scales: dict[i
 def _finish(accelerator: Any, model: Any, data: Prepared, strategy: Any, cfg: RunConfig, state: Any,
             run_dir: Path, cache_info: dict[str, Any]) -> dict[str, Any]:
     """Save the final model and write metrics.json (validation and test metrics, throughput, sizes)."""
+    from lmtune.training import sharding
+
     results: dict[str, Any] = {}
     if state.last_validation_step == state.step:
         results["validation"] = state.last_validation
-    for split in ("validation", "test"):
-        if data.encoded.get(split) and split not in results:
-            results[split] = evaluate_examples(model, data.encoded[split], data.task, cfg.train.eval_batch,
-                                               data.tokenizer.pad_token_id, accelerator)
+    with sharding.whole_weights(model):
+        for split in ("validation", "test"):
+            if data.encoded.get(split) and split not in results:
+                results[split] = evaluate_examples(model, data.encoded[split], data.task, cfg.train.eval_batch,
+                                                   data.tokenizer.pad_token_id, accelerator)
     unwrapped = detach_cache(accelerator.unwrap_model(model))
     results.update(_run_figures(accelerator, cfg, data, state, unwrapped, cache_info))
+    # sharded: every process sends its shards, the main process saves the whole weights as transformers does
+    whole = sharding.full_state_dict(unwrapped) if sharding.is_sharded(unwrapped) else None
     if accelerator.is_main_process:
 
         def save(out: Path) -> None:
-            strategy.save(unwrapped, out)
+            if whole is None:
+                strategy.save(unwrapped, out)
+            else:  # only full fine-tuning shards (`Strategy.shardable`), and it saves the plain model
+                unwrapped.save_pretrained(out, state_dict=whole)
             data.tokenizer.save_pretrained(out)
 
         results["model_bytes"] = directory_size(rundir.save_model_atomic(run_dir, save))

@@ -173,6 +173,11 @@ class TrainConfig:
     """How many recent checkpoints to keep (the best one is always kept as well)."""
     threads: int | None = None
     """Torch intra-op threads per process (default: physical cores / processes)."""
+    fsdp: bool = False
+    """Shard the weights, their gradients and the optimizer state over the torchrun processes (FSDP2: each
+    transformer block is one unit, gathered for its forward and backward) instead of a whole copy per process; for
+    full fine-tuning (strategies full and llrd) under torchrun with 2 or more processes. Checkpoints hold each
+    process's shard; the final model is saved as ordinary transformers weights."""
 
     eval_train_samples: int = 512
     """At each evaluation also score this many fixed training examples (the train/validation gap); 0: off."""

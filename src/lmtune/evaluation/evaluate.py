@@ -53,7 +53,10 @@ def score_examples(
     was_training = module.training
     module.eval()
     context = accelerator.autocast if accelerator else (lambda: autocast if autocast is not None else nullcontext())
-    bf16 = wants_bf16(accelerator, autocast)
+    # bf16 weight copies swap each parameter's data for one of another dtype, which drops the gradient hooks
+    # that DDP keeps on it: after the first evaluation the processes no longer averaged their gradients (found:
+    # each trained on its own share and the main process saved its own). Several processes: plain autocast.
+    bf16 = wants_bf16(accelerator, autocast) and world == 1
     try:
         with bf16_weights(module, bf16_cache) if bf16 else nullcontext():
             shard = eval_batches([task.example_length(ex) for ex in examples], batch_size)[rank::world]

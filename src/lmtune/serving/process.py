@@ -5,7 +5,8 @@
         ...  # HTTP requests to server.url
 
 The child is a real `python -m lmtune serve`, so what it answers is what a deployed server answers. Its
-output goes to a log file (``server.log``), whose tail `output` returns, e.g. for an error message.
+output goes to a temporary log file, whose tail `output` returns, e.g. for an error message; `stop` keeps the
+tail and deletes the file.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.gettempdir()) / f"lmtune-serve-{self.port}.log"
+        self._tail = ""
         command = [sys.executable, "-m", "lmtune", "serve", *runs, "--port", str(self.port), *options]
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -71,7 +73,7 @@ class ServeProcess:
 
     def output(self) -> str:
         """The last 3,000 characters the child wrote."""
-        return self.log.read_text(errors="replace")[-3000:]
+        return self.log.read_text(errors="replace")[-3000:] if self.log.is_file() else self._tail
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM (the server drains, then exits 0), killed after ``timeout`` seconds; the exit status."""
@@ -82,5 +84,8 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.log.is_file():
+            self._tail = self.output()
+            self.log.unlink()
         return self.proc.returncode
 

@@ -17,6 +17,9 @@ class Strategy(Protocol):
     """Learning rate used when the config gives none (LoRA at a full-fine-tuning rate barely learns)."""
     saves_base: bool
     """Whether the saved model holds every weight (False: adapters only, loaded over the base they came from)."""
+    shardable: bool
+    """Whether FSDP can shard its training (``train.fsdp``): every weight a plain trainable parameter of the model
+    (full fine-tuning), not frozen or wrapped, which sharding saves nothing on."""
 
     def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         """Return the trainable variant of ``model`` (freeze, wrap, ...).
@@ -57,6 +60,7 @@ class StrategyBase:
 
     default_lr = 5e-5
     saves_base = True
+    shardable = False
 
     def load_options(self, bf16: bool) -> dict[str, Any]:
         return {}

@@ -16,6 +16,7 @@ class Full(StrategyBase):
     decay: float | None = None
     """Layer-wise learning-rate decay factor (see `llrd`); None for one rate everywhere."""
     default_lr = 5e-5
+    shardable = True
 
     def apply(self, model: torch.nn.Module, new: frozenset[str] = frozenset()) -> torch.nn.Module:
         return set_trainable(model, lambda name: True)

@@ -21,6 +21,7 @@ from lmtune.integrity import FileCheckError, check_checkpoint
 from lmtune.models import bare_model
 from lmtune.rundir import EXAMPLE_LOSSES_LOG
 from lmtune.tasks import DecidingMetric, Task
+from lmtune.training import sharding
 from lmtune.training.bf16_weights import Bf16Weights
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
@@ -129,9 +130,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         # sparse gradients and DDP's bucketed all-reduce do not mix: several processes keep dense embeddings
         sparse = cfg.sparse_embeddings and accelerator.num_processes == 1
         lazy = speedups.enter_context(sparse_word_embeddings(model)) if sparse else None
-        optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, inputs.lr_scales, lazy_rows=lazy)
-        scheduler = build_scheduler(optimizer, cfg, total)
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        model, optimizer, scheduler = _prepare(accelerator, model, inputs, cfg, total, lazy)
         if inputs.task.capabilities.low_precision_logits:
             _keep_output_precision(model)
         state, resume_from, skipped = _resume(accelerator, inputs.run_dir)
@@ -151,9 +150,28 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, lengths, per_epoch, total,
               copies).run()
     tracker.close()
+    _check_processes_agree(accelerator, model)
     if inputs.restore_best and state.best_step not in (None, state.step):
         _restore(accelerator, inputs, state, tracker)
     return state
+
+
+def _prepare(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainConfig, total: int,
+             lazy: Any) -> tuple[Any, Any, Any]:
+    """The model, optimizer and scheduler, prepared by accelerate (autocast, DDP over several processes); with
+    ``train.fsdp`` the model is sharded first and accelerate only adds autocast (its DDP would wrap the shards)."""
+    lr_scales = inputs.lr_scales
+    if cfg.fsdp:
+        names = {id(p): name for name, p in model.named_parameters()}
+        by_name = {names[key]: scale for key, scale in (lr_scales or {}).items()}
+        model = sharding.shard_model(model)  # new (sharded) parameter objects, under the same names
+        lr_scales = {id(p): by_name[name] for name, p in model.named_parameters() if name in by_name}
+    optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, lr_scales, lazy_rows=lazy)
+    scheduler = build_scheduler(optimizer, cfg, total)
+    if not cfg.fsdp:
+        return accelerator.prepare(model, optimizer, scheduler)
+    sharding.ShardedState(model, optimizer).register(accelerator)
+    return accelerator.prepare_model(model, evaluation_mode=True), optimizer, accelerator.prepare(scheduler)
 
 
 @dataclass
@@ -305,6 +323,20 @@ def _stop_if_asked(accelerator: Any, inputs: FitInputs, cfg: TrainConfig, state:
     raise Stopped(signum, state.step)
 
 
+def _check_processes_agree(accelerator: Any, model: torch.nn.Module) -> None:
+    """Every process ends with the same weights: DDP averages the gradients, so they differ only if that broke
+    (it did once: see `score_examples`), and then the main process would save its own share's training."""
+    if accelerator.num_processes == 1 or sharding.is_sharded(bare_model(model)):
+        return
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in bare_model(model).parameters()])
+    every = accelerator.gather(sums.unsqueeze(0))
+    if not all(torch.equal(every[0], other) for other in every[1:]):
+        raise LmtuneError(f"the {accelerator.num_processes} processes ended training with different weights: their "
+                          "gradients were not averaged (a bug; please report it with this run's config.yaml); "
+                          "the final model is not saved")
+
+
 def _restore(accelerator: Any, inputs: FitInputs, state: TrainState, tracker: MetricsLog) -> None:
     """Load the best evaluation's weights (its checkpoint is never rotated away) as the final model."""
     best = inputs.run_dir / "checkpoints" / f"step-{state.best_step}"
@@ -376,8 +408,20 @@ def _log_train(accelerator: Any, tracker: MetricsLog, window: _Window, state: Tr
 
 def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
                        tracker: MetricsLog, per_epoch: int) -> None:
+    with sharding.whole_weights(model):
+        metrics = _evaluate(accelerator, model, inputs, cfg, state, tracker, per_epoch)
+    save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
+    if metrics is not None and inputs.on_eval is not None:
+        inputs.on_eval(state.step, metrics)
+
+
+def _evaluate(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
+              tracker: MetricsLog, per_epoch: int) -> dict[str, Any] | None:
+    """Score the training sample and the validation set (logged; best step and early stopping updated); the
+    validation metrics, or None without a validation set."""
     if inputs.train_sample:
         _score_train_sample(accelerator, model, inputs, cfg, state, tracker, per_epoch)
+    metrics = None
     if inputs.validation:
         metrics = evaluate_examples(model, inputs.validation, inputs.task, cfg.eval_batch, inputs.pad_id, accelerator)
         if inputs.more_validation is not None:
@@ -398,9 +442,7 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
             f"{inputs.deciding.name} {value:.4f} (best {state.best_metric:.4f} at step {state.best_step})"
             + (f"; stopping early: no improvement in {state.bad_evals} evaluations" if state.stopped_early else "")
         )
-    save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
-    if inputs.validation and inputs.on_eval is not None:
-        inputs.on_eval(state.step, metrics)
+    return metrics
 
 
 def _score_train_sample(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,

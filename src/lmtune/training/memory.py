@@ -68,23 +68,27 @@ class MemoryEstimate:
 
 
 def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_copies: bool,
-             frozen_copied: bool = True) -> MemoryEstimate:
+             frozen_copied: bool = True, shards: int = 1) -> MemoryEstimate:
     """What training ``model`` with ``cfg.train`` on examples of at most ``longest`` tokens will hold at its peak;
-    ``frozen_copied``: frozen weights get bf16 copies too (else they become bf16 in place)."""
+    ``frozen_copied``: frozen weights get bf16 copies too (else they become bf16 in place); ``shards``: processes
+    the weights, gradients and optimizer state are sharded over (``train.fsdp``), each holding its share."""
     params = list(model.parameters())
     weights = sum(p.numel() * p.element_size() for p in params)
     _page_in(params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    trainable = sum(p.numel() for p in params if p.requires_grad) // shards
+    unit = weights // max(1, _first(model.config, "num_hidden_layers", "n_layer", "num_layers"))
+    held = weights if shards == 1 else weights // shards + unit  # its share, and the block being gathered
     tokens = min(longest, cfg.train.max_length) * (2 if task.capabilities.pairs else 1)
     per_sample = tokens * _per_token(model.config, cfg, task, tokens)
-    process = psutil.Process().memory_info().rss
+    resident = psutil.Process().memory_info().rss
+    process = resident - (weights - held)  # sharding frees the rest of the loaded weights
     return MemoryEstimate(
-        process=process, weights=weights, gradients=4 * trainable, optimizer=8 * trainable,
+        process=process, weights=held, gradients=4 * trainable, optimizer=8 * trainable,
         copies=2 * (sum(p.numel() for p in params if p.is_floating_point()) if frozen_copied else trainable)
         if bf16_copies else 0,
         activations=int(SLACK * per_sample * cfg.train.batch_size), per_sample=int(SLACK * per_sample),
-        checkpoint=weights + 8 * trainable,
-        available=process + psutil.virtual_memory().available)
+        checkpoint=held + 8 * trainable,
+        available=resident + psutil.virtual_memory().available)
 
 
 @torch.no_grad()
