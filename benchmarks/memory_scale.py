@@ -28,6 +28,10 @@ from sides import run_child, run_side
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "corpus" / "tinystories_train_first2MiB.txt"
 ARCHITECTURES = {
+    "smollm2-135m": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+                     "tie_word_embeddings": True, "rope_theta": 100000.0, "max_position_embeddings": 8192,
+                     "rms_norm_eps": 1e-5},
     "qwen2.5-0.5b": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
                      "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
                      "tie_word_embeddings": True, "rope_theta": 1000000.0, "max_position_embeddings": 32768,

@@ -217,8 +217,10 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     strategy, model, layers, lr_scales = trainable_model(cfg, data.task, data.source, bf16)
     lengths = [data.task.example_length(e) for e in data.train] or [cfg.train.max_length]
     needed = memory.estimate(model, cfg, data.task, max(lengths), uses_bf16_copies(accelerator, cfg.train),
-                             strategy.saves_base, accelerator.num_processes if cfg.train.fsdp else 1)
-    memory.check_fits(needed, cfg)  # before anything is written
+                             strategy.saves_base, accelerator.num_processes if cfg.train.fsdp else 1,
+                             int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's processes on this machine
+    # before anything is written
+    memory.check_fits(needed, cfg, accelerator.num_processes > 1 and strategy.shardable and not cfg.train.fsdp)
     timing = _step_time(accelerator, cfg, data, model, bf16, lengths)
     if accelerator.is_main_process:
         rundir.write_header(run_dir, cfg, data.task.state())

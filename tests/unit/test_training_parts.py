@@ -139,6 +139,10 @@ def test_a_run_whose_weights_alone_do_not_fit_is_pointed_to_an_adapter_not_to_a_
                               strategy=SimpleNamespace(name=strategy))
         with pytest.raises(LmtuneError, match=f"; try {fix}$"):
             check_fits(found, cfg)
+    # several processes training every weight: sharding them comes first
+    with pytest.raises(LmtuneError, match="; try train.fsdp=true$"):
+        check_fits(found, cfg=SimpleNamespace(train=SimpleNamespace(gradient_checkpointing=False, max_length=1024),
+                                              strategy=SimpleNamespace(name="full")), can_shard=True)
     roomy = MemoryEstimate(process=GIB, weights=GIB, gradients=GIB, optimizer=2 * GIB, copies=0,
                            activations=40 * GIB, checkpoint=3 * GIB, per_sample=5 * GIB, available=26 * GIB)
     cfg = SimpleNamespace(train=SimpleNamespace(gradient_checkpointing=False, max_length=1024),

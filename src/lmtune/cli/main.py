@@ -572,7 +572,11 @@ def _insight_commands(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    logging.basicConfig(level=logging.INFO, format="lmtune: %(message)s", stream=sys.stderr)
+    # under torchrun the main process speaks for all (each said "model: loading ...", "memory: ..." once per
+    # process); every process still prints its warnings and errors
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="lmtune: %(message)s",
+                        stream=sys.stderr)
     try:
         return args.func(args)
     except Stopped as stop:  # SIGTERM during training, checkpoint written

@@ -164,7 +164,8 @@ def _prepare(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: T
     if cfg.fsdp:
         names = {id(p): name for name, p in model.named_parameters()}
         by_name = {names[key]: scale for key, scale in (lr_scales or {}).items()}
-        model = sharding.shard_model(model)  # new (sharded) parameter objects, under the same names
+        # new (sharded) parameter objects, under the same names
+        model = sharding.shard_model(model, accelerator.mixed_precision == "bf16")
         lr_scales = {id(p): by_name[name] for name, p in model.named_parameters() if name in by_name}
     optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, lr_scales, lazy_rows=lazy)
     scheduler = build_scheduler(optimizer, cfg, total)

@@ -68,16 +68,17 @@ class MemoryEstimate:
 
 
 def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_copies: bool,
-             frozen_copied: bool = True, shards: int = 1) -> MemoryEstimate:
+             frozen_copied: bool = True, shards: int = 1, neighbours: int = 1) -> MemoryEstimate:
     """What training ``model`` with ``cfg.train`` on examples of at most ``longest`` tokens will hold at its peak;
     ``frozen_copied``: frozen weights get bf16 copies too (else they become bf16 in place); ``shards``: processes
-    the weights, gradients and optimizer state are sharded over (``train.fsdp``), each holding its share."""
+    the weights, gradients and optimizer state are sharded over (``train.fsdp``), each holding its share;
+    ``neighbours``: this machine's processes of the run, which share what it has free (each checked alone, two DDP
+    processes of a 0.5B model each fitted and together would not)."""
     params = list(model.parameters())
     weights = sum(p.numel() * p.element_size() for p in params)
     _page_in(params)
     trainable = sum(p.numel() for p in params if p.requires_grad) // shards
-    unit = weights // max(1, _first(model.config, "num_hidden_layers", "n_layer", "num_layers"))
-    held = weights if shards == 1 else weights // shards + unit  # its share, and the block being gathered
+    held = weights if shards == 1 else weights // shards + _gathered(model, cfg)
     tokens = min(longest, cfg.train.max_length) * (2 if task.capabilities.pairs else 1)
     per_sample = tokens * _per_token(model.config, cfg, task, tokens)
     resident = psutil.Process().memory_info().rss
@@ -88,7 +89,16 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
         if bf16_copies else 0,
         activations=int(SLACK * per_sample * cfg.train.batch_size), per_sample=int(SLACK * per_sample),
         checkpoint=held + 8 * trainable,
-        available=resident + psutil.virtual_memory().available)
+        available=resident + psutil.virtual_memory().available // max(1, neighbours))
+
+
+def _gathered(model: torch.nn.Module, cfg: Any) -> int:
+    """Bytes a sharded process holds beyond its share: the largest unit gathered (in the run's precision), its
+    gradient in that precision and the fp32 buffer that averages it over the processes."""
+    from lmtune.training.sharding import largest_unit
+
+    element = 4 if cfg.train.precision == "fp32" else 2
+    return largest_unit(model) * (2 * element + 4)
 
 
 @torch.no_grad()
@@ -124,8 +134,9 @@ def _first(config: Any, *names: str) -> int:
     return 0
 
 
-def check_fits(found: MemoryEstimate, cfg: Any) -> None:
-    """Log the estimate; refuse (one line: the estimate, the memory available, a setting that fits) when over."""
+def check_fits(found: MemoryEstimate, cfg: Any, can_shard: bool = False) -> None:
+    """Log the estimate; refuse (one line: the estimate, the memory available, a setting that fits) when over.
+    ``can_shard``: the run has several processes and trains every weight, unsharded (``train.fsdp`` would help)."""
     log.info("memory: %s", found.line())
     budget = found.available * MARGIN
     if found.peak <= budget:
@@ -138,6 +149,8 @@ def check_fits(found: MemoryEstimate, cfg: Any) -> None:
         fix = f"train.batch_size={batch}"
     elif weights_fit and not cfg.train.gradient_checkpointing:
         fix = "train.gradient_checkpointing=true"
+    elif can_shard:
+        fix = "train.fsdp=true"
     elif cfg.strategy.name not in ("lora", "qlora"):
         fix = "strategy.name=lora"
     elif cfg.strategy.name == "lora":

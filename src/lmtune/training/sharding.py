@@ -22,21 +22,39 @@ SHARDS = "shards"
 """A checkpoint's folder of per-process weights and optimizer state."""
 
 
-def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
     """Shard ``model`` over the process group: each block the model names as unsplittable (``_no_split_modules``,
     transformers' own list: decoder layers, encoder layers) is one unit gathered for its forward and backward,
-    the rest (embeddings, final norm, head) is the root unit."""
-    from torch.distributed.fsdp import fully_shard
+    the rest (embeddings, final norm, head) is the root unit.
 
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
-    units = [m for m in model.modules() if type(m).__name__ in blocks]
+    ``bf16``: units are gathered in bf16 and their gradients averaged in fp32 into the fp32 shards. Gathered in
+    fp32, autocast kept a bf16 copy of every gathered weight until the backward pass (its cast cache), a whole
+    model per process that sharding was meant to save."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    units = blocks_of(model)
     if not units:
         raise LmtuneError(f"train.fsdp: {type(model).__name__} names no transformer blocks to shard by "
                           "(_no_split_modules); train it with train.fsdp=false")
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+        else MixedPrecisionPolicy()
     for unit in units:
-        fully_shard(unit)
-    fully_shard(model)
+        fully_shard(unit, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
     return model
+
+
+def blocks_of(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer blocks: the modules of the classes it names as unsplittable."""
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in blocks]
+
+
+def largest_unit(model: torch.nn.Module) -> int:
+    """Parameters of the largest unit `shard_model` gathers at once: a block, or the root's own (embeddings and
+    head, gathered for the whole forward and backward pass)."""
+    blocks = [sum(p.numel() for p in block.parameters()) for block in blocks_of(model)]
+    return max([sum(p.numel() for p in model.parameters()) - sum(blocks), *blocks])
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
