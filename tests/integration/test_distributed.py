@@ -41,9 +41,11 @@ def test_torchrun_two_cpu_processes(sst2_slice, tmp_path):
     from lmtune.training.optim import build_scheduler
 
     cfg = load_config(REPO / "examples" / "sst2.yaml", ["train.epochs=1"]).train
-    scheduler = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr), cfg, 7)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg, 7)
     expected = []
     for _ in range(7):
+        optimizer.step()
         scheduler.step()
         expected.append(scheduler.get_last_lr()[0])
     logged = [x["lr"] for x in lines if x["split"] == "train"]
