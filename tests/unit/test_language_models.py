@@ -136,3 +136,28 @@ def test_an_isolated_block_gives_each_document_its_own_logits():
             alone = model(input_ids=torch.tensor([document])).logits[0]
             assert float((packed[start:start + len(document)] - alone).abs().max()) <= 1e-4
             start += len(document)
+
+
+def test_scoring_in_chunks_gives_the_same_sums_as_all_at_once(monkeypatch):
+    """Evaluation turns target logits to fp32 a chunk at a time (memory); each row's NLL and top-1 count equal
+    one cross-entropy over all its targets, computed independently here."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+
+    import lmtune.tasks.language_model as language_model
+
+    monkeypatch.setattr(language_model, "SCORED_CHUNK", 7)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 40, 50, generator=g).bfloat16()
+    labels = torch.randint(0, 50, (3, 40), generator=g)
+    labels[0, :10] = -100
+    total, count, right = language_model.CausalLM().token_losses(SimpleNamespace(logits=logits), {"labels": labels})
+    for row in range(3):
+        gold = labels[row, 1:]
+        keep = gold != -100
+        chosen = logits[row, :-1][keep].float()
+        assert total[row].item() == pytest.approx(F.cross_entropy(chosen, gold[keep], reduction="sum").item(), rel=1e-6)
+        assert count[row].item() == keep.sum().item()
+        assert right[row].item() == (chosen.argmax(-1) == gold[keep]).sum().item()
