@@ -24,7 +24,6 @@ from lmtune.tasks.base import LOSS, TASKS, Capabilities, Metric, Scoring, Task
 from lmtune.tasks.explained import NextTokenProbability
 from lmtune.tasks.losses import cross_entropy
 
-
 SCORED_CHUNK = 256
 """Target positions scored at once in evaluation (their fp32 logits: 156 MB at a 151,936-token vocabulary)."""
 
