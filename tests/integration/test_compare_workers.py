@@ -81,6 +81,13 @@ def _trials(storage):
         return []
 
 
+def _tail(worker) -> str:
+    """The end of what an exited worker printed (why it stopped); nothing while it runs."""
+    if worker.poll() is None:
+        return ""
+    return worker.communicate()[1][-3000:]
+
+
 def _kill_mid_trial(first, out, storage, deadline):
     """SIGKILL `first` while a trial of its own is running with a checkpoint; return that trial's key.
 
@@ -90,7 +97,8 @@ def _kill_mid_trial(first, out, storage, deadline):
 
     victim, seen = f"{socket.gethostname()}:{first.pid}", set()
     while True:
-        assert time.time() < deadline and first.poll() is None, "the first worker never reached a checkpoint"
+        assert time.time() < deadline and first.poll() is None, \
+            f"the first worker never reached a checkpoint: {first.poll()=}, {_tail(first)}"
         fresh = {p.parent.parent.parent.name for p in (out / "trials").glob("*/checkpoints/step-*/trainer_state.json")}
         if not fresh - seen:
             time.sleep(0.02)
