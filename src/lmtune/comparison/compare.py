@@ -217,7 +217,12 @@ class _Duplicate(LmtuneError):
 def _objective(trial: Any, by_key: dict[str, TrialSpec], base: RunConfig, root: Path, parent: dict[str, Any],
                beat: workers.Heartbeat) -> float:
     """Run the trial the storage handed out (its key was set when it was enqueued, by this worker or another)."""
-    spec = by_key[trial.user_attrs["key"]]
+    key = trial.user_attrs.get("key")
+    if key is None:
+        # another worker took the trial this one enqueued, before the one it enqueued was visible here, so Optuna
+        # made a new trial with no key (seen in CI: a KeyError ended a worker of two on one journal file)
+        raise _Duplicate("the trial this worker enqueued was taken by another; picking again")
+    spec = by_key[key]
     first = workers.duplicate_of(trial.study, trial)
     if first is not None:
         trial.set_user_attr("duplicate_of", first)
