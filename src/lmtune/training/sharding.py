@@ -1,9 +1,9 @@
 """FSDP2 full fine-tuning across torchrun processes (``train.fsdp``): each process holds a share of every weight,
 its gradient and its optimizer state instead of whole copies.
 
-accelerate on CPU wraps any model in DDP (its FSDP plugin is for GPUs), so lmtune shards with torch's own
-`fully_shard` (per transformer block, then the rest) and keeps accelerate for what it does well here: autocast,
-random states, the scheduler. Checkpoints hold each process's shard (torch.distributed.checkpoint, beside
+accelerate's FSDP plugin is not used: on CPU accelerate ignores it and wraps the model in DDP (checked), so lmtune
+shards with torch's own `fully_shard` (per transformer block, then the rest) on every device and keeps accelerate
+for autocast, random states and the scheduler. Run on CPU processes (gloo) only: no GPU was at hand. Checkpoints hold each process's shard (torch.distributed.checkpoint, beside
 accelerate's files); the final model is gathered and saved as ordinary transformers weights.
 """
 
