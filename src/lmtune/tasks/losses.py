@@ -18,7 +18,15 @@ import torch
 from lmtune.data.collate import IGNORE_INDEX
 
 CHUNK = 512
-"""Rows per chunk: the fp32 copy of a chunk (rows × vocabulary) stays small enough to stay in cache."""
+"""Rows per chunk at most: the fp32 copy of a chunk (rows × vocabulary) stays small enough to stay in cache."""
+CHUNK_BYTES = 16 * 2**20
+"""The fp32 chunk's size at most (512 rows of an 8K vocabulary, where the chunk size was measured): at a 151,936
+vocabulary 512 rows made a 311 MB buffer, in no cache and on top of the step's peak."""
+
+
+def chunk_rows(vocab: int) -> int:
+    """Rows per chunk for this vocabulary size."""
+    return max(16, min(CHUNK, CHUNK_BYTES // (4 * vocab)))
 
 
 class _GradientBuffer(threading.local):
@@ -57,12 +65,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         vocab = logits.shape[-1]
         # one fp32 buffer for every chunk: a new 16 MB tensor per chunk cost 5x the copy itself in page faults
-        buffer = torch.empty((min(CHUNK, logits.shape[0]), vocab), dtype=torch.float32, device=logits.device)
-        for start in range(0, logits.shape[0], CHUNK):
-            chunk = logits[start:start + CHUNK]
+        rows = chunk_rows(vocab)
+        buffer = torch.empty((min(rows, logits.shape[0]), vocab), dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.shape[0], rows):
+            chunk = logits[start:start + rows]
             x = buffer[:chunk.shape[0]].copy_(chunk)  # modified in place below
-            keep = valid[start:start + CHUNK]
-            target = targets[start:start + CHUNK].clamp(min=0)
+            keep = valid[start:start + rows]
+            target = targets[start:start + rows].clamp(min=0)
             picked = x.gather(1, target[:, None]).squeeze(1)
             mean = x.mean(dim=-1) if smoothing else None
             # one exp pass gives both the log-sum-exp and the softmax (torch.logsumexp would take its own)
@@ -80,7 +89,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 if smoothing:
                     x.sub_(scale * (smoothing / vocab))
                 x.scatter_add_(1, target[:, None], -(1 - smoothing) * scale)
-                grad[start:start + CHUNK] = x
+                grad[start:start + rows] = x
         if grad is not None:
             ctx.save_for_backward(grad)
         return total / count
@@ -112,19 +121,20 @@ class _ChunkedLogProb(torch.autograd.Function):
         valid = targets != IGNORE_INDEX
         out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
         probs = torch.empty_like(logits) if logits.requires_grad else None
-        buffer = torch.empty((min(CHUNK, logits.shape[0]), logits.shape[-1]), dtype=torch.float32,
+        rows = chunk_rows(logits.shape[-1])
+        buffer = torch.empty((min(rows, logits.shape[0]), logits.shape[-1]), dtype=torch.float32,
                              device=logits.device)
-        for start in range(0, logits.shape[0], CHUNK):
-            x = buffer[:min(CHUNK, logits.shape[0] - start)].copy_(logits[start:start + CHUNK])
-            keep = valid[start:start + CHUNK]
-            target = targets[start:start + CHUNK].clamp(min=0)
+        for start in range(0, logits.shape[0], rows):
+            x = buffer[:min(rows, logits.shape[0] - start)].copy_(logits[start:start + rows])
+            keep = valid[start:start + rows]
+            target = targets[start:start + rows].clamp(min=0)
             picked = x.gather(1, target[:, None]).squeeze(1)
             top = x.amax(dim=-1)
             x.sub_(top[:, None]).exp_()
             sums = x.sum(dim=-1)
-            out[start:start + CHUNK] = torch.where(keep, picked - top - sums.log(), 0.0)
+            out[start:start + rows] = torch.where(keep, picked - top - sums.log(), 0.0)
             if probs is not None:
-                probs[start:start + CHUNK] = x.mul_((keep.to(x.dtype) / sums)[:, None])  # 0 on skipped rows
+                probs[start:start + rows] = x.mul_((keep.to(x.dtype) / sums)[:, None])  # 0 on skipped rows
         if probs is not None:
             ctx.save_for_backward(probs, targets.clamp(min=0), valid)
         return out
