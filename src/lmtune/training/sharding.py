@@ -3,8 +3,9 @@ its gradient and its optimizer state instead of whole copies.
 
 accelerate's FSDP plugin is not used: on CPU accelerate ignores it and wraps the model in DDP (checked), so lmtune
 shards with torch's own `fully_shard` (per transformer block, then the rest) on every device and keeps accelerate
-for autocast, random states and the scheduler. Run on CPU processes (gloo) only: no GPU was at hand. Checkpoints hold each process's shard (torch.distributed.checkpoint, beside
-accelerate's files); the final model is gathered and saved as ordinary transformers weights.
+for autocast, random states and the scheduler. Run on CPU processes (gloo) only: no GPU was at hand. Checkpoints
+hold each process's shard (torch.distributed.checkpoint, beside accelerate's files); the final model is gathered
+and saved as ordinary transformers weights.
 """
 
 from __future__ import annotations
