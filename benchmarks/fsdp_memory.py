@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,15 +22,11 @@ from pathlib import Path
 
 import psutil
 import yaml
-from memory_scale import prepare
+from memory_scale import add_row_arguments, prepare
+
+from lmtune.serving.process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_side(work: Path, fsdp: bool, args: argparse.Namespace, out: Path) -> dict:
@@ -45,7 +40,7 @@ def run_side(work: Path, fsdp: bool, args: argparse.Namespace, out: Path) -> dic
         "output": str(out / "run"),
     }))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "lmtune", "train", str(config)]
+               str(free_port()), "-m", "lmtune", "train", str(config)]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_each: dict[int, int] = {}
     peak_both = 0
@@ -72,14 +67,9 @@ def run_side(work: Path, fsdp: bool, args: argparse.Namespace, out: Path) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smollm2-135m")
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--validation-rows", type=int, default=2)
-    parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--min-length", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    add_row_arguments(parser, rows=8, validation_rows=2, length=256, min_length=128, batch_size=1, lr=1e-4,
+                      work="/tmp/lmtune-fsdp-memory")
     parser.add_argument("--sides", default="ddp,fsdp")
-    parser.add_argument("--work", default="/tmp/lmtune-fsdp-memory")
     args = parser.parse_args()
     out = sys.stdout
     for architecture in args.models.split(","):

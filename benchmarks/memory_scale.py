@@ -48,6 +48,18 @@ LMTUNE_SIDES = {"full": {"name": "full"}, "lora": {"name": "lora"}, "lora+ckpt":
 TRL_SIDES = ("trl-lora", "trl-lora-packing")
 
 
+def add_row_arguments(parser: argparse.ArgumentParser, rows: int, validation_rows: int, length: int, min_length: int,
+                      batch_size: int, lr: float, work: str) -> None:
+    """The rows `prepare` makes (how many, how long, where) and how they are trained, with these defaults."""
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--validation-rows", type=int, default=validation_rows)
+    parser.add_argument("--length", type=int, default=length)
+    parser.add_argument("--min-length", type=int, default=min_length)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--work", default=work)
+
+
 def prepare(args: argparse.Namespace, architecture: str) -> Path:
     """The model directory (random weights, a BPE tokenizer) and the train/validation rows, made once."""
     import torch
@@ -174,16 +186,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="qwen2.5-0.5b,llama-3.2-1b")
     parser.add_argument("--sides", default="full,lora,lora+ckpt,qlora,trl-lora,trl-lora-packing")
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--validation-rows", type=int, default=4)
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--min-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    add_row_arguments(parser, rows=8, validation_rows=4, length=1024, min_length=256, batch_size=2, lr=5e-4,
+                      work="/tmp/lmtune-memory-scale")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False,
                         help="lmtune's lm.packing (its default for sft: off)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--work", default="/tmp/lmtune-memory-scale")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
