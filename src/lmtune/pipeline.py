@@ -206,7 +206,7 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     from accelerate.utils import set_seed
 
     from lmtune.training import memory
-    from lmtune.training.loop import fit, uses_bf16_copies
+    from lmtune.training.loop import fit, frozen_bf16_in_place, uses_bf16_copies
 
     if cfg.train.fsdp and accelerator.num_processes < 2:
         raise LmtuneError("train.fsdp: shards over 2 or more processes and this run has 1; start it with torchrun "
@@ -217,7 +217,8 @@ def _fit_and_finish(accelerator: Any, cfg: RunConfig, data: Prepared, run_dir: P
     strategy, model, layers, lr_scales = trainable_model(cfg, data.task, data.source, bf16)
     lengths = [data.task.example_length(e) for e in data.train] or [cfg.train.max_length]
     needed = memory.estimate(model, cfg, data.task, max(lengths), uses_bf16_copies(accelerator, cfg.train),
-                             strategy.saves_base, accelerator.num_processes if cfg.train.fsdp else 1,
+                             frozen_bf16_in_place(accelerator, cfg.train, strategy.saves_base),
+                             accelerator.num_processes if cfg.train.fsdp else 1,
                              int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's processes on this machine
     # before anything is written
     memory.check_fits(needed, cfg, accelerator.num_processes > 1 and strategy.shardable and not cfg.train.fsdp)

@@ -133,7 +133,7 @@ def test_a_run_whose_weights_alone_do_not_fit_is_pointed_to_an_adapter_not_to_a_
 
     found = MemoryEstimate(process=5 * GIB, weights=int(4.6 * GIB), gradients=int(4.6 * GIB),
                            optimizer=int(9.2 * GIB), copies=int(2.3 * GIB), activations=5 * GIB,
-                           checkpoint=int(13.8 * GIB), per_sample=int(2.5 * GIB), available=26 * GIB)
+                           checkpoint=int(13.8 * GIB), evaluation=GIB, per_sample=int(2.5 * GIB), available=26 * GIB)
     for strategy, fix in (("full", "strategy.name=lora"), ("lora", "strategy.name=qlora")):
         cfg = SimpleNamespace(train=SimpleNamespace(gradient_checkpointing=False, max_length=1024),
                               strategy=SimpleNamespace(name=strategy))
@@ -144,7 +144,8 @@ def test_a_run_whose_weights_alone_do_not_fit_is_pointed_to_an_adapter_not_to_a_
         check_fits(found, cfg=SimpleNamespace(train=SimpleNamespace(gradient_checkpointing=False, max_length=1024),
                                               strategy=SimpleNamespace(name="full")), can_shard=True)
     roomy = MemoryEstimate(process=GIB, weights=GIB, gradients=GIB, optimizer=2 * GIB, copies=0,
-                           activations=40 * GIB, checkpoint=3 * GIB, per_sample=5 * GIB, available=26 * GIB)
+                           activations=40 * GIB, checkpoint=3 * GIB, evaluation=GIB, per_sample=5 * GIB,
+                           available=26 * GIB)
     cfg = SimpleNamespace(train=SimpleNamespace(gradient_checkpointing=False, max_length=1024),
                           strategy=SimpleNamespace(name="full"))
     with pytest.raises(LmtuneError, match="; try train.batch_size=4$"):  # (0.95 x 26 - 4) // 5

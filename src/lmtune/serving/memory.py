@@ -8,25 +8,18 @@ hands the free pages back to the OS with ``malloc_trim``; it costs a few millise
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import time
+
+from lmtune.heap import trim_heap
 
 
 class HeapTrimmer:
     def __init__(self, every_s: float = 1.0):
         self.every_s = every_s
         self._last = 0.0
-        self._trim = None
-        name = ctypes.util.find_library("c")
-        if name:
-            try:
-                self._trim = ctypes.CDLL(name).malloc_trim  # glibc only; elsewhere nothing to do
-            except (OSError, AttributeError):
-                self._trim = None
 
     def __call__(self) -> None:
         now = time.monotonic()
-        if self._trim is not None and now - self._last >= self.every_s:
+        if now - self._last >= self.every_s:
             self._last = now
-            self._trim(0)
+            trim_heap()

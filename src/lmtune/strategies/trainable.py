@@ -53,7 +53,7 @@ def _checkpoint_blocks(model: torch.nn.Module) -> None:
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise LmtuneError(f"train.gradient_checkpointing: {type(model).__name__} does not support it; set it to "
                           "false")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # a cache is useless in training and conflicts with recomputation
 

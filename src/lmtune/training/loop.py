@@ -21,8 +21,9 @@ from lmtune.integrity import FileCheckError, check_checkpoint
 from lmtune.models import bare_model
 from lmtune.rundir import EXAMPLE_LOSSES_LOG
 from lmtune.tasks import DecidingMetric, Task
+from lmtune.tasks.losses import release_buffers
 from lmtune.training import sharding
-from lmtune.training.bf16_weights import Bf16Weights
+from lmtune.training.bf16_weights import Bf16Weights, frozen_in_bf16
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
     TrainState,
@@ -147,6 +148,8 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
             if uses_bf16_copies(accelerator, cfg) else None
         if copies is not None:
             speedups.callback(copies.release)
+        elif frozen_bf16_in_place(accelerator, cfg, inputs.frozen_weights_saved):
+            speedups.enter_context(frozen_in_bf16(model))
         _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, lengths, per_epoch, total,
               copies).run()
     tracker.close()
@@ -380,8 +383,17 @@ def uses_bf16_copies(accelerator: Any, cfg: TrainConfig) -> bool:
     """Whether forward and backward run on bf16 weight copies: bf16 precision on one process (DDP's gradient
     hooks sit on the model's own parameters), without gradient checkpointing (its recomputation in the backward
     pass would meet the fp32 weights again, not the copies the forward pass saw)."""
-    return (cfg.bf16_weights and accelerator.mixed_precision == "bf16" and accelerator.num_processes == 1
-            and not cfg.gradient_checkpointing)
+    return _bf16_weights(accelerator, cfg) and not cfg.gradient_checkpointing
+
+
+def frozen_bf16_in_place(accelerator: Any, cfg: TrainConfig, frozen_saved: bool) -> bool:
+    """Whether the frozen fp32 weights become bf16 in place for the run (they are not saved: LoRA's base), with
+    bf16 copies of the rest or, under gradient checkpointing, without (`frozen_in_bf16`)."""
+    return _bf16_weights(accelerator, cfg) and not frozen_saved
+
+
+def _bf16_weights(accelerator: Any, cfg: TrainConfig) -> bool:
+    return cfg.bf16_weights and accelerator.mixed_precision == "bf16" and accelerator.num_processes == 1
 
 
 def _optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float | None,
@@ -409,6 +421,7 @@ def _log_train(accelerator: Any, tracker: MetricsLog, window: _Window, state: Tr
 
 def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState,
                        tracker: MetricsLog, per_epoch: int) -> None:
+    release_buffers()  # the last step's logits-sized gradient buffer: not needed until the next step
     with sharding.whole_weights(model):
         metrics = _evaluate(accelerator, model, inputs, cfg, state, tracker, per_epoch)
     save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)

@@ -3,11 +3,15 @@
 The estimate starts from what the process holds once the model is loaded (its resident memory: the runtime, the
 data and the weights), and adds what training adds: a gradient for every trainable weight, AdamW's two moments
 per trainable weight, bf16 copies of the weights where the loop runs on them, and the activations a batch keeps
-for the backward pass. Activations are per token and per block: about 16 hidden-width and 4 feed-forward-width
-values (inputs of the projections and norms, residuals, dropout masks), in the compute precision; eager attention
-also keeps its probabilities (heads x length per token); gradient checkpointing keeps one block's worth plus each
-block's input. Language models add their logits over the vocabulary (and their gradient). Batches are counted at
-the longest example the data has (within ``train.max_length``), so the figure is an upper bound for the step.
+for the backward pass. The activations of a block are measured, not counted from the architecture: the model's
+first block runs once on a few tokens, as training will run it (precision, bf16 copies, which weights train), and
+a saved-tensor hook adds up what autograd keeps for the backward pass (`measured_block`). What a block keeps
+depends on what trains: a frozen projection keeps no input (LoRA's base kept 17% less than full tuning on a
+0.5B decoder), a gated feed-forward keeps three of its wide tensors, GPT-2's GELU five. Every block keeps that;
+with gradient checkpointing, each block keeps its input and one block at a time is recomputed in full. Language
+models add their logits over the vocabulary (and their gradient). Batches are counted at the longest example
+the data has (within ``train.max_length``), so the figure is an upper bound for the step. Evaluation (no
+gradients) holds the logits of an evaluation batch; on a large vocabulary that can be the run's peak.
 
 A checkpoint is written between steps, when the gradients and activations are gone, through in-memory copies of
 what it writes (accelerate's safetensors serialization of every weight, torch's of the optimizer state): on the
@@ -18,13 +22,21 @@ bundled MiniLM the process's peak was a checkpoint's (1005 MiB with checkpoints,
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from lmtune.errors import LmtuneError
+from lmtune.heap import trim_heap
+from lmtune.tasks.language_model import SCORED_CHUNK
+from lmtune.training.dropout import fast_dropout
+from lmtune.training.sharding import blocks_of, largest_unit
 
 log = logging.getLogger("lmtune")
 GIB = 2**30
@@ -50,6 +62,8 @@ class MemoryEstimate:
     activations: int
     checkpoint: int
     """In-memory copies a checkpoint write makes (every weight and the optimizer state)."""
+    evaluation: int
+    """What an evaluation batch holds without gradients (a language model's logits)."""
     per_sample: int
     """Activation bytes of one example (what a smaller batch saves)."""
     available: int
@@ -57,21 +71,23 @@ class MemoryEstimate:
 
     @property
     def peak(self) -> int:
-        return self.process + self.optimizer + self.copies + max(self.gradients + self.activations, self.checkpoint)
+        return self.process + self.optimizer + self.copies + max(self.gradients + self.activations, self.checkpoint,
+                                                                 self.evaluation)
 
     def line(self) -> str:
         parts = ", ".join(f"{name} {value / GIB:.2f}" for name, value in (
             ("process now (weights " + f"{self.weights / GIB:.2f})", self.process), ("gradients", self.gradients),
             ("optimizer", self.optimizer), ("bf16 copies", self.copies), ("activations", self.activations),
-            ("or a checkpoint's copies", self.checkpoint)))
+            ("or a checkpoint's copies", self.checkpoint), ("or an evaluation batch", self.evaluation)))
         return f"estimated peak {self.peak / GIB:.2f} GiB ({parts}) of {self.available / GIB:.1f} GiB available"
 
 
 def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_copies: bool,
-             frozen_copied: bool = True, shards: int = 1, neighbours: int = 1) -> MemoryEstimate:
+             frozen_in_place: bool = False, shards: int = 1, neighbours: int = 1) -> MemoryEstimate:
     """What training ``model`` with ``cfg.train`` on examples of at most ``longest`` tokens will hold at its peak;
-    ``frozen_copied``: frozen weights get bf16 copies too (else they become bf16 in place); ``shards``: processes
-    the weights, gradients and optimizer state are sharded over (``train.fsdp``), each holding its share;
+    ``bf16_copies``: the loop runs on bf16 copies of the weights; ``frozen_in_place``: the frozen fp32 weights
+    become bf16 in place (no copies of them; with copies of the rest, or none under checkpointing); ``shards``:
+    processes the weights, gradients and optimizer state are sharded over (``train.fsdp``), each holding its share;
     ``neighbours``: this machine's processes of the run, which share what it has free (each checked alone, two DDP
     processes of a 0.5B model each fitted and together would not)."""
     params = list(model.parameters())
@@ -79,26 +95,67 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
     _page_in(params)
     trainable = sum(p.numel() for p in params if p.requires_grad) // shards
     held = weights if shards == 1 else weights // shards + _gathered(model, cfg)
-    tokens = min(longest, cfg.train.max_length) * (2 if task.capabilities.pairs else 1)
-    per_sample = tokens * _per_token(model.config, cfg, task, tokens)
+    length = min(longest, cfg.train.max_length)
+    bf16 = cfg.train.precision != "fp32"
+    low = bf16_copies or frozen_in_place or shards > 1  # the blocks run on bf16 weights
+    kept = _kept(model, cfg, task, length, bf16, low) * (2 if task.capabilities.pairs else 1)
+    trim_heap()  # loading (and quantizing) freed memory the next allocations reuse: not a part of the peak
     resident = psutil.Process().memory_info().rss
-    process = resident - (weights - held)  # sharding frees the rest of the loaded weights
-    if bf16_copies and not frozen_copied:  # the frozen fp32 weights become bf16 in place: half their bytes go
-        process -= sum(p.numel() * 2 for p in params if not p.requires_grad and p.dtype == torch.float32)
+    process = resident - (weights - held) - _released(params, frozen_in_place)
     return MemoryEstimate(
         process=process, weights=held, gradients=4 * trainable, optimizer=8 * trainable,
-        copies=2 * (sum(p.numel() for p in params if p.is_floating_point()) if frozen_copied else trainable)
+        copies=2 * (trainable if frozen_in_place else sum(p.numel() for p in params if p.is_floating_point()))
         if bf16_copies else 0,
-        activations=int(SLACK * per_sample * cfg.train.batch_size), per_sample=int(SLACK * per_sample),
-        checkpoint=held + 8 * trainable,
+        activations=int(SLACK * kept * cfg.train.batch_size) + (0 if low or not bf16 else _head_cast(model)),
+        per_sample=int(SLACK * kept),
+        checkpoint=held + 8 * trainable, evaluation=_evaluation(model, cfg, task, length, bf16),
         available=resident + psutil.virtual_memory().available // max(1, neighbours))
+
+
+def _released(params: list[torch.nn.Parameter], frozen_in_place: bool) -> int:
+    """Resident bytes that go before the first step. The frozen fp32 weights made bf16 in place lose half (a new
+    bf16 tensor each); a weights file's mapped pages that no weight reads any more (weights quantized or made
+    bf16) go with the file, which is unmapped once its last weight is (pages read while loading stay resident
+    until then: 1.2-1.7 GiB of a 0.5B decoder's file after a 4-bit quantization, counted as held before)."""
+    halved = [p for p in params if frozen_in_place and not p.requires_grad and p.dtype == torch.float32]
+    halves = sum(p.numel() * 2 for p in halved)
+    mapped = _weight_file_pages()
+    if mapped is None:  # not Linux: the halves only
+        return halves
+    ranges, resident = mapped
+    halved_ids = {id(p) for p in halved}
+    in_file = [p for p in params if any(start <= p.data_ptr() < end for start, end in ranges)]
+    kept = sum(p.numel() * p.element_size() for p in in_file if id(p) not in halved_ids)
+    halved_in_file = sum(p.numel() * 2 for p in in_file if id(p) in halved_ids)
+    # a halved weight read from the file: its pages go (in `resident - kept`), its new bf16 tensor comes; one
+    # that was not mapped loses half of its own memory (in `halves`)
+    return max(0, resident - kept) - halved_in_file + (halves - halved_in_file)
+
+
+def _weight_file_pages() -> tuple[list[tuple[int, int]], int] | None:
+    """(address ranges of the process's mapped ``.safetensors`` files, their resident bytes), from
+    /proc/self/smaps; None where that file does not exist."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    ranges: list[tuple[int, int]] = []
+    resident, current = 0, False
+    for line in lines:
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header: range, perms, ..., path
+            current = line.endswith(".safetensors")
+            if current:
+                start, end = head[0].split("-")
+                ranges.append((int(start, 16), int(end, 16)))
+        elif current and head and head[0] == "Rss:":
+            resident += int(head[1]) * 1024
+    return ranges, resident
 
 
 def _gathered(model: torch.nn.Module, cfg: Any) -> int:
     """Bytes a sharded process holds beyond its share: the largest unit gathered (in the run's precision), its
     gradient in that precision and the fp32 buffer that averages it over the processes."""
-    from lmtune.training.sharding import largest_unit
-
     element = 4 if cfg.train.precision == "fp32" else 2
     return largest_unit(model) * (2 * element + 4)
 
@@ -114,18 +171,159 @@ def _page_in(params: list[torch.Tensor]) -> None:
         flat[::step].sum()
 
 
-def _per_token(config: Any, cfg: Any, task: Any, length: int) -> int:
-    """Activation bytes one token keeps for the backward pass, over every block (and its logits)."""
+def _kept(model: torch.nn.Module, cfg: Any, task: Any, length: int, bf16: bool, copies: bool) -> int:
+    """Bytes one example of ``length`` tokens keeps for the backward pass: its blocks' (measured) and its logits'."""
+    config = model.config
+    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
+    try:
+        with fast_dropout(model) if cfg.train.fast_dropout else nullcontext():  # as the loop will run it
+            block, block_input = _block_at(model, length, bf16, copies)
+        layers = len(repeated_blocks(model))
+    except (_NoProbe, RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError) \
+            as err:  # a model the probe cannot run: counted instead
+        log.debug("memory: the block probe failed (%s); activations counted from the config", err)
+        block, block_input = length * _counted_block(config, cfg, bf16), 0
+    # checkpointing: every block's input, and one block recomputed in full while it is differentiated
+    blocks = block + block_input * layers if cfg.train.gradient_checkpointing else block * layers
+    logits = 2 * (2 if bf16 else 4) * config.vocab_size * length if not task.capabilities.labelled else 0
+    return blocks + logits
+
+
+def _head_cast(model: torch.nn.Module) -> int:
+    """Bytes of the bf16 cast of the output head's fp32 weight that autocast keeps for the backward pass (the
+    blocks' casts are in their measured bytes)."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    return 2 * weight.numel() if isinstance(weight, torch.Tensor) and weight.dtype == torch.float32 else 0
+
+
+def _evaluation(model: torch.nn.Module, cfg: Any, task: Any, length: int, bf16: bool) -> int:
+    """Bytes an evaluation batch adds without gradients: its logits (a token task's span every position of the
+    vocabulary) and the fp32 chunk they are scored in."""
+    if task.capabilities.labelled:
+        return 0
+    vocab = model.config.vocab_size
+    return cfg.train.eval_batch * length * vocab * (2 if bf16 else 4) + SCORED_CHUNK * vocab * 4
+
+
+def _block_at(model: torch.nn.Module, length: int, bf16: bool, copies: bool) -> tuple[int, int]:
+    """(bytes the first block keeps for the backward pass of ``length`` tokens, bytes of its input), from
+    `measured_block` at 64 and 128 tokens: a part linear in the length and one quadratic (eager attention's
+    probabilities), extrapolated."""
+    short = min(length, 64)
+    kept, block_input = measured_block(model, short, bf16, copies)
+    if length <= short:
+        return kept, block_input
+    kept_twice, _ = measured_block(model, 2 * short, bf16, copies)
+    quadratic = max(0.0, (kept_twice - 2 * kept) / (2 * short * short))
+    linear = (kept - quadratic * short * short) / short
+    return int(linear * length + quadratic * length * length), block_input * length // short
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer layers: of the blocks it names (`blocks_of`, BERT's embeddings among them), those of
+    the class that repeats most."""
+    blocks = blocks_of(model)
+    if not blocks:
+        return []
+    kinds = Counter(type(block) for block in blocks)
+    kind = max(kinds, key=kinds.__getitem__)
+    return [block for block in blocks if type(block) is kind]
+
+
+class _NoProbe(Exception):
+    """The model names no transformer block (``_no_split_modules``)."""
+
+
+class _Measured(Exception):
+    """Raised once the first block has run: the probe needs nothing after it."""
+
+
+def measured_block(model: torch.nn.Module, length: int, bf16: bool, copies: bool) -> tuple[int, int]:
+    """(bytes the model's first block keeps for the backward pass on ``length`` tokens of batch 1, bytes of the
+    block's input), measured as training runs it: in training mode, under bf16 autocast where ``bf16``, on bf16
+    copies of its weights where ``copies`` (then its input is bf16 too), its input requiring a gradient as every
+    block's but the first does. Weights are not counted; a tensor saved twice counts once. The random numbers
+    it draws (dropout) are its own."""
+    blocks = repeated_blocks(model)
+    if not blocks:
+        raise _NoProbe(f"{type(model).__name__} names no blocks")
+    block = blocks[0]
+    prefix = next(name for name, module in model.named_modules() if module is block)
+    swapped = {f"{prefix}.{name}": p.detach().to(torch.bfloat16).requires_grad_(p.requires_grad)
+               for name, p in block.named_parameters() if p.is_floating_point()} if copies and bf16 else {}
+    probe = _BlockProbe({t.untyped_storage().data_ptr() for t in [*model.parameters(), *swapped.values()]},
+                        torch.bfloat16 if swapped else None)
+    device = next(model.parameters()).device
+    ids = (torch.arange(length, device=device) % min(model.config.vocab_size, 1000))[None]
+    features = {"input_ids": ids, "decoder_input_ids": ids} if model.config.is_encoder_decoder else {"input_ids": ids}
+    handles = [block.register_forward_pre_hook(probe.enter, with_kwargs=True), block.register_forward_hook(probe.leave)]
+    training = model.training
+    # checkpointing runs a block without keeping its tensors, and its recomputation keeps them all: measured whole
+    checkpointed = isinstance(block, GradientCheckpointingLayer) and block.gradient_checkpointing
+    try:
+        model.train()
+        if checkpointed:
+            block.gradient_checkpointing = False
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), torch.enable_grad():
+            torch.func.functional_call(model, swapped, args=(), kwargs=features, strict=False)
+    except _Measured:
+        return sum(probe.saved.values()), probe.input_bytes
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+        if checkpointed:
+            block.gradient_checkpointing = True
+    raise _NoProbe(f"{type(model).__name__}'s forward pass did not run its first block")
+
+
+class _BlockProbe:
+    """Forward hooks of the probed block: its input made a leaf that requires a gradient (in ``dtype``, or its
+    own), and a saved-tensor hook, while the block runs, that adds up the storages autograd keeps."""
+
+    def __init__(self, weights: set[int], dtype: torch.dtype | None):
+        self.weights, self.dtype = weights, dtype
+        self.saved: dict[int, int] = {}
+        self.input_bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._count, lambda tensor: tensor)
+
+    def _count(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.weights:
+            self.saved[storage.data_ptr()] = max(self.saved.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to(self.dtype or x.dtype).requires_grad_(True)
+        self.input_bytes = x.numel() * x.element_size()
+        return x
+
+    def enter(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args and isinstance(args[0], torch.Tensor):
+            args = (self._input(args[0]), *args[1:])
+        elif isinstance(kwargs.get("hidden_states"), torch.Tensor):
+            kwargs = {**kwargs, "hidden_states": self._input(kwargs["hidden_states"])}
+        else:
+            raise _NoProbe(f"{type(module).__name__} takes no hidden states as its first input")
+        self._hooks.__enter__()
+        return args, kwargs
+
+    def leave(self, *_: Any) -> None:
+        self._hooks.__exit__(None, None, None)
+        raise _Measured
+
+
+def _counted_block(config: Any, cfg: Any, bf16: bool) -> int:
+    """Bytes one token keeps in a block, counted from the config (models the probe cannot run): about 16
+    hidden-width and 4 feed-forward-width values in the compute precision; eager attention's probabilities."""
     width = _first(config, "hidden_size", "n_embd", "d_model")
     ffn = _first(config, "intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim") or 4 * width
     heads = _first(config, "num_attention_heads", "n_head")
-    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
-    element = 4 if cfg.train.precision == "fp32" else 2
-    block = element * (16 * width + 4 * ffn) + (4 * heads * length if cfg.train.attention == "eager" else 0)
-    # checkpointing: every block's input, and two blocks' worth while one is recomputed and differentiated
-    kept = 2 * block + element * width * layers if cfg.train.gradient_checkpointing else block * layers
-    logits = 2 * element * config.vocab_size if not task.capabilities.labelled else 0
-    return kept + logits
+    element = 2 if bf16 else 4
+    attention = 4 * heads * cfg.train.max_length if cfg.train.attention == "eager" else 0
+    return element * (16 * width + 4 * ffn) + attention
 
 
 def _first(config: Any, *names: str) -> int:
