@@ -77,6 +77,12 @@ def export(run_dir, out_dir=None, merge=False, format="transformers", quantize=N
     back and checked; ``quantize``: f16 or q8_0 weights). onnx and gguf return their checks (also written beside
     the file).
     """
+    takes = {"transformers": (), "onnx": ("int8",), "gguf": ("f16", "q8_0")}
+    if format not in takes:
+        raise LmtuneError(f"format {format!r}: formats are {', '.join(takes)}")
+    if quantize is not None and quantize not in takes[format]:
+        options = "; ".join(f"{name} {' or '.join(q)}" for name, q in takes.items() if q)
+        raise LmtuneError(f"quantize {quantize!r}: not with format {format} (it takes: {options})")
     if format == "onnx":
         from lmtune.onnx_export import export_onnx
 
@@ -85,9 +91,6 @@ def export(run_dir, out_dir=None, merge=False, format="transformers", quantize=N
         from lmtune.gguf_export import export_gguf
 
         return export_gguf(run_dir, out_dir, weights=quantize or "f32")
-    if format != "transformers" or quantize:
-        raise LmtuneError(f"export: format {format!r} with quantize {quantize!r}: formats are transformers, onnx "
-                          "(quantize int8) and gguf (quantize f16, q8_0)")
     from lmtune.exporting import export as write
 
     return write(run_dir, out_dir, merge=merge)

@@ -117,7 +117,8 @@ def test_gguf_refusals_are_one_line_and_write_nothing(trained_run, stories260k, 
     assert "--format gguf takes Llama-architecture causal LMs" in result.stderr and "BertForSequenceClassification" \
         in result.stderr
     assert not (tmp_path / "cls").exists()
-    assert "GGUF takes f16 or q8_0" in cli("export", stories260k, "--format", "gguf", "--quantize", "int8").stderr
+    assert cli("export", stories260k, "--format", "gguf", "--quantize", "int8").stderr.strip().endswith(
+        "lmtune: error: quantize 'int8': not with format gguf (it takes: onnx int8; gguf f16 or q8_0)")
 
     # a writer that got the rotary layout wrong: the read-back check catches it, and nothing is kept
     from lmtune import gguf_export

@@ -110,5 +110,6 @@ def test_onnx_refusals_are_one_line(exported, trained_run, stories260k, tmp_path
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"lmtune: error: {broken / 'onnx' / 'model.onnx'}: not a loadable ONNX model (")
     assert cli("export", run, "--quantize", "int8").stderr.strip().endswith(
-        "--quantize: only with --format onnx (int8) or gguf (f16, q8_0)")
-    assert "--quantize: ONNX takes int8" in cli("export", run, "--format", "onnx", "--quantize", "q8_0").stderr
+        "lmtune: error: quantize 'int8': not with format transformers (it takes: onnx int8; gguf f16 or q8_0)")
+    assert cli("export", run, "--format", "onnx", "--quantize", "q8_0").stderr.strip().endswith(
+        "lmtune: error: quantize 'q8_0': not with format onnx (it takes: onnx int8; gguf f16 or q8_0)")

@@ -153,38 +153,28 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import lmtune  # the Python API's export: one place that checks the format and quantization and dispatches
+
+    done = lmtune.export(args.run, args.out, merge=args.merge, format=args.format, quantize=args.quantize)
     if args.format == "onnx":
-        from lmtune.onnx_export import export_onnx
-
-        checks = export_onnx(args.run, args.out, quantize=args.quantize)
-        line = (f"{checks['out']}: largest |logit difference| onnxruntime vs PyTorch fp32 {checks['max_abs_diff']:.2e} "
-                f"on {checks['rows']} validation rows (bound {checks['tolerance']:g})")
-        int8 = checks.get("int8", {})
-        if "torch" in int8:
-            line += "; int8: " + ", ".join(f"{k} {int8['torch'][k]:g} -> {int8['int8'][k]:g}" for k in int8["torch"])
-        sys.stdout.write(line + "\n")
-        return 0
-    if args.format == "gguf":
-        return _export_gguf(args)
-    if args.quantize:
-        raise LmtuneError("--quantize: only with --format onnx (int8) or gguf (f16, q8_0)")
-    from lmtune.exporting import export
-
-    sys.stdout.write(f"{export(args.run, args.out, merge=args.merge)}\n")
+        sys.stdout.write(_onnx_line(done) + "\n")
+    elif args.format == "gguf":
+        bound = f" (bound {done['tolerance']:g})" if done["tolerance"] is not None else ""
+        sys.stdout.write(f"{done['out']}: {done['weights']}; read back by transformers: the same token ids on "
+                         f"{done['texts']} texts, largest |logit difference| {done['max_abs_diff']:.2e}{bound}, "
+                         f"top-1 token agreement {done['top1_agreement']:.4f}\n")
+    else:
+        sys.stdout.write(f"{done}\n")
     return 0
 
 
-def _export_gguf(args: argparse.Namespace) -> int:
-    from lmtune.gguf_export import export_gguf
-
-    if args.quantize == "int8":
-        raise LmtuneError("--quantize: GGUF takes f16 or q8_0 (int8 is ONNX's)")
-    checks = export_gguf(args.run, args.out, weights=args.quantize or "f32")
-    bound = f" (bound {checks['tolerance']:g})" if checks["tolerance"] is not None else ""
-    sys.stdout.write(f"{checks['out']}: {checks['weights']}; read back by transformers: the same token ids on "
-                     f"{checks['texts']} texts, largest |logit difference| {checks['max_abs_diff']:.2e}{bound}, "
-                     f"top-1 token agreement {checks['top1_agreement']:.4f}\n")
-    return 0
+def _onnx_line(checks: dict) -> str:
+    line = (f"{checks['out']}: largest |logit difference| onnxruntime vs PyTorch fp32 {checks['max_abs_diff']:.2e} "
+            f"on {checks['rows']} validation rows (bound {checks['tolerance']:g})")
+    int8 = checks.get("int8", {})
+    if "torch" in int8:
+        line += "; int8: " + ", ".join(f"{k} {int8['torch'][k]:g} -> {int8['int8'][k]:g}" for k in int8["torch"])
+    return line
 
 
 def _data_preview(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from lmtune.rundir import EXAMPLE_LOSSES_LOG
 from lmtune.tasks import DecidingMetric, Task
 from lmtune.tasks.losses import release_buffers
 from lmtune.training import sharding
-from lmtune.training.bf16_weights import Bf16Weights, frozen_in_bf16
+from lmtune.training.bf16_weights import Bf16Weights, frozen_to_bf16
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
     TrainState,
@@ -146,10 +146,8 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         # after the resume, so the copies start from the checkpoint's (fp32) weights
         copies = Bf16Weights(model, lazy, frozen_in_place=not inputs.frozen_weights_saved) \
             if uses_bf16_copies(accelerator, cfg) else None
-        if copies is not None:
-            speedups.callback(copies.release)
-        elif frozen_bf16_in_place(accelerator, cfg, inputs.frozen_weights_saved):
-            speedups.enter_context(frozen_in_bf16(model))
+        if copies is None and frozen_bf16_in_place(accelerator, cfg, inputs.frozen_weights_saved):
+            frozen_to_bf16(model)
         _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, lengths, per_epoch, total,
               copies).run()
     tracker.close()

@@ -102,13 +102,15 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
     trim_heap()  # loading (and quantizing) freed memory the next allocations reuse: not a part of the peak
     resident = psutil.Process().memory_info().rss
     process = resident - (weights - held) - _released(params, frozen_in_place)
+    # a checkpoint writes every weight in its training dtype: frozen ones made bf16 in place at half their size
+    halved = sum(p.numel() * 2 for p in params if frozen_in_place and not p.requires_grad and p.dtype == torch.float32)
     return MemoryEstimate(
         process=process, weights=held, gradients=4 * trainable, optimizer=8 * trainable,
         copies=2 * (trainable if frozen_in_place else sum(p.numel() for p in params if p.is_floating_point()))
         if bf16_copies else 0,
         activations=int(SLACK * kept * cfg.train.batch_size) + (0 if low or not bf16 else _head_cast(model)),
         per_sample=int(SLACK * kept),
-        checkpoint=held + 8 * trainable, evaluation=_evaluation(model, cfg, task, length, bf16),
+        checkpoint=held - halved + 8 * trainable, evaluation=_evaluation(model, cfg, task, length, bf16),
         available=resident + psutil.virtual_memory().available // max(1, neighbours))
 
 
