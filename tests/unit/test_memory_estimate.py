@@ -97,3 +97,34 @@ def test_the_logits_sized_gradient_buffer_is_kept_only_for_a_shape_that_repeats(
     assert pool.tensor is not None
     losses.release_buffers()
     assert pool.tensor is None
+
+
+def test_making_a_loaded_base_bf16_hands_its_file_pages_back_and_keeps_its_values(tmp_path):
+    """transformers maps the weights file: the fp32 pages of each converted weight go at once (before, the whole
+    file stayed resident beside the new bf16 tensors until the last weight was converted)."""
+    from lmtune.heap import weight_files
+    from lmtune.training.bf16_weights import frozen_to_bf16
+    from lmtune.training.memory import _page_in
+
+    config = AutoConfig.for_model("llama", hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=4000)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    files = weight_files()
+    if files is None:
+        pytest.skip("no /proc/self/smaps here")
+    ours = [f for f in weight_files() if any(f[0] <= p.data_ptr() < f[1] for p in model.parameters())]
+    assert ours, "transformers did not map the weights file"
+    params = list(model.parameters())
+    _page_in(params)
+    expected = {name: p.detach().to(torch.bfloat16).clone() for name, p in model.named_parameters()}
+    resident = sum(f[2] for f in weight_files() if f[:2] in {g[:2] for g in ours})
+    for param in model.model.layers.parameters():  # the blocks frozen, the embeddings still read from the file
+        param.requires_grad_(False)
+    frozen_to_bf16(model)
+    left = sum(f[2] for f in weight_files() if f[:2] in {g[:2] for g in ours})
+    blocks = sum(p.numel() * 4 for p in model.model.layers.parameters())
+    assert resident - left > 0.9 * blocks  # the blocks' fp32 pages went
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach().to(torch.bfloat16), expected[name]), name  # converted and untouched alike

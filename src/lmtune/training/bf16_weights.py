@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from lmtune.evaluation.low_precision import bf16_inputs
+from lmtune.heap import drop_file_pages, weight_files
 
 
 class Bf16Weights:
@@ -95,6 +96,9 @@ def frozen_to_bf16(model: torch.nn.Module) -> None:
     gradient checkpointing, which runs on the model's own weights (no copies): left in fp32, autocast cast every
     frozen weight to bf16 at each use, in the forward pass and again in the recomputation, and kept the output
     head's cast (272 MB on a 0.5B decoder) for the backward pass."""
+    files = weight_files() or []
     for param in model.parameters():
         if not param.requires_grad and param.dtype == torch.float32:
-            param.data = param.data.to(torch.bfloat16)
+            loaded = param.data
+            param.data = loaded.to(torch.bfloat16)
+            drop_file_pages(loaded, files)  # its pages in the mapped weights file: not needed any more

@@ -25,7 +25,6 @@ import logging
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -33,7 +32,7 @@ import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from lmtune.errors import LmtuneError
-from lmtune.heap import trim_heap
+from lmtune.heap import in_weight_file, trim_heap, weight_files
 from lmtune.tasks.language_model import SCORED_CHUNK
 from lmtune.training.dropout import fast_dropout
 from lmtune.training.sharding import blocks_of, largest_unit
@@ -68,11 +67,20 @@ class MemoryEstimate:
     """Activation bytes of one example (what a smaller batch saves)."""
     available: int
     """Bytes the run may use: what it holds now and what the machine has free."""
+    now: int = 0
+    """Resident bytes when the estimate was made, before the frozen weights' conversion and the weight file's
+    release: a peak already reached (loading a 1.24B decoder's fp32 file peaked above its LoRA run's steps)."""
+
+    @property
+    def training(self) -> int:
+        """The peak of training (what decides whether the run fits)."""
+        return self.process + self.optimizer + self.copies + max(self.gradients + self.activations, self.checkpoint,
+                                                                 self.evaluation)
 
     @property
     def peak(self) -> int:
-        return self.process + self.optimizer + self.copies + max(self.gradients + self.activations, self.checkpoint,
-                                                                 self.evaluation)
+        """The process's peak: training's, or what it held when the estimate was made."""
+        return max(self.now, self.training)
 
     def line(self) -> str:
         parts = ", ".join(f"{name} {value / GIB:.2f}" for name, value in (
@@ -111,7 +119,7 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
         activations=int(SLACK * kept * cfg.train.batch_size) + (0 if low or not bf16 else _head_cast(model)),
         per_sample=int(SLACK * kept),
         checkpoint=held - halved + 8 * trainable, evaluation=_evaluation(model, cfg, task, length, bf16),
-        available=resident + psutil.virtual_memory().available // max(1, neighbours))
+        available=resident + psutil.virtual_memory().available // max(1, neighbours), now=resident)
 
 
 def _released(params: list[torch.nn.Parameter], frozen_in_place: bool) -> int:
@@ -121,38 +129,17 @@ def _released(params: list[torch.nn.Parameter], frozen_in_place: bool) -> int:
     until then: 1.2-1.7 GiB of a 0.5B decoder's file after a 4-bit quantization, counted as held before)."""
     halved = [p for p in params if frozen_in_place and not p.requires_grad and p.dtype == torch.float32]
     halves = sum(p.numel() * 2 for p in halved)
-    mapped = _weight_file_pages()
-    if mapped is None:  # not Linux: the halves only
+    files = weight_files()
+    if files is None:  # not Linux: the halves only
         return halves
-    ranges, resident = mapped
+    resident = sum(pages for _, _, pages in files)
     halved_ids = {id(p) for p in halved}
-    in_file = [p for p in params if any(start <= p.data_ptr() < end for start, end in ranges)]
+    in_file = [p for p in params if in_weight_file(p, files)]
     kept = sum(p.numel() * p.element_size() for p in in_file if id(p) not in halved_ids)
     halved_in_file = sum(p.numel() * 2 for p in in_file if id(p) in halved_ids)
     # a halved weight read from the file: its pages go (in `resident - kept`), its new bf16 tensor comes; one
     # that was not mapped loses half of its own memory (in `halves`)
     return max(0, resident - kept) - halved_in_file + (halves - halved_in_file)
-
-
-def _weight_file_pages() -> tuple[list[tuple[int, int]], int] | None:
-    """(address ranges of the process's mapped ``.safetensors`` files, their resident bytes), from
-    /proc/self/smaps; None where that file does not exist."""
-    try:
-        lines = Path("/proc/self/smaps").read_text().splitlines()
-    except OSError:
-        return None
-    ranges: list[tuple[int, int]] = []
-    resident, current = 0, False
-    for line in lines:
-        head = line.split()
-        if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header: range, perms, ..., path
-            current = line.endswith(".safetensors")
-            if current:
-                start, end = head[0].split("-")
-                ranges.append((int(start, 16), int(end, 16)))
-        elif current and head and head[0] == "Rss:":
-            resident += int(head[1]) * 1024
-    return ranges, resident
 
 
 def _gathered(model: torch.nn.Module, cfg: Any) -> int:
@@ -341,7 +328,7 @@ def check_fits(found: MemoryEstimate, cfg: Any, can_shard: bool = False) -> None
     ``can_shard``: the run has several processes and trains every weight, unsharded (``train.fsdp`` would help)."""
     log.info("memory: %s", found.line())
     budget = found.available * MARGIN
-    if found.peak <= budget:
+    if found.training <= budget:
         return
     fixed = found.process + found.optimizer + found.copies + found.gradients
     batch = int((budget - fixed) // found.per_sample) if found.per_sample else 0
