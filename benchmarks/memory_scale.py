@@ -1,5 +1,6 @@
 """SFT of decoders with the architectures of Qwen2.5-0.5B and Llama-3.2-1B on this machine: lmtune (full, LoRA,
-LoRA + gradient checkpointing, QLoRA) and TRL's SFTTrainer (LoRA, without and with packing), side by side.
+LoRA + gradient checkpointing, QLoRA) and TRL's SFTTrainer (its defaults, gradient checkpointing on, with LoRA; then
+with packing, without checkpointing, QLoRA, full), side by side.
 
 The models are built from the published configs (shapes, vocabulary, tied embeddings, RoPE) with seeded random
 weights and saved once; the tokenizer is a byte-level BPE trained by lmtune on the rows' text (its ids are a
@@ -45,7 +46,12 @@ ARCHITECTURES = {
 }
 LMTUNE_SIDES = {"full": {"name": "full"}, "lora": {"name": "lora"}, "lora+ckpt": {"name": "lora"},
                 "qlora": {"name": "qlora"}}
-TRL_SIDES = ("trl-lora", "trl-lora-packing")
+TRL_SIDES = {"trl-lora": {}, "trl-lora-packing": {"packing": True},
+             "trl-lora-no-ckpt": {"gradient_checkpointing": False}, "trl-qlora": {"quantized": True},
+             "trl-full": {"full": True}}
+"""TRL's SFTTrainer with its defaults (gradient checkpointing on: SFTConfig's default) and lmtune's LoRA settings;
+the other sides change one thing: packing, no checkpointing, a 4-bit NF4 base with adapters on every linear layer
+(lmtune's QLoRA), no adapters (full fine-tuning, checkpointing on)."""
 
 
 def add_row_arguments(parser: argparse.ArgumentParser, rows: int, validation_rows: int, length: int, min_length: int,
@@ -137,29 +143,36 @@ def run_trl(args: argparse.Namespace, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
     from lmtune.models import load_tokenizer
 
     torch.set_num_threads(args.threads)
+    side = TRL_SIDES[args.child]
     work = Path(args.work) / args.child_model
     rows = [json.loads(x) for x in (work / "train.jsonl").read_text().splitlines()]
     tokenizer = load_tokenizer(str(work / "model"))
-    model = AutoModelForCausalLM.from_pretrained(str(work / "model"), attn_implementation="sdpa")
-    peft = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, task_type="CAUSAL_LM")  # lmtune's LoRA defaults
+    quantized = {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16),
+    } if side.get("quantized") else {}
+    model = AutoModelForCausalLM.from_pretrained(str(work / "model"), attn_implementation="sdpa", **quantized)
+    # lmtune's LoRA defaults (its QLoRA adapts every linear layer)
+    peft = None if side.get("full") else LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, task_type="CAUSAL_LM",
+                                                    target_modules="all-linear" if quantized else None)
     config = SFTConfig(
         output_dir=str(out / "trl"), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
         num_train_epochs=1, warmup_steps=0, lr_scheduler_type="linear", max_length=args.length,
-        packing=args.child == "trl-lora-packing", bf16=True, use_cpu=True, save_strategy="no", eval_strategy="no",
-        report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, seed=42,
+        packing=side.get("packing", False), gradient_checkpointing=side.get("gradient_checkpointing", True),
+        bf16=True, use_cpu=True, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1,
+        disable_tqdm=True, dataloader_num_workers=0, seed=42,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft)
     result = trainer.train()
+    trained = trainer.model if peft is None else trainer.model.merge_and_unload()
     return {"tokens_per_s": _tokens(work) / result.metrics["train_runtime"],
-            "validation_loss": _validation(trainer.model.merge_and_unload(), args, work),
-            "steps": trainer.state.global_step}
+            "validation_loss": _validation(trained, args, work), "steps": trainer.state.global_step}
 
 
 def _validation(model, args: argparse.Namespace, work: Path) -> float:
@@ -185,7 +198,7 @@ def _validation(model, args: argparse.Namespace, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="qwen2.5-0.5b,llama-3.2-1b")
-    parser.add_argument("--sides", default="full,lora,lora+ckpt,qlora,trl-lora,trl-lora-packing")
+    parser.add_argument("--sides", default=",".join([*LMTUNE_SIDES, *TRL_SIDES]))
     add_row_arguments(parser, rows=8, validation_rows=4, length=1024, min_length=256, batch_size=2, lr=5e-4,
                       work="/tmp/lmtune-memory-scale")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False,
@@ -208,9 +221,14 @@ def main() -> None:
                   f"{args.min_length}-{args.length} each), batch {args.batch_size}, bf16, {args.threads} threads\n")
         out.write(f"{'side':<18} {'tokens/s':>9} {'peak RSS MiB':>12} {'estimate':>9} {'est/peak':>8} "
                   f"{'val loss':>9} {'steps':>5}\n")
+        refused = set()
         for side in args.sides.split(","):
+            if side == "trl-full" and "full" in refused:  # it would not fit either, and could take the machine down
+                out.write(f"{side:<18} not run: lmtune refused full fine-tuning as not fitting in memory\n")
+                continue
             r = run_side(__file__, side, [*sys.argv[1:], "--child-model", architecture])
             if "refused" in r:
+                refused.add(side)
                 out.write(f"{side:<18} refused: {r['refused']}\n")
                 continue
             estimate = r.get("estimate_mib")
