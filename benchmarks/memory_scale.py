@@ -44,8 +44,8 @@ ARCHITECTURES = {
                      "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
 }
-LMTUNE_SIDES = {"full": {"name": "full"}, "lora": {"name": "lora"}, "lora+ckpt": {"name": "lora"},
-                "qlora": {"name": "qlora"}}
+LMTUNE_SIDES = {"full": {"name": "full"}, "full+ckpt": {"name": "full"}, "lora": {"name": "lora"},
+                "lora+ckpt": {"name": "lora"}, "qlora": {"name": "qlora"}}
 TRL_SIDES = {"trl-lora": {}, "trl-lora-packing": {"packing": True},
              "trl-lora-no-ckpt": {"gradient_checkpointing": False}, "trl-qlora": {"quantized": True},
              "trl-full": {"full": True}}
@@ -128,7 +128,7 @@ def run_lmtune(args: argparse.Namespace, out: Path) -> dict:
         "data": {"train": str(work / "train.jsonl"), "validation": str(work / "validation.jsonl")},
         "train": {"epochs": 1, "batch_size": args.batch_size, "lr": args.lr, "warmup": 0.0, "max_length": args.length,
                   "precision": "bf16", "threads": args.threads, "eval_every": 0, "eval_train_samples": 0,
-                  "gradient_checkpointing": args.child == "lora+ckpt", "log_every": 1},
+                  "gradient_checkpointing": args.child.endswith("+ckpt"), "log_every": 1},
         "lm": {"packing": args.packing}, "output": str(out / "run"),
     }
     try:
@@ -221,11 +221,13 @@ def main() -> None:
                   f"{args.min_length}-{args.length} each), batch {args.batch_size}, bf16, {args.threads} threads\n")
         out.write(f"{'side':<18} {'tokens/s':>9} {'peak RSS MiB':>12} {'estimate':>9} {'est/peak':>8} "
                   f"{'val loss':>9} {'steps':>5}\n")
-        refused = set()
+        ran, refused = set(), set()
         for side in args.sides.split(","):
-            if side == "trl-full" and "full" in refused:  # it would not fit either, and could take the machine down
+            full = ran & {"full", "full+ckpt"}
+            if side == "trl-full" and full and full <= refused:  # it would not fit either: it could take the machine
                 out.write(f"{side:<18} not run: lmtune refused full fine-tuning as not fitting in memory\n")
                 continue
+            ran.add(side)
             r = run_side(__file__, side, [*sys.argv[1:], "--child-model", architecture])
             if "refused" in r:
                 refused.add(side)
