@@ -128,3 +128,22 @@ def test_making_a_loaded_base_bf16_hands_its_file_pages_back_and_keeps_its_value
     assert resident - left > 0.9 * blocks  # the blocks' fp32 pages went
     for name, param in model.named_parameters():
         assert torch.equal(param.detach().to(torch.bfloat16), expected[name]), name  # converted and untouched alike
+
+
+def test_the_layers_counted_are_the_transformer_layers_of_encoders_and_encoder_decoders():
+    """BERT names its embeddings among its unsplittable modules, BART its encoder and decoder layers: the probe runs
+    a layer, and every layer counts."""
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    from lmtune.training.memory import layer_blocks
+
+    bert = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(
+        "bert", hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, vocab_size=300))
+    bart = AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model(
+        "bart", d_model=64, vocab_size=300, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128))
+    assert [type(b).__name__ for b in layer_blocks(bert)] == ["BertLayer"] * 3
+    assert [type(b).__name__ for b in layer_blocks(bart)] == ["BartEncoderLayer"] * 2 + ["BartDecoderLayer"] * 3
+    for model in (bert, bart):
+        kept, block_input = measured_block(model, 32, bf16=False, copies=False)
+        assert kept > 0 and block_input == 32 * 64 * 4  # a layer ran, not the embeddings

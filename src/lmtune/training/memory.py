@@ -23,7 +23,6 @@ peak is the largest of the step's, the checkpoint's and an evaluation batch's.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -176,7 +175,7 @@ def _kept(model: torch.nn.Module, cfg: Any, task: Any, length: int, bf16: bool, 
     try:
         with fast_dropout(model) if cfg.train.fast_dropout else nullcontext():  # as the loop will run it
             block, block_input = _block_at(model, length, bf16, copies)
-        layers = len(repeated_blocks(model))
+        layers = len(layer_blocks(model))
     except (_NoProbe, RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError) \
             as err:  # a model the probe cannot run: counted instead
         log.debug("memory: the block probe failed (%s); activations counted from the config", err)
@@ -218,15 +217,10 @@ def _block_at(model: torch.nn.Module, length: int, bf16: bool, copies: bool) -> 
     return int(linear * length + quadratic * length * length), block_input * length // short
 
 
-def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's transformer layers: of the blocks it names (`blocks_of`, BERT's embeddings among them), those of
-    the class that repeats most."""
-    blocks = blocks_of(model)
-    if not blocks:
-        return []
-    kinds = Counter(type(block) for block in blocks)
-    kind = max(kinds, key=kinds.__getitem__)
-    return [block for block in blocks if type(block) is kind]
+def layer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer layers: the blocks it names (`blocks_of`) but its embeddings, which BERT names too;
+    an encoder-decoder's encoder and decoder layers both (the probe measures the first, an encoder layer)."""
+    return [block for block in blocks_of(model) if "Embedding" not in type(block).__name__]
 
 
 class _NoProbe(Exception):
@@ -243,7 +237,7 @@ def measured_block(model: torch.nn.Module, length: int, bf16: bool, copies: bool
     copies of its weights where ``copies`` (then its input is bf16 too), its input requiring a gradient as every
     block's but the first does. Weights are not counted; a tensor saved twice counts once. The random numbers
     it draws (dropout) are its own."""
-    blocks = repeated_blocks(model)
+    blocks = layer_blocks(model)
     if not blocks:
         raise _NoProbe(f"{type(model).__name__} names no blocks")
     block = blocks[0]
@@ -254,7 +248,9 @@ def measured_block(model: torch.nn.Module, length: int, bf16: bool, copies: bool
                         torch.bfloat16 if swapped else None)
     device = next(model.parameters()).device
     ids = (torch.arange(length, device=device) % min(model.config.vocab_size, 1000))[None]
-    features = {"input_ids": ids, "decoder_input_ids": ids} if model.config.is_encoder_decoder else {"input_ids": ids}
+    features = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}  # a mask: some ids may be the pad token's
+    if model.config.is_encoder_decoder:
+        features["decoder_input_ids"] = ids
     handles = [block.register_forward_pre_hook(probe.enter, with_kwargs=True), block.register_forward_hook(probe.leave)]
     training = model.training
     # checkpointing runs a block without keeping its tensors, and its recomputation keeps them all: measured whole
