@@ -21,6 +21,7 @@ cost LoRA SFT of a 0.5B decoder 1 GiB more than the Hugging Face stack's autocas
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -36,17 +37,13 @@ class Bf16Weights:
         model: the model whose parameters stay the fp32 masters (saved, evaluated, optimized).
         rows: a master parameter updated row by row (sparse word-embedding gradients, see `lazy_rows`),
             whose copy is refreshed for the rows of the last step only.
-        frozen_in_place: frozen weights become bf16 in place (only where they are not saved: LoRA's base;
-            their fp32 values are gone).
+
+    Weights already bf16 (a base made bf16 in place by `frozen_to_bf16`) are their own copies.
     """
 
-    def __init__(self, model: torch.nn.Module, rows: torch.nn.Parameter | None = None,
-                 frozen_in_place: bool = False):
+    def __init__(self, model: torch.nn.Module, rows: torch.nn.Parameter | None = None):
         self.model = model
         named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
-        # bf16 in place: the copy below is then the parameter itself
-        if frozen_in_place:
-            frozen_to_bf16(model)
         self.names = [n for n, _ in named]
         self.masters = [p for _, p in named]
         self.copies = [p.detach().to(torch.bfloat16).requires_grad_(p.requires_grad) for p in self.masters]
@@ -97,8 +94,12 @@ def frozen_to_bf16(model: torch.nn.Module) -> None:
     frozen weight to bf16 at each use, in the forward pass and again in the recomputation, and kept the output
     head's cast (272 MB on a 0.5B decoder) for the backward pass."""
     files = weight_files() or []
-    for param in model.parameters():
-        if not param.requires_grad and param.dtype == torch.float32:
-            loaded = param.data
-            param.data = loaded.to(torch.bfloat16)
-            drop_file_pages(loaded, files)  # its pages in the mapped weights file: not needed any more
+    for param in made_bf16(model.parameters()):
+        loaded = param.data
+        param.data = loaded.to(torch.bfloat16)
+        drop_file_pages(loaded, files)  # its pages in the mapped weights file: not needed any more
+
+
+def made_bf16(params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The weights `frozen_to_bf16` converts: the frozen fp32 ones."""
+    return [p for p in params if not p.requires_grad and p.dtype == torch.float32]

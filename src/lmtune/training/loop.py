@@ -143,11 +143,11 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         # CUDA's own dropout kernel is fast; on CPU the mask's random numbers are a tenth of a small step
         if cfg.fast_dropout and accelerator.device.type == "cpu":
             speedups.enter_context(fast_dropout(model))
-        # after the resume, so the copies start from the checkpoint's (fp32) weights
-        copies = Bf16Weights(model, lazy, frozen_in_place=not inputs.frozen_weights_saved) \
-            if uses_bf16_copies(accelerator, cfg) else None
-        if copies is None and frozen_bf16_in_place(accelerator, cfg, inputs.frozen_weights_saved):
+        # after the resume, so the copies start from the checkpoint's (fp32) weights; a base made bf16 first is
+        # its own copy
+        if frozen_bf16_in_place(accelerator, cfg, inputs.frozen_weights_saved):
             frozen_to_bf16(model)
+        copies = Bf16Weights(model, lazy) if uses_bf16_copies(accelerator, cfg) else None
         _Loop(accelerator, model, optimizer, scheduler, inputs, cfg, state, tracker, lengths, per_epoch, total,
               copies).run()
     tracker.close()
@@ -386,7 +386,7 @@ def uses_bf16_copies(accelerator: Any, cfg: TrainConfig) -> bool:
 
 def frozen_bf16_in_place(accelerator: Any, cfg: TrainConfig, frozen_saved: bool) -> bool:
     """Whether the frozen fp32 weights become bf16 in place for the run (they are not saved: LoRA's base), with
-    bf16 copies of the rest or, under gradient checkpointing, without (`frozen_in_bf16`)."""
+    bf16 copies of the rest or, under gradient checkpointing, without (`frozen_to_bf16`)."""
     return _bf16_weights(accelerator, cfg) and not frozen_saved
 
 

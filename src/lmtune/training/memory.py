@@ -34,6 +34,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from lmtune.errors import LmtuneError
 from lmtune.heap import in_weight_file, trim_heap, weight_files
 from lmtune.tasks.language_model import SCORED_CHUNK
+from lmtune.training.bf16_weights import made_bf16
 from lmtune.training.dropout import fast_dropout
 from lmtune.training.sharding import blocks_of, largest_unit
 
@@ -55,9 +56,9 @@ class MemoryEstimate:
     optimizer: int
     copies: int
     """bf16 copies of the weights (``train.bf16_weights``). Frozen weights that are not saved (LoRA's base) become
-    bf16 in place instead, no copy, and ``process`` counts them at half their loaded size: measured on a 0.5B
-    decoder's LoRA run, the process went from 2,363 to 1,413 MiB when its 1.84 GiB fp32 base became bf16 (the
-    mapped file's pages are released with the last tensor on them)."""
+    bf16 in place instead, no copy, and ``process`` counts them at half their loaded size (`_released`): measured
+    on a 0.5B decoder's LoRA run, the process went from 2,363 to 1,413 MiB when its 1.84 GiB fp32 base became
+    bf16."""
     activations: int
     checkpoint: int
     """The in-memory copy of the weights a checkpoint write makes."""
@@ -109,16 +110,16 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
     kept = _kept(model, cfg, task, length, bf16, low) * (2 if task.capabilities.pairs else 1)
     trim_heap()  # loading (and quantizing) freed memory the next allocations reuse: not a part of the peak
     resident = psutil.Process().memory_info().rss
-    process = resident - (weights - held) - _released(params, frozen_in_place)
-    # a checkpoint writes every weight in its training dtype: frozen ones made bf16 in place at half their size
-    halved = sum(p.numel() * 2 for p in params if frozen_in_place and not p.requires_grad and p.dtype == torch.float32)
+    halved = made_bf16(params) if frozen_in_place else []
+    process = resident - (weights - held) - _released(params, halved)
     return MemoryEstimate(
         process=process, weights=held, gradients=4 * trainable, optimizer=8 * trainable,
         copies=2 * (trainable if frozen_in_place else sum(p.numel() for p in params if p.is_floating_point()))
         if bf16_copies else 0,
         activations=int(SLACK * kept * cfg.train.batch_size) + (0 if low or not bf16 else _head_cast(model)),
         per_sample=int(SLACK * kept),
-        checkpoint=held - halved, evaluation=_evaluation(model, cfg, task, length, bf16),
+        # a checkpoint writes every weight in its training dtype: the ones made bf16 in place at half their size
+        checkpoint=held - sum(p.numel() * 2 for p in halved), evaluation=_evaluation(model, cfg, task, length, bf16),
         available=_available(resident, neighbours), now=resident)
 
 
@@ -130,24 +131,22 @@ def _available(resident: int, neighbours: int) -> int:
     return min(memory.total // max(1, neighbours), resident + memory.available // max(1, neighbours))
 
 
-def _released(params: list[torch.nn.Parameter], frozen_in_place: bool) -> int:
-    """Resident bytes that go before the first step. The frozen fp32 weights made bf16 in place lose half (a new
-    bf16 tensor each); a weights file's mapped pages that no weight reads any more (weights quantized or made
+def _released(params: list[torch.nn.Parameter], halved: list[torch.nn.Parameter]) -> int:
+    """Resident bytes that go before the first step. The ``halved`` weights (fp32 made bf16 in place) lose half (a
+    new bf16 tensor each); a weights file's mapped pages that no weight reads any more (weights quantized or made
     bf16) go with the file, which is unmapped once its last weight is (pages read while loading stay resident
     until then: 1.2-1.7 GiB of a 0.5B decoder's file after a 4-bit quantization, counted as held before)."""
-    halved = [p for p in params if frozen_in_place and not p.requires_grad and p.dtype == torch.float32]
     halves = sum(p.numel() * 2 for p in halved)
     files = weight_files()
     if files is None:  # not Linux: the halves only
         return halves
-    resident = sum(pages for _, _, pages in files)
     halved_ids = {id(p) for p in halved}
     in_file = [p for p in params if in_weight_file(p, files)]
     kept = sum(p.numel() * p.element_size() for p in in_file if id(p) not in halved_ids)
     halved_in_file = sum(p.numel() * 2 for p in in_file if id(p) in halved_ids)
-    # a halved weight read from the file: its pages go (in `resident - kept`), its new bf16 tensor comes; one
-    # that was not mapped loses half of its own memory (in `halves`)
-    return max(0, resident - kept) - halved_in_file + (halves - halved_in_file)
+    # a halved weight read from the file: its pages go (with the file's others, less the ones still read) and its
+    # new bf16 tensor comes, where a weight that was not mapped loses half of its own memory (in `halves`)
+    return max(0, sum(pages for _, _, pages in files) - kept) - 2 * halved_in_file + halves
 
 
 def _gathered(model: torch.nn.Module, cfg: Any) -> int:
