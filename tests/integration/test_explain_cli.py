@@ -13,7 +13,7 @@ def test_explain_writes_pictures_scores_and_an_interactive_page(trained_run, tmp
     out = tmp_path / "explain"
     assert main(["explain", str(run), "--text", "a gripping , unbelievably moving film", "--out", str(out)]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert lines[0]["predicted"] in ("0", "1") and len(lines[0]["top_words"]) == 3
+    assert lines[0]["predicted"] in (0, 1) and len(lines[0]["top_words"]) == 3
     for suffix in ("attention-heads", "attention-layers", "attributions"):
         assert (out / f"ex-001-{suffix}.png").read_bytes()[:4] == b"\x89PNG"
     [scores] = json.loads((out / "explain.json").read_text())

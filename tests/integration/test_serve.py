@@ -174,6 +174,16 @@ def test_explain_matches_lmtune_explain(server, task_runs):
     [expected] = lmtune.explain(task_runs["cls"], [text], methods=("ig",), steps=16, checks=False,
                                 compare_base=False)
     assert got["words"] == expected.words and got["predicted"] == expected.predicted
+    # the class is named as /v1/predict names it (SST-2's integer labels stay integers), and goes back as a target
+    [predicted] = post(server, "/v1/predict", {"model": "cls", "inputs": [text]}).json()["predictions"]
+    assert isinstance(predicted["label"], int) and got["predicted"] == predicted["label"] == got["target"]
+    other = 1 - predicted["label"]
+    asked = post(server, "/v1/explain", {"model": "cls", "text": text, "method": "gradxinput", "target": other})
+    assert asked.status_code == 200, asked.text
+    assert asked.json()["explanations"][0]["target"] == other
+    wrong = post(server, "/v1/explain", {"model": "cls", "text": text, "target": [other]})
+    assert (wrong.status_code, wrong.json()["error"]["message"]) == (
+        422, "target: expected a label (a string or an integer), got an array")
     assert got["word_attributions"] == pytest.approx(expected.word_attributions("ig"), abs=1e-4)
     assert got["rollout"] == pytest.approx(expected.rollout[0].tolist(), abs=1e-4)
     # QA explains where the answer starts and where it ends; gradient × input on a LoRA run's frozen embeddings

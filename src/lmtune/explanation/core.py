@@ -22,9 +22,10 @@ class Explanation:
     tokens: list[str]
     words: list[str]
     word_of: list[int | None]
-    predicted: str
-    target: str
-    """The label explained (the predicted one unless another was asked for)."""
+    predicted: str | int
+    target: str | int
+    """The label explained (the predicted one unless another was asked for): a class as `predict` gives it (an
+    integer label stays one), QA's answer start or end, a next token."""
     probability: float
     """The model's probability of ``target``."""
     attention: torch.Tensor

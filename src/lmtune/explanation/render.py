@@ -164,7 +164,7 @@ def fragment(explanations: list[Explanation], uid: str = "x") -> str:
         data = json.dumps(view_data(e)).replace("</", "<\\/")
         parts.append(f'<div class="lmx" id="lmx-{ident}">')
         parts.append(f'<p class="lmx-text">{escape(e.text)}</p>')
-        parts.append(f"<p>predicted <b>{escape(e.predicted)}</b>; explaining <b>{escape(e.target)}</b> "
+        parts.append(f"<p>predicted <b>{escape(str(e.predicted))}</b>; explaining <b>{escape(str(e.target))}</b> "
                      f"(probability {e.probability:.3f})</p>")
         parts.append('<div class="lmx-controls">layer <select class="lmx-layer"></select> head '
                      '<select class="lmx-head"></select> <span class="lmx-hint">hover a token to see where it attends'
@@ -204,7 +204,8 @@ def _checks_html(e: Explanation) -> str:
     if e.base:
         layers = ", ".join(f"{c:.3f}" for c in e.base["attention_change_per_layer"])
         corr = ", ".join(f"{METHOD_NAMES[m]} {r:+.3f}" for m, r in e.base["attribution_rank_correlation"].items())
-        base = (f"<p><b>Before/after fine-tuning</b>: base model p({escape(e.target)}) = {e.base['probability']:.3f} "
+        base = (f"<p><b>Before/after fine-tuning</b>: base model p({escape(str(e.target))}) = "
+                f"{e.base['probability']:.3f} "
                 f"({escape(e.base['note'])}); attention change per layer (total variation, 0-1): {layers}; "
                 f"attribution rank correlation with the base model: {corr}.</p>")
     return f'<div class="lmx-checks">{table}{charts}{base}</div>'

@@ -93,6 +93,15 @@ class Body:
             raise invalid(f"{key}: expected a string, got {_kind(value)}", key)
         return value
 
+    def label(self, key: str) -> str | None:
+        """A class as text, or an integer label as `/v1/predict` returns it (1 and "1" name one class)."""
+        value = self.body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if value is not None and not isinstance(value, str):
+            raise invalid(f"{key}: expected a label (a string or an integer), got {_kind(value)}", key)
+        return value
+
     def boolean(self, key: str, default: bool = False) -> bool:
         value = self.body.get(key)
         if value is None:
@@ -203,7 +212,7 @@ def explain_request(raw: dict[str, Any], methods: tuple[str, ...]) -> ExplainReq
     text = body.string("text", required=True)
     if not text.strip():
         raise invalid("text: empty; expected text to explain", "text")
-    return ExplainRequest(model_name(body), text, body.string("text_pair"), method, body.string("target"),
+    return ExplainRequest(model_name(body), text, body.string("text_pair"), method, body.label("target"),
                           body.integer("steps", 1, 200, 50))
 
 

@@ -45,7 +45,8 @@ class Classification(Task):
 
     def explanation_targets(self, outputs: Any, label: str | None, example: Any,
                             tokenizer: Any) -> list[ClassProbability]:
-        """The class to explain: ``label`` when given, else the predicted one."""
+        """The class to explain: ``label`` (a name as typed) when given, else the predicted one; both are labels as
+        `predictions` gives them (1, not "1")."""
         names = self.label_names()
         best = int(outputs.logits[0].argmax())
         if label is None:
@@ -54,7 +55,7 @@ class Classification(Task):
             index = names.index(label)
         else:
             raise LmtuneError(f"--target: {label!r} is not a label of this run; labels: {', '.join(names)}")
-        return [ClassProbability(index, names[index], names[best])]
+        return [ClassProbability(index, self.labels[index], self.labels[best])]
 
     def learn_from_rows(self, train: Table, data: DataConfig) -> None:
         train.require(data.text, data.text_pair, data.label)

@@ -14,8 +14,9 @@ class ClassProbability:
     """Softmax probability of one class of a sequence-classification head."""
 
     index: int
-    name: str
-    predicted: str
+    name: str | int
+    """What is explained: the class as the task reads and predicts it (an integer label stays one)."""
+    predicted: str | int
     deletable: bool = True
     """Whether the deletion test applies (deleting tokens does not move what is explained)."""
 
