@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from typing import Any
 
 import psutil
 
+from lmtune.heap import peak_resident
+
 
 def run_child(run: Callable[[Path], dict[str, Any]]) -> None:
     """Run one side in this process (in a temporary directory) and print its figures."""
@@ -26,7 +27,7 @@ def run_child(run: Callable[[Path], dict[str, Any]]) -> None:
         figures = run(Path(tmp))
     # wall time from process start: imports, loading, tokenizing, training, evaluating, saving
     figures["wall_seconds"] = time.time() - psutil.Process().create_time()
-    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    figures["peak_rss_mib"] = round(peak_resident() / 2**20, 1)
     sys.stdout.write("RESULT " + json.dumps(figures) + "\n")
 
 

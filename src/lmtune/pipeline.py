@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import random
-import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -27,6 +26,7 @@ from lmtune.data import Table
 from lmtune.data.splits import load_tables
 from lmtune.errors import LmtuneError, Stopped
 from lmtune.evaluation import evaluate_examples
+from lmtune.heap import peak_resident
 from lmtune.integrity import read_json_object
 from lmtune.loader import load_config
 from lmtune.models import load_tokenizer, resolve_model
@@ -36,6 +36,7 @@ from lmtune.strategies import directory_size, trainable_parameters
 from lmtune.strategies.trainable import trainable_model
 from lmtune.tasks import TASKS, Task, deciding_metric, task_names_with
 from lmtune.trackers import TrackingSession
+from lmtune.training import numerics
 from lmtune.training.checkpoint import latest_checkpoint
 from lmtune.training.frozen_cache import attach_cache, detach_cache, remove_spill
 from lmtune.training.precision import default_threads, resolve_precision
@@ -345,7 +346,8 @@ def _run_figures(accelerator: Any, cfg: RunConfig, data: Prepared, state: Any, m
         "trainable_parameters": trainable, "parameters": total, "strategy": cfg.strategy.name, **cache_info,
     }
     # the process's peak resident memory (in a fresh `lmtune train`: the run's own peak)
-    figures["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    figures["peak_rss_mib"] = round(peak_resident() / 2**20)
+    figures["numerics"] = numerics.describe(accelerator.device)  # which kernels computed it (`training.numerics`)
     if data.task.capabilities.packed:  # blocks of max_length tokens
         figures["train_tokens_per_s"] = round(figures["train_samples_per_s"] * cfg.train.max_length, 1)
     return figures

@@ -147,3 +147,20 @@ def test_the_layers_counted_are_the_transformer_layers_of_encoders_and_encoder_d
     for model in (bert, bart):
         kept, block_input = measured_block(model, 32, bf16=False, copies=False)
         assert kept > 0 and block_input == 32 * 64 * 4  # a layer ran, not the embeddings
+
+
+def test_a_run_s_peak_memory_is_its_own_not_that_of_the_process_that_started_it():
+    """``ru_maxrss`` survives ``exec``: a child of a big process reported the parent's size as its peak (metrics.json's
+    ``peak_rss_mib`` of a run started from pytest or a notebook). `peak_resident` reads the child's own."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(1536 * 2**20)
+    ballast[::4096] = b"\1" * len(ballast[::4096])  # touched: resident in this process
+    code = ("import resource; from lmtune.heap import peak_resident; "
+            "print(peak_resident(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    del ballast
+    assert inherited > 1536 * 2**20  # the old reading: this process's size, ballast included, not the child's
+    assert 0 < own < 1024 * 2**20  # the child imported torch: a few hundred MiB

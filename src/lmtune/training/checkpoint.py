@@ -18,6 +18,7 @@ from typing import Any
 from lmtune.errors import LmtuneError
 from lmtune.integrity import FileCheckError, check_checkpoint, read_json_object, write_manifest
 from lmtune.rundir import safetensors_os_errors
+from lmtune.training import numerics
 
 STATE_FILE = "trainer_state.json"
 TMP_PREFIX = ".tmp-step-"
@@ -87,7 +88,9 @@ def save_checkpoint(accelerator: Any, state: TrainState, run_dir: Path, keep: in
             accelerator.save_state(str(tmp))  # every process writes its own RNG state
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (tmp / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
+            # with the kernels that computed it: a resume elsewhere says what differs (`numerics`)
+            written = {**state.to_json(), "numerics": numerics.describe(accelerator.device)}
+            (tmp / STATE_FILE).write_text(json.dumps(written, indent=2))
             for path in extra_files:
                 if path.is_file():
                     shutil.copy2(path, tmp / path.name)
@@ -118,6 +121,12 @@ def resume_point(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
             continue
         return path
     return None
+
+
+def kernels_changed(accelerator: Any, path: Path) -> str | None:
+    """What differs between the kernels that computed checkpoint ``path`` and this process's (`numerics`)."""
+    saved = read_json_object(path / STATE_FILE, "a training state", ["step", "epoch", "batch"]).get("numerics")
+    return numerics.differences(saved if isinstance(saved, dict) else None, numerics.describe(accelerator.device))
 
 
 def load_checkpoint(accelerator: Any, path: Path) -> TrainState:

@@ -27,6 +27,7 @@ from lmtune.training.bf16_weights import Bf16Weights, frozen_to_bf16
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
     TrainState,
+    kernels_changed,
     load_checkpoint,
     remove_partial,
     resume_point,
@@ -139,7 +140,7 @@ def fit(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: TrainC
         for warning in skipped:
             tracker.message(warning)
         if resume_from is not None:
-            tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
+            _say_resumed(accelerator, tracker, resume_from, state)
         # CUDA's own dropout kernel is fast; on CPU the mask's random numbers are a tenth of a small step
         if cfg.fast_dropout and accelerator.device.type == "cpu":
             speedups.enter_context(fast_dropout(model))
@@ -313,6 +314,15 @@ def _resume(accelerator: Any, run_dir: Path) -> tuple[TrainState, Path | None, l
     if (resume_from is not None or skipped) and accelerator.is_main_process:
         truncate_log(run_dir, state.step)
     return state, resume_from, skipped
+
+
+def _say_resumed(accelerator: Any, tracker: MetricsLog, resume_from: Path, state: TrainState) -> None:
+    tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
+    changed = kernels_changed(accelerator, resume_from)
+    if changed:
+        tracker.message(f"{resume_from.name} was computed on other kernels than this process's ({changed}): the "
+                        "run continues exactly, but its losses will differ from an uninterrupted run's in the "
+                        "last digits (other rounding)")
 
 
 def _stop_if_asked(accelerator: Any, inputs: FitInputs, cfg: TrainConfig, state: TrainState, saved: bool) -> None:
