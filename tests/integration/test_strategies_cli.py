@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lmtune.cli.main import main
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +55,47 @@ def test_lora_adapter_is_small_and_merged_export_predicts_the_same(capsys, sst2_
         probs = {p["label"]: p["score"] for p in theirs}
         for label, score in mine["scores"].items():
             assert probs[label] == pytest.approx(score, abs=0.02)  # bf16 autocast vs fp32
+
+
+def test_a_frozen_base_stays_out_of_checkpoints_and_a_changed_one_stops_the_resume(capsys, sst2_slice, tmp_path):
+    """A LoRA run's checkpoints hold what trains (the adapters and the new head) and the frozen base's checksums,
+    not the 22M-weight base; a resume loads the base from its source and ends exactly as the uninterrupted run; a
+    base that changed in between is refused in one line, before any step."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lmtune.models import resolve_model
+
+    base = tmp_path / "base"
+    shutil.copytree(resolve_model("bundled:minilm"), base)
+    args = (f"model={base}", "strategy.name=lora", "train.max_steps=4", "train.eval_every=2", "train.epochs=1")
+    whole = _train(capsys, sst2_slice, tmp_path / "whole", *args)
+    run = tmp_path / "resumed"
+    _train(capsys, sst2_slice, run, *args)
+    checkpoint = run / "checkpoints" / "step-2"
+    assert "model.safetensors" not in {p.name for p in checkpoint.iterdir()}
+    trained = load_file(checkpoint / "trained.safetensors")
+    assert sum(t.numel() for t in trained.values()) == whole["trainable_parameters"]
+    assert all(".lora_" in name or ".classifier." in name for name in trained), sorted(trained)[:3]
+
+    def interrupted_after_step_2():
+        shutil.rmtree(run / "model"), (run / "metrics.json").unlink(), shutil.rmtree(run / "checkpoints" / "step-4")
+
+    interrupted_after_step_2()
+    command = ["train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+               f"data.validation={sst2_slice['dev']}", f"output={run}", "train.batch_size=16", *args]
+    resumed = run_cli(*command)  # in this process, as the whole run was trained: exactly its numbers
+    assert resumed.returncode == 0 and "resumed from step-2 (epoch 0, batch 2)" in resumed.stderr, resumed.stderr
+    same = ("step", "best_step", "best_accuracy", "validation_loss", "validation_accuracy", "validation_macro_f1")
+    assert {k: json.loads(resumed.stdout.splitlines()[-1])[k] for k in same} == {k: whole[k] for k in same}
+    interrupted_after_step_2()
+    weights = load_file(base / "model.safetensors")
+    name = next(k for k in weights if k.endswith("layer.3.attention.self.query.weight"))
+    weights[name] += 1e-3  # the source is rewritten while the run is stopped
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    refused = run_cli(*command)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        f"lmtune: error: {checkpoint}: trained on a frozen base other than the one loaded now (bert.{name} differs): "
+        "the model's source changed since the run started; restore it, or train again into a new output")
+    assert not (run / "metrics.json").exists()

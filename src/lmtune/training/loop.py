@@ -39,6 +39,7 @@ from lmtune.training.lazy_rows import clip_grad_norm, sparse_word_embeddings
 from lmtune.training.metrics_log import MetricsLog, truncate_log
 from lmtune.training.optim import build_optimizer, build_scheduler
 from lmtune.training.regularizers import rdrop_loss
+from lmtune.training.trained_state import TrainedState, frozen_names
 
 
 @dataclass
@@ -172,7 +173,10 @@ def _prepare(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: T
     optimizer = build_optimizer(model, cfg.lr, inputs.weight_decay, lr_scales, lazy_rows=lazy)
     scheduler = build_scheduler(optimizer, cfg, total)
     if not cfg.fsdp:
-        return accelerator.prepare(model, optimizer, scheduler)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        if frozen_names(model):  # checkpoints keep what trains; the frozen base is loaded from its source
+            TrainedState(model, accelerator.is_main_process).register(accelerator)
+        return model, optimizer, scheduler
     sharding.ShardedState(model, optimizer).register(accelerator)
     return accelerator.prepare_model(model, evaluation_mode=True), optimizer, accelerator.prepare(scheduler)
 

@@ -118,9 +118,18 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
         if bf16_copies else 0,
         activations=int(SLACK * kept * cfg.train.batch_size) + (0 if low or not bf16 else _head_cast(model)),
         per_sample=int(SLACK * kept),
-        # a checkpoint writes every weight in its training dtype: the ones made bf16 in place at half their size
-        checkpoint=held - sum(p.numel() * 2 for p in halved), evaluation=_evaluation(model, cfg, task, length, bf16),
+        checkpoint=_checkpoint_copy(params, held, halved, shards),
+        evaluation=_evaluation(model, cfg, task, length, bf16),
         available=_available(resident, neighbours), now=resident)
+
+
+def _checkpoint_copy(params: list[torch.nn.Parameter], held: int, halved: list[torch.nn.Parameter],
+                     shards: int) -> int:
+    """What a checkpoint write copies: the trained weights alone when a frozen base stays out of it
+    (`trained_state`), else every weight in its training dtype (the ones made bf16 in place at half their size)."""
+    if shards == 1 and any(not p.requires_grad for p in params):
+        return sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    return held - sum(p.numel() * 2 for p in halved)
 
 
 def _available(resident: int, neighbours: int) -> int:
