@@ -133,6 +133,8 @@ def test_qlora_trains_over_a_4bit_base_reloads_it_and_merges_with_the_rounding_s
     """strategy.name=qlora: the base loads in NF4 through bitsandbytes' CPU library, LoRA adapters on every linear
     layer learn over it, and the saved run reloads the same 4-bit base (eval reproduces the logged validation loss).
     `export --merge` folds the adapter into the full-precision base and states how far that moved the outputs."""
+    import shutil
+
     import bitsandbytes as bnb
     import torch
     from transformers import AutoModelForCausalLM
@@ -148,9 +150,10 @@ def test_qlora_trains_over_a_4bit_base_reloads_it_and_merges_with_the_rounding_s
     config = tmp_path / "sft.yaml"
     config.write_text("task: sft\nstrategy: {name: qlora, r: 8}\n")
     run = tmp_path / "run"
-    result = cli("train", config, f"model={model}", f"data.train={train}", f"data.validation={dev}",
-                 "train.max_steps=8", "train.batch_size=8", "train.lr=1e-2", "train.max_length=96",
-                 "train.eval_train_samples=0", "train.log_every=2", f"output={run}")
+    command = ("train", config, f"model={model}", f"data.train={train}", f"data.validation={dev}",
+               "train.max_steps=8", "train.batch_size=8", "train.lr=1e-2", "train.max_length=96",
+               "train.eval_train_samples=0", "train.log_every=2", "train.eval_every=4", f"output={run}")
+    result = cli(*command)
     assert result.returncode == 0, result.stderr
     assert "gemm_4bit" not in result.stderr  # bitsandbytes' note about a Hub kernel it could not fetch is not shown
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -166,6 +169,14 @@ def test_qlora_trains_over_a_4bit_base_reloads_it_and_merges_with_the_rounding_s
     assert len(four_bit) == 2 * 7  # the base reloads quantized, as it trained
     final = json.loads((run / "metrics.json").read_text())
     assert loaded.evaluate(str(dev))["loss"] == pytest.approx(final["validation"]["loss"], abs=1e-5)
+
+    # its checkpoints hold the adapters, not the 4-bit base; resumed from one, the run ends as it did
+    step5 = run / "checkpoints" / "step-5"  # step 5 ends the epoch
+    assert (step5 / "trained.safetensors").is_file() and not list(step5.glob("model*.safetensors"))
+    shutil.rmtree(run / "model"), (run / "metrics.json").unlink(), shutil.rmtree(run / "checkpoints" / "step-8")
+    resumed = cli(*command)
+    assert resumed.returncode == 0 and "resumed from step-5 (epoch 1, batch 0)" in resumed.stderr, resumed.stderr
+    assert json.loads((run / "metrics.json").read_text())["validation"] == final["validation"]
 
     exported = cli("export", run, "--merge")
     assert exported.returncode == 0, exported.stderr
