@@ -8,6 +8,7 @@ from pathlib import Path
 from lmtune import rundir
 from lmtune.errors import LmtuneError
 from lmtune.inference import load, plain_model
+from lmtune.integrity import usual_modes
 from lmtune.strategies.lora import is_adapter_dir
 
 
@@ -32,6 +33,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, merge: bool =
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     run.tokenizer.save_pretrained(tmp)
+    usual_modes(tmp)
     if target.exists():
         target.rmdir()
     tmp.replace(target)

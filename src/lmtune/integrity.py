@@ -10,6 +10,7 @@ cut short or overwritten in place.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import zipfile
@@ -48,11 +49,34 @@ def staged_folder(target: Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        usual_modes(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.replace(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def usual_modes(root: Path) -> None:
+    """Give a folder about to be published, and everything in it, the modes any new file or folder gets (``0o666``
+    or ``0o777`` less the umask). safetensors 0.8 writes its files owner-only (0600) and ``mkdtemp`` makes private
+    folders, so a model or checkpoint in a shared folder was the one part of a run that the rest of a team (or a
+    `compare` worker under another account) could not read."""
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        mode = (0o777 if path.is_dir() else 0o666) & ~mask
+        if not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+
+
+def _umask() -> int:
+    try:  # read, not set: setting it to learn it would change it for the process's other threads for a moment
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def read_json(path: Path, what: str = "JSON") -> Any:

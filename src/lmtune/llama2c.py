@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lmtune.errors import LmtuneError
+from lmtune.integrity import usual_modes
 
 HEADER = struct.Struct("<7i")
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -209,6 +210,7 @@ def import_llama2c(path: str | Path, out: str | Path) -> Path:
         rundir.write_header(tmp, cfg, {"imported_from": str(checkpoint.resolve()), "format": "llama2c"})
         model.save_pretrained(tmp / rundir.MODEL)
         tokenizer.save_pretrained(tmp / rundir.MODEL)
+        usual_modes(tmp)  # a run like any other, not a private folder
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -17,7 +17,7 @@ import yaml
 
 from lmtune.config import RunConfig, config_to_dict, parse_config
 from lmtune.errors import ConfigError, LmtuneError
-from lmtune.integrity import FileCheckError, check_model_dir, read_json_object, read_yaml
+from lmtune.integrity import FileCheckError, check_model_dir, read_json_object, read_yaml, usual_modes
 from lmtune.runlock import LOCK_FILE
 
 CONFIG = "config.yaml"
@@ -153,10 +153,10 @@ def safetensors_os_errors(path: Path) -> Iterator[None]:
 def save_model_atomic(run_dir: Path, save: Any) -> Path:
     """Call ``save(tmp_dir)`` and publish the result as ``RUN/model`` in one rename."""
     tmp = Path(tempfile.mkdtemp(prefix=_MODEL_TMP, dir=run_dir))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model is as readable as the rest of the run
     try:
         with safetensors_os_errors(tmp):
             save(tmp)
+        usual_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -75,6 +75,11 @@ def test_a_frozen_base_stays_out_of_checkpoints_and_a_changed_one_stops_the_resu
     _train(capsys, sst2_slice, run, *args)
     checkpoint = run / "checkpoints" / "step-2"
     assert "model.safetensors" not in {p.name for p in checkpoint.iterdir()}
+    # every file as readable as the run's config (safetensors writes its own files owner-only)
+    mode = (run / "config.yaml").stat().st_mode & 0o777
+    assert {p.relative_to(run).as_posix(): p.stat().st_mode & 0o777 for p in [*checkpoint.iterdir(),
+            *(run / "model").iterdir()]} == {p.relative_to(run).as_posix(): mode for p in [*checkpoint.iterdir(),
+                                                                                         *(run / "model").iterdir()]}
     trained = load_file(checkpoint / "trained.safetensors")
     assert sum(t.numel() for t in trained.values()) == whole["trainable_parameters"]
     assert all(".lora_" in name or ".classifier." in name for name in trained), sorted(trained)[:3]

@@ -141,3 +141,23 @@ def test_metrics_log_torn_last_line_is_skipped_and_a_damaged_line_named(tmp_path
     assert [r["step"] for r in read_log(tmp_path)] == [1, 2]
     log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     assert _message(read_log, tmp_path) == f"{log}:2: not a JSON object; the log is damaged"
+
+
+def test_a_published_folder_has_the_modes_of_any_new_file_not_safetensors_owner_only(tmp_path):
+    """safetensors writes its files 0600 and mkdtemp makes 0700 folders: a staged folder (an export, a merge) is
+    published with the modes the umask gives any new file, so whoever can read the run can read its weights."""
+    from lmtune.integrity import staged_folder
+
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "export"
+        with staged_folder(target) as tmp:
+            (tmp / "inner").mkdir(mode=0o700)
+            save_file({"w": torch.zeros(2)}, str(tmp / "inner" / "model.safetensors"))
+            assert (tmp / "inner" / "model.safetensors").stat().st_mode & 0o777 == 0o600  # what the library does
+            (tmp / "config.json").write_text("{}")
+        modes = {p.relative_to(target).as_posix(): p.stat().st_mode & 0o777 for p in target.rglob("*")}
+        assert modes == {"inner": 0o755, "inner/model.safetensors": 0o644, "config.json": 0o644}
+        assert target.stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(mask)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import LmtuneError
-from lmtune.integrity import FileCheckError, check_checkpoint, read_json_object, write_manifest
+from lmtune.integrity import FileCheckError, check_checkpoint, read_json_object, usual_modes, write_manifest
 from lmtune.rundir import safetensors_os_errors
 from lmtune.training import numerics
 
@@ -94,6 +94,7 @@ def save_checkpoint(accelerator: Any, state: TrainState, run_dir: Path, keep: in
             for path in extra_files:
                 if path.is_file():
                     shutil.copy2(path, tmp / path.name)
+            usual_modes(tmp)
             write_manifest(tmp)  # last: a checkpoint whose files do not match it is damaged
             _fsync_tree(tmp)
             if final.exists():
