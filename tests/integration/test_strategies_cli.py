@@ -104,3 +104,28 @@ def test_a_frozen_base_stays_out_of_checkpoints_and_a_changed_one_stops_the_resu
         f"lmtune: error: {checkpoint}: trained on a frozen base other than the one loaded now (bert.{name} differs): "
         "the model's source changed since the run started; restore it, or train again into a new output")
     assert not (run / "metrics.json").exists()
+
+
+def test_a_checkpoint_that_holds_the_whole_model_still_resumes(sst2_slice, tmp_path, monkeypatch):
+    """Checkpoints written before the base stayed out of them (the whole state dict in model.safetensors) resume
+    as they did, to the uninterrupted run's numbers."""
+    import shutil
+
+    from lmtune.training import loop
+
+    args = ["train", str(REPO / "examples" / "sst2.yaml"), f"data.train={sst2_slice['train']}",
+            f"data.validation={sst2_slice['dev']}", "train.batch_size=16", "strategy.name=lora", "train.max_steps=4",
+            "train.eval_every=2"]
+    whole = run_cli(*args, f"output={tmp_path / 'whole'}")
+    run = tmp_path / "old"
+    with monkeypatch.context() as old_version:
+        old_version.setattr(loop, "frozen_names", lambda model: set())  # the whole model in every checkpoint
+        assert run_cli(*args, f"output={run}").returncode == 0
+    assert (run / "checkpoints" / "step-2" / "model.safetensors").is_file()
+    shutil.rmtree(run / "model"), (run / "metrics.json").unlink(), shutil.rmtree(run / "checkpoints" / "step-4")
+    resumed = run_cli(*args, f"output={run}")
+    assert resumed.returncode == 0 and "resumed from step-2 " in resumed.stderr, resumed.stderr
+    same = ("step", "best_step", "validation_loss", "validation_accuracy")
+    assert {k: json.loads(resumed.stdout.splitlines()[-1])[k] for k in same} == {
+        k: json.loads(whole.stdout.splitlines()[-1])[k] for k in same}
+    assert not (run / "checkpoints" / "step-4" / "model.safetensors").exists()  # written the new way
