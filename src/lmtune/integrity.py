@@ -65,8 +65,11 @@ def usual_modes(root: Path) -> None:
     mask = _umask()
     for path in [root, *root.rglob("*")]:
         mode = (0o777 if path.is_dir() else 0o666) & ~mask
-        if not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
-            path.chmod(mode)
+        try:
+            if not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+                path.chmod(mode)
+        except OSError:  # a filesystem without Unix modes (FAT, some network mounts): they are a courtesy there
+            pass
 
 
 def _umask() -> int:
