@@ -75,6 +75,10 @@ def test_dpo_learns_the_training_pairs_and_resumes_exactly(cli, tmp_path, storie
     assert result.returncode == 0 and "resumed from step-10" in result.stderr, result.stderr
     assert "reused the reference scores in reference-logps.json" in result.stderr
     again = json.loads((killed / "metrics.json").read_text())
+    # resumed at an epoch's end (step 10) that was evaluated: not evaluated a second time
+    validated = [[json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                  if '"validation"' in x] for run in (whole, killed)]
+    assert validated[1] == validated[0] == [5, 10, 15, 20], validated
     for name in ("loss", "reward_accuracy", "reward_margin", "kl"):
         assert again["validation"][name] == pytest.approx(final["validation"][name], abs=1e-6), name
 

@@ -52,6 +52,9 @@ class TrainState:
     last_validation: dict[str, Any] | None = None
     """Metrics of the latest evaluation, so the end of training need not evaluate again."""
     last_validation_step: int | None = None
+    evaluated_step: int | None = None
+    """The step whose evaluation and checkpoint were last done: a run resumed from the end of an epoch that was
+    evaluated does not evaluate it again (a SIGTERM checkpoint there was not, and is)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

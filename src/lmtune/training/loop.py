@@ -221,7 +221,9 @@ class _Loop:
 
     def _epoch(self, batches: list[list[int]]) -> tuple[bool, bool]:
         """Train from the current batch on: (whether the epoch was finished, whether its last step evaluated)."""
-        state, evaluated = self.state, False
+        # resumed where nothing of the epoch is left: its end was evaluated unless the checkpoint was a SIGTERM's
+        state = self.state
+        evaluated = state.evaluated_step == state.step
         for i in range(state.batch, len(batches)):
             group_start = i - i % self.cfg.grad_accum
             group_size = min(self.cfg.grad_accum, len(batches) - group_start)
@@ -436,6 +438,7 @@ def _evaluate_and_save(accelerator: Any, model: Any, inputs: FitInputs, cfg: Tra
     release_buffers()  # the last step's logits-sized gradient buffer: not needed until the next step
     with sharding.whole_weights(model):
         metrics = _evaluate(accelerator, model, inputs, cfg, state, tracker, per_epoch)
+    state.evaluated_step = state.step
     save_checkpoint(accelerator, state, inputs.run_dir, cfg.keep_checkpoints, inputs.extra_files)
     if metrics is not None and inputs.on_eval is not None:
         inputs.on_eval(state.step, metrics)
