@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from lmtune import rundir
 from lmtune.errors import LmtuneError
 from lmtune.inference import load, plain_model
-from lmtune.integrity import usual_modes
+from lmtune.integrity import staged_folder
 from lmtune.strategies.lora import is_adapter_dir
 
 
@@ -27,14 +26,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, merge: bool =
         model = plain_model(run)
     if target.exists() and any(target.iterdir()):
         raise LmtuneError(f"--out: {target} is not empty")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    run.tokenizer.save_pretrained(tmp)
-    usual_modes(tmp)
-    if target.exists():
-        target.rmdir()
-    tmp.replace(target)
+    with staged_folder(target) as tmp:
+        model.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
     return target

@@ -14,10 +14,7 @@ score of the merged piece, with byte fallback; that is BPE with merges ranked by
 
 from __future__ import annotations
 
-import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import numpy as np
 import torch
 
 from lmtune.errors import LmtuneError
-from lmtune.integrity import usual_modes
+from lmtune.integrity import staged_folder
 
 HEADER = struct.Struct("<7i")
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -204,17 +201,8 @@ def import_llama2c(path: str | Path, out: str | Path) -> Path:
     cfg = RunConfig(task="causal_lm", model=str(checkpoint.resolve()), output=str(out.resolve()),
                     data=DataConfig(train=str(checkpoint.resolve())),
                     train=TrainConfig(max_length=shape.seq_len, lr=5e-4))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:  # a failed import leaves nothing; a published one is readable like any run
         rundir.write_header(tmp, cfg, {"imported_from": str(checkpoint.resolve()), "format": "llama2c"})
         model.save_pretrained(tmp / rundir.MODEL)
         tokenizer.save_pretrained(tmp / rundir.MODEL)
-        usual_modes(tmp)  # a run like any other, not a private folder
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

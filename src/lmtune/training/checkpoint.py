@@ -55,6 +55,9 @@ class TrainState:
     evaluated_step: int | None = None
     """The step whose evaluation and checkpoint were last done: a run resumed from the end of an epoch that was
     evaluated does not evaluate it again (a SIGTERM checkpoint there was not, and is)."""
+    numerics: dict[str, Any] | None = None
+    """The kernels of the process that wrote the checkpoint (`numerics.describe`): a resume elsewhere says what
+    differs."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,9 +94,8 @@ def save_checkpoint(accelerator: Any, state: TrainState, run_dir: Path, keep: in
             accelerator.save_state(str(tmp))  # every process writes its own RNG state
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            # with the kernels that computed it: a resume elsewhere says what differs (`numerics`)
-            written = {**state.to_json(), "numerics": numerics.describe(accelerator.device)}
-            (tmp / STATE_FILE).write_text(json.dumps(written, indent=2))
+            state.numerics = numerics.describe(accelerator.device)
+            (tmp / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2))
             for path in extra_files:
                 if path.is_file():
                     shutil.copy2(path, tmp / path.name)
@@ -125,12 +127,6 @@ def resume_point(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
             continue
         return path
     return None
-
-
-def kernels_changed(accelerator: Any, path: Path) -> str | None:
-    """What differs between the kernels that computed checkpoint ``path`` and this process's (`numerics`)."""
-    saved = read_json_object(path / STATE_FILE, "a training state", ["step", "epoch", "batch"]).get("numerics")
-    return numerics.differences(saved if isinstance(saved, dict) else None, numerics.describe(accelerator.device))
 
 
 def load_checkpoint(accelerator: Any, path: Path) -> TrainState:

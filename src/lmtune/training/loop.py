@@ -22,12 +22,11 @@ from lmtune.models import bare_model
 from lmtune.rundir import EXAMPLE_LOSSES_LOG
 from lmtune.tasks import DecidingMetric, Task
 from lmtune.tasks.losses import release_buffers
-from lmtune.training import sharding
+from lmtune.training import numerics, sharding
 from lmtune.training.bf16_weights import Bf16Weights, frozen_to_bf16
 from lmtune.training.checkpoint import (
     REQUIRED_FILES,
     TrainState,
-    kernels_changed,
     load_checkpoint,
     remove_partial,
     resume_point,
@@ -39,7 +38,7 @@ from lmtune.training.lazy_rows import clip_grad_norm, sparse_word_embeddings
 from lmtune.training.metrics_log import MetricsLog, truncate_log
 from lmtune.training.optim import build_optimizer, build_scheduler
 from lmtune.training.regularizers import rdrop_loss
-from lmtune.training.trained_state import TrainedState, frozen_names
+from lmtune.training.trained_state import TrainedState, leaves_base_out
 
 
 @dataclass
@@ -174,7 +173,7 @@ def _prepare(accelerator: Any, model: torch.nn.Module, inputs: FitInputs, cfg: T
     scheduler = build_scheduler(optimizer, cfg, total)
     if not cfg.fsdp:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-        if frozen_names(model):  # checkpoints keep what trains; the frozen base is loaded from its source
+        if leaves_base_out(model, sharded=False):
             TrainedState(model, accelerator.is_main_process).register(accelerator)
         return model, optimizer, scheduler
     sharding.ShardedState(model, optimizer).register(accelerator)
@@ -324,7 +323,7 @@ def _resume(accelerator: Any, run_dir: Path) -> tuple[TrainState, Path | None, l
 
 def _say_resumed(accelerator: Any, tracker: MetricsLog, resume_from: Path, state: TrainState) -> None:
     tracker.message(f"resumed from {resume_from.name} (epoch {state.epoch}, batch {state.batch})")
-    changed = kernels_changed(accelerator, resume_from)
+    changed = numerics.differences(state.numerics, numerics.describe(accelerator.device))
     if changed:
         tracker.message(f"{resume_from.name} was computed on other kernels than this process's ({changed}): the "
                         "run continues exactly, but its losses will differ from an uninterrupted run's in the "

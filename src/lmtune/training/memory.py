@@ -37,6 +37,7 @@ from lmtune.tasks.language_model import SCORED_CHUNK
 from lmtune.training.bf16_weights import made_bf16
 from lmtune.training.dropout import fast_dropout
 from lmtune.training.sharding import blocks_of, largest_unit
+from lmtune.training.trained_state import leaves_base_out
 
 log = logging.getLogger("lmtune")
 GIB = 2**30
@@ -118,16 +119,16 @@ def estimate(model: torch.nn.Module, cfg: Any, task: Any, longest: int, bf16_cop
         if bf16_copies else 0,
         activations=int(SLACK * kept * cfg.train.batch_size) + (0 if low or not bf16 else _head_cast(model)),
         per_sample=int(SLACK * kept),
-        checkpoint=_checkpoint_copy(params, held, halved, shards),
+        checkpoint=_checkpoint_copy(model, params, held, halved, shards),
         evaluation=_evaluation(model, cfg, task, length, bf16),
         available=_available(resident, neighbours), now=resident)
 
 
-def _checkpoint_copy(params: list[torch.nn.Parameter], held: int, halved: list[torch.nn.Parameter],
-                     shards: int) -> int:
+def _checkpoint_copy(model: torch.nn.Module, params: list[torch.nn.Parameter], held: int,
+                     halved: list[torch.nn.Parameter], shards: int) -> int:
     """What a checkpoint write copies: the trained weights alone when a frozen base stays out of it
     (`trained_state`), else every weight in its training dtype (the ones made bf16 in place at half their size)."""
-    if shards == 1 and any(not p.requires_grad for p in params):
+    if leaves_base_out(model, sharded=shards > 1):
         return sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     return held - sum(p.numel() * 2 for p in halved)
 

@@ -28,6 +28,12 @@ def frozen_names(model: torch.nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
+def leaves_base_out(model: torch.nn.Module, sharded: bool) -> bool:
+    """Whether ``model``'s checkpoints hold its trained weights only: some are frozen, and it is not sharded
+    (FSDP's checkpoints are its shards, `sharding.ShardedState`)."""
+    return not sharded and bool(frozen_names(model))
+
+
 class TrainedState:
     """Saves and restores ``model``'s trained weights only, inside accelerate's `save_state` / `load_state`."""
 
@@ -51,16 +57,15 @@ class TrainedState:
 
     def _load(self, models: list, input_dir: str) -> None:
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         path = Path(input_dir) / TRAINED_FILE
         if not path.is_file():  # written before checkpoints left the base out: accelerate loads its model file
             return
         models.clear()  # restored here, not from a model file
         with safe_open(str(path), framework="pt") as handle:
-            saved = json.loads((handle.metadata() or {}).get("frozen", "{}"))
-        self._check_base(saved, path)
-        missing, unexpected = self.model.load_state_dict(load_file(str(path)), strict=False)
+            self._check_base(json.loads((handle.metadata() or {}).get("frozen", "{}")), path)
+            trained = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+        missing, unexpected = self.model.load_state_dict(trained, strict=False)
         absent = [k for k in missing if not self._frozen(k)]
         if absent or unexpected:
             raise LmtuneError(f"{path}: does not fit this run's model ({'missing ' + absent[0] if absent else ''}"
